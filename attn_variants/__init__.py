@@ -1,0 +1,36 @@
+"""attn_variants: interchangeable attention modules behind one contract.
+
+Shape legend, used in every comment of this package and of harness/:
+    b  batch
+    n  sequence length (queries); s is the key length when a KV cache holds earlier tokens
+    m  visual tokens, the leading part of a [visual; text] sequence
+    d  model width
+    h  query heads
+    g  KV heads (groups)
+    e  head dim, d // h
+
+Every variant is built by `create(name, spec, **options)` and called as
+`module(x: (b, n, d), *, n_visual=0, cache=None) -> (b, n, d)`.
+"""
+
+from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)
+from .backends import BACKENDS, get_backend
+from .cache import KVCache
+from .grouped import GroupedQueryAttention, from_mha
+from .registry import MODES, VariantInfo, create, info, names, register
+from .spec import AttnSpec
+
+__all__ = [
+    "BACKENDS",
+    "MODES",
+    "AttnSpec",
+    "GroupedQueryAttention",
+    "KVCache",
+    "VariantInfo",
+    "create",
+    "from_mha",
+    "get_backend",
+    "info",
+    "names",
+    "register",
+]

@@ -1,0 +1,78 @@
+"""Attention kernels ("backends"), one signature for all, separate from the variants.
+
+HF transformers keeps the kernel (eager, sdpa, flash) apart from how Q/K/V are projected and
+grouped; so do we. A variant calls `BACKENDS[name](q, k, v, causal=..., dropout_p=...)`.
+
+q is (b, h, n, e); k and v are (b, g, s, e) with h % g == 0, and query head i reads KV head
+i // (h/g) (GQA, arXiv 2305.13245). With a KV cache s > n: query i sits at absolute position
+s - n + i, so the causal mask is aligned bottom-right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Backend = Callable[..., Tensor]
+
+
+def causal_mask(n: int, s: int, device: torch.device) -> Tensor:
+    """(n, s) bool, True where query i (at position s - n + i) may see key j."""
+    return torch.ones(n, s, dtype=torch.bool, device=device).tril(diagonal=s - n)
+
+
+def _check_heads(q: Tensor, k: Tensor) -> None:
+    h, g = q.shape[1], k.shape[1]
+    if h % g:
+        raise ValueError(f"query heads h={h} are not divisible by key/value heads g={g}")
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0) -> Tensor:
+    """Fused `F.scaled_dot_product_attention` with `enable_gqa`: K/V are never repeated.
+
+    Returns (b, h, n, e).
+    """
+    _check_heads(q, k)
+    n, s = q.shape[2], k.shape[2]
+    mask = None
+    # A single query at the end of the sequence sees every key: no mask needed.
+    is_causal = causal and n == s
+    if causal and n != s and n > 1:
+        mask = causal_mask(n, s, q.device)
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+def eager(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0) -> Tensor:
+    """The reference: softmax(q k^T / sqrt(e)) v, written for clarity. Returns (b, h, n, e)."""
+    _check_heads(q, k)
+    rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(rep, dim=1)  # (b, h, s, e)
+    v = v.repeat_interleave(rep, dim=1)  # (b, h, s, e)
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (b, h, n, s)
+    if causal:
+        mask = causal_mask(q.shape[2], k.shape[2], q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)  # (b, h, n, s)
+    return weights @ v  # (b, h, n, e)
+
+
+BACKENDS: dict[str, Backend] = {"sdpa": sdpa, "eager": eager}
+
+
+def get_backend(name: str) -> Backend:
+    """The kernel called `name`; unknown names raise ValueError listing the valid ones."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {sorted(BACKENDS)}") from None

@@ -1,0 +1,57 @@
+"""Honest timing primitives: warm-up, device synchronisation, every sample kept.
+
+On CUDA, CUDA events bracket the call and the host waits for the end event; on CPU,
+`time.perf_counter_ns` around the call, with the thread count fixed by the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of `fn` takes on `device` (synchronised)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) / 1e9
+
+
+def sample(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
+    """`warmup` untimed calls, then `repeats` timed ones; every sample in seconds."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return [time_call(fn, device) for _ in range(repeats)]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and the p10/p90 spread of a set of samples (seconds)."""
+
+    median: float
+    p10: float
+    p90: float
+    n: int
+
+
+def summarize(samples: Sequence[float]) -> Summary:
+    """Median and p10/p90 of `samples` (linear interpolation, as numpy's default)."""
+    if not samples:
+        raise ValueError("no samples to summarize")
+    t = torch.tensor(samples, dtype=torch.float64)
+    p10, median, p90 = torch.quantile(t, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
+    return Summary(median=median, p10=p10, p90=p90, n=len(samples))

@@ -1,0 +1,109 @@
+"""One measurable step of a variant: a forward, a training step, or one decode step.
+
+Shared by the sweep, the regression check and the pytest-benchmark suite, so all three
+time exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import attn_variants as av
+from attn_variants.registry import MODES
+
+
+class UnsupportedMode(ValueError):
+    """The variant's registry entry does not list this mode."""
+
+
+@dataclass
+class Workload:
+    """`step()` runs one timed unit of work; everything else was set up beforehand."""
+
+    module: nn.Module
+    spec: av.AttnSpec  # the spec the variant runs with (presets resolved)
+    step: Callable[[], object]
+    kv_cache_bytes: int  # analytic 2*b*g*n*e*itemsize at this shape
+
+
+def build(
+    variant: str,
+    spec: av.AttnSpec,
+    mode: str,
+    *,
+    batch: int,
+    seq_len: int,
+    n_visual: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Workload:
+    """Build variant `variant` and inputs for `mode` (fwd, fwd_bwd or decode)."""
+    entry = av.info(variant)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
+    if mode not in entry.modes:
+        raise UnsupportedMode(
+            f"variant {variant!r} does not support mode {mode!r}; it supports {list(entry.modes)}"
+        )
+    if batch <= 0 or seq_len <= 0:
+        raise ValueError(f"batch={batch} and seq_len={seq_len} must be positive")
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    torch.manual_seed(seed)  # parameter init
+    module = av.create(variant, spec, **(options or {})).to(device=device, dtype=dtype)
+    resolved = module.spec
+    make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
+    x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
+    step = make(module, x, n_visual, gen)
+    kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
+    return Workload(module, resolved, step, kv_bytes)
+
+
+def _forward(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Callable[[], object]:
+    module.eval()
+
+    def step() -> object:
+        with torch.no_grad():
+            return module(x, n_visual=n_visual)
+
+    return step
+
+
+def _forward_backward(
+    module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator
+) -> Callable[[], object]:
+    module.train()
+    x = x.detach().requires_grad_(True)
+    grad = torch.randn(x.shape, generator=gen).to(x)  # a random upstream gradient (b, n, d)
+
+    def step() -> object:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x, n_visual=n_visual).backward(grad)
+        return x.grad
+
+    return step
+
+
+def _decode(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Callable[[], object]:
+    """Prefill a cache with all n tokens (untimed); each step decodes one more text token."""
+    module.eval()
+    cache = av.KVCache()
+    x_next = torch.randn(x.shape[0], 1, x.shape[2], generator=gen).to(x)  # (b, 1, d)
+    with torch.no_grad():
+        module(x, n_visual=n_visual, cache=cache)
+    prefill = cache.length
+
+    def step() -> object:
+        cache.truncate(prefill)  # every step starts from the same cache of length n
+        with torch.no_grad():
+            return module(x_next, cache=cache)
+
+    return step
