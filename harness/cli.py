@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 import attn_variants as av
+
+from .config import load as load_config
 
 app = typer.Typer(
     name="attnbench",
@@ -76,6 +79,91 @@ def variant_table() -> Table:
 def list_variants() -> None:
     """List the registered variants, their papers, modes and options."""
     Console(width=200).print(variant_table())
+
+
+# --- sweep (issue 5) -------------------------------------------------------------------------
+
+
+def split_ints(flag: str, value: str | None) -> list[int] | None:
+    """'128, 256' -> [128, 256]; a non-integer names the flag."""
+    items = split_csv(value)
+    if items is None:
+        return None
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise ValueError(f"{flag} {value!r} must be a comma-separated list of integers") from None
+
+
+@app.command("sweep")
+@fail_cleanly
+def sweep_command(
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated names, 'all', or name:key=value:... (mmca:visual_attention=full)."
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Variant added at every shape as the speedup baseline; 'none' to leave out."),
+    ] = None,
+    seq_len: Annotated[str | None, typer.Option(help="Sequence lengths n, e.g. 128,256,512.")] = None,
+    heads: Annotated[str | None, typer.Option(help="Query head counts h.")] = None,
+    kv_heads: Annotated[
+        str | None, typer.Option(help="KV head counts g (pairs with h % g != 0 are skipped).")
+    ] = None,
+    modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size b.")] = None,
+    head_dim: Annotated[int | None, typer.Option(help="Head dim e (d = h * e).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, float64, float16 or bfloat16.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed calls per cell.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
+    ] = None,
+    visual_frac: Annotated[float | None, typer.Option(help="Multimodal variants: visual share of n.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Named profile from bench.toml: quick, ci, gpu.")
+    ] = None,
+    config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Finish an interrupted run: its folder (settings come from its run.json)."),
+    ] = None,
+) -> None:
+    """Measure latency, peak memory and FLOPs over a grid of variants and shapes, into CSV."""
+    from . import sweep, sweep_view
+
+    overrides = dict(
+        variants=split_csv(variants),
+        reference=reference,
+        seq_len=split_ints("--seq-len", seq_len),
+        heads=split_ints("--heads", heads),
+        kv_heads=split_ints("--kv-heads", kv_heads),
+        modes=split_csv(modes),
+        batch=batch,
+        head_dim=head_dim,
+        dtype=dtype,
+        device=device,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+        visual_frac=visual_frac,
+        seed=seed,
+        out=out,
+    )
+    if resume is not None:
+        given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])
+        if given:
+            raise ValueError(f"--resume takes its settings from run.json; drop {given}")
+        cfg = sweep.resume_config(resume)
+    else:
+        cfg = load_config(sweep.SweepConfig, "sweep", path=config, profile=profile, overrides=overrides)
+    raise typer.Exit(sweep_view.main(cfg, resume=resume, console=Console(width=160)))
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ tolerance = 1
 """,
     )
     assert config.load(Demo, "demo", path=path) == Demo(seq_len=(64, 128), repeats=5)
-    quick = config.load(Demo, "demo", path=path, profile="quick", overrides={"dtype": "bfloat16", "out": None})
+    quick = config.load(
+        Demo, "demo", path=path, profile="quick", overrides={"dtype": "bfloat16", "out": None}
+    )
     assert quick == Demo(seq_len=(64, 128), repeats=3, tolerance=1.0, dtype="bfloat16")
 
 

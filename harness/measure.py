@@ -1,0 +1,155 @@
+"""What the sweep measures besides latency: peak memory, FLOPs, the SDPA backend, the machine.
+
+Every figure here is measured in an untimed pass, never computed from a formula:
+- memory: on CUDA, peak allocated above the baseline (`reset_peak_memory_stats`,
+  `max_memory_allocated`); on CPU, the peak of the running sum of torch.profiler's allocation
+  events over one call;
+- the SDPA backend: the kernel's op name in the same profiled call;
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one call under the math SDPA backend,
+  because on CPU it has no formula for the fused flash kernel and would count 0 for it. Like
+  every FlopCounterMode count, causal attention is counted as if full (all n*s scores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+# aten op name -> the SDPA backend it means (torch/nn/attention; `sdpa_backend` column).
+SDPA_OPS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
+    "aten::_scaled_dot_product_attention_math": "math",
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when there is one, else CPU; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid devices: ['auto', 'cpu', 'cuda']")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def environment(device: torch.device) -> dict[str, str | int]:
+    """The machine and software a row was measured on (constant over a run)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "git_commit": git_commit(),
+        "device": device.type,
+        "device_name": name or platform.machine(),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def git_commit() -> str:
+    """`git describe --always --dirty` of this checkout, or 'unknown' outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one profiled, untimed call showed."""
+
+    peak_mem_bytes: int  # peak allocated above the level at the call's start
+    sdpa_backend: str  # e.g. 'flash_cpu', 'flash', 'math'; 'a+b' if several; 'none' if no SDPA op ran
+
+
+def probe(step: Callable[[], object], device: torch.device) -> Probe:
+    """Run `step` once under the profiler: its peak memory and the SDPA kernels it called."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=device.type == "cpu")
+    with _quiet_stderr(), prof:  # the step already ran unprofiled, with its warnings shown
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = _peak_of_allocations(prof)
+    return Probe(peak_mem_bytes=peak, sdpa_backend=sdpa_backend(e.name for e in prof.events()))
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null: libkineto writes two log lines per profiled call
+    from C++ (KINETO_LOG_LEVEL does not silence them in torch 2.13), one per sweep cell."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _peak_of_allocations(prof: profile) -> int:
+    """Peak of the running sum of the profiler's CPU allocation (+) and free (-) events."""
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    running = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        running += event.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def sdpa_backend(op_names: Iterable[str]) -> str:
+    """The SDPA backends named by these op names, joined with '+'; 'none' if there were none."""
+    found = sorted({SDPA_OPS[name] for name in op_names if name in SDPA_OPS})
+    return "+".join(found) if found else "none"
+
+
+def count_flops(step: Callable[[], object]) -> int:
+    """FLOPs of one call of `step`, counted under the math SDPA backend (see module doc)."""
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        step()
+    return counter.get_total_flops()
+
+
+def is_oom(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator failing to allocate."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

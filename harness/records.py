@@ -1,0 +1,104 @@
+"""Sweep results as rows: one frozen record per measured cell, written and flushed at once.
+
+Column names are the ones reports/ and the README use. Times are milliseconds, memory bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("ok", "oom", "unsupported", "invalid", "error")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of the sweep grid. Measured fields are None when `status` is not 'ok'."""
+
+    run_id: str
+    timestamp: str  # ISO 8601, when the cell finished
+    git_commit: str  # `git describe --always --dirty` of the harness
+    device: str  # 'cpu' or 'cuda'
+    device_name: str
+    torch_version: str
+    threads: int  # torch.get_num_threads(), fixed for the run
+    dtype: str
+    variant: str  # registry name
+    options: str  # options given for this variant, 'key=value;...' ('' = registry defaults)
+    mode: str  # fwd | fwd_bwd | decode
+    batch: int  # b
+    seq_len: int  # n; in decode mode the KV cache length (one new token is decoded)
+    n_visual: int  # m, leading visual tokens (multimodal variants: round(visual_frac * n), else 0)
+    dim: int  # d = h * e
+    n_heads: int  # h
+    n_kv_heads: int  # g, after the variant's preset (mha: g = h, mqa: g = 1)
+    head_dim: int  # e
+    status: str  # one of STATUSES
+    error: str = ""  # 'ExceptionType: message' when status != 'ok'
+    latency_ms_median: float | None = None
+    latency_ms_p10: float | None = None
+    latency_ms_p90: float | None = None
+    repeats: int | None = None  # timed calls, after the warm-up
+    latency_ms_samples: str = ""  # every timed sample, ';'-separated, so any statistic can be redone
+    # Measured peak allocated above the start of one call: CUDA allocator statistics, or on
+    # CPU the peak running sum of torch.profiler's allocation events. Not a formula.
+    peak_mem_bytes: int | None = None
+    kv_cache_bytes: int | None = None  # analytic 2*b*g*n*e*itemsize, separate from the measurement
+    # FlopCounterMode count of one call under the math SDPA backend. Convention: causal
+    # attention is counted as if full (all n*s scores), as FlopCounterMode does everywhere;
+    # the work a causal kernel actually needs is about half of the attention part.
+    flops: int | None = None
+    tflops: float | None = None  # flops / latency median / 1e12 (causal counted as full, see flops)
+    sdpa_backend: str = ""  # SDPA kernel(s) torch ran, from profiler op names: flash_cpu, flash, math...
+    cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
+    timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status={self.status!r} is not one of {list(STATUSES)}")
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Row))
+
+
+class CsvSink:
+    """Appends rows to a CSV (header once) and flushes each, so an interrupted run keeps them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists() or path.stat().st_size == 0
+        torn = not new and path.read_bytes()[-1:] != b"\n"  # a hard kill cut the last line short
+        self._file = open(path, "a", newline="")  # noqa: SIM115 (closed by close())
+        if torn:
+            self._file.write("\r\n")  # end the torn line; read_rows drops it
+        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def write(self, row: Row) -> None:
+        self._writer.writerow({k: "" if v is None else v for k, v in dataclasses.asdict(row).items()})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CsvSink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a sweep CSV as strings; a last line cut short by a hard kill is dropped."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
+            raise ValueError(f"{str(path)!r} has columns {reader.fieldnames}; expected {list(COLUMNS)}")
+        return [row for row in reader if None not in row.values() and None not in row]

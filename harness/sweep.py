@@ -1,0 +1,303 @@
+"""`attnbench sweep`: latency, memory and FLOPs of registered variants over a grid, into CSV.
+
+Python API (the CLI is a thin layer over it):
+
+    cfg = harness.config.load(SweepConfig, "sweep", profile="quick")
+    df = harness.sweep.run(cfg)          # pandas.DataFrame, also <out>/<run_id>/sweep.csv
+
+The grid is variants x modes x seq_len x n_heads x n_kv_heads. Cells are deduplicated by the
+spec each variant resolves to (mha and mqa fix g), pairs with h % g != 0 or g > h are skipped
+and counted, and the cells of one shape run back to back so that a variant and its mha
+reference see the same machine state. Each cell: build, one FLOP-counting pass under the math
+backend, `warmup` calls, one profiled call (memory, SDPA backend), then `repeats` timed calls.
+A failing cell becomes a row with its status; Ctrl-C keeps the rows written so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+import torch
+
+import attn_variants as av
+from attn_variants.registry import Mode
+
+from . import config as config_mod
+from . import measure, timing, workload
+from .records import CsvSink, Row, read_rows
+from .variant_choice import VariantChoice, parse_variants
+
+TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The `[sweep]` table of bench.toml; every field is also a CLI flag."""
+
+    variants: tuple[str, ...] = ("all",)  # names, 'name:key=value:...' with options, or 'all'
+    reference: str = "mha"  # added to the grid so every shape has a speedup baseline; 'none': don't
+    seq_len: tuple[int, ...] = (256, 512, 1024, 2048)
+    heads: tuple[int, ...] = (8,)
+    kv_heads: tuple[int, ...] = (1, 2, 4, 8)
+    modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
+    batch: int = 2
+    head_dim: int = 64  # e; the model width is d = h * e, so every h keeps the same head size
+    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
+    repeats: int = 20
+    warmup: int = 3
+    threads: int = 0  # torch.set_num_threads for the run; 0 keeps torch's default (it is recorded)
+    visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
+    seed: int = 0
+    out: str = "results"
+
+    def __post_init__(self) -> None:
+        for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
+            if not getattr(self, name):
+                raise ValueError(f"empty grid: {name} has no values")
+        for name in ("seq_len", "heads", "kv_heads"):
+            bad = [v for v in getattr(self, name) if v <= 0]
+            if bad:
+                raise ValueError(f"{name} values must be positive; got {bad}")
+        for name, low in (("batch", 1), ("head_dim", 1), ("repeats", 1), ("warmup", 0), ("threads", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
+        if not 0.0 <= self.visual_frac <= 1.0:
+            raise ValueError(f"visual_frac={self.visual_frac} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: a variant (with options) at one resolved shape and mode."""
+
+    choice: VariantChoice
+    mode: str
+    batch: int
+    seq_len: int
+    n_visual: int
+    spec: av.AttnSpec  # after the variant's preset
+    dtype: str
+
+    def key(self) -> tuple[str, ...]:
+        s = self.spec
+        values = (self.choice.name, self.choice.options_text, self.mode, self.batch, self.seq_len)
+        return tuple(map(str, (*values, self.n_visual, s.n_heads, s.n_kv_heads, s.head_dim, self.dtype)))
+
+
+def row_key(row: dict[str, str]) -> tuple[str, ...]:
+    """The `Cell.key` of a row read back from a CSV (resume)."""
+    names = ("variant", "options", "mode", "batch", "seq_len", "n_visual", "n_heads", "n_kv_heads")
+    return tuple(row[k] for k in (*names, "head_dim", "dtype"))
+
+
+def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
+    """The cells to run, and the (n_heads, n_kv_heads) pairs skipped as invalid."""
+    choices = parse_variants(cfg.variants, cfg.reference)
+    pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads]
+    skipped = [(h, g) for h, g in pairs if g > h or h % g]
+    cells: dict[tuple[str, ...], Cell] = {}
+    for mode in cfg.modes:
+        for n in cfg.seq_len:
+            for h, g in (p for p in pairs if p not in skipped):
+                for choice in choices:
+                    cell = _cell(choice, mode, n, h, g, cfg)
+                    cells.setdefault(cell.key(), cell)
+    if not cells:
+        raise ValueError(
+            f"empty grid: no valid (n_heads, n_kv_heads) pair in heads={cfg.heads}, "
+            f"kv_heads={cfg.kv_heads} (n_heads must be divisible by n_kv_heads)"
+        )
+    return _by_shape(cells.values()), skipped
+
+
+def _cell(choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig) -> Cell:
+    entry = av.info(choice.name)
+    spec = entry.resolve(av.AttnSpec(dim=h * cfg.head_dim, n_heads=h, n_kv_heads=g))
+    n_visual = round(cfg.visual_frac * n) if entry.multimodal else 0
+    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype)
+
+
+def _by_shape(cells: Iterable[Cell]) -> list[Cell]:
+    """Group the cells of one (mode, n, h) together, in grid order (stable)."""
+    cells = list(cells)
+    shapes = list(dict.fromkeys((c.mode, c.seq_len, c.spec.n_heads) for c in cells))
+    return sorted(cells, key=lambda c: shapes.index((c.mode, c.seq_len, c.spec.n_heads)))
+
+
+class Observer(Protocol):
+    """Progress hooks (the CLI's rich progress bar)."""
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def cell(self, cell: Cell, row: Row) -> None: ...
+
+
+def new_run_dir(cfg: SweepConfig) -> Path:
+    """<out>/<run_id>: a timestamp and a short random suffix (two runs in one second differ)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.out) / f"{stamp}-{secrets.token_hex(2)}"
+
+
+def resume_config(run_dir: Path) -> SweepConfig:
+    """The config a run was started with, read back from its run.json."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"cannot resume {str(run_dir)!r}: no run.json there")
+    return config_mod.build(SweepConfig, json.loads(path.read_text())["config"], where=str(path))
+
+
+def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | None = None) -> pd.DataFrame:
+    """Measure every cell of `cfg`'s grid not already in `run_dir`/sweep.csv; return all rows.
+
+    The frame's `attrs` hold run_dir, csv, skipped pairs, and this session's wall and timed seconds.
+    """
+    cells, skipped = grid(cfg)
+    device, dtype_ok = measure.resolve_device(cfg.device), measure.DTYPES[cfg.dtype]
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = run_dir / "sweep.csv"
+    done = {row_key(r) for r in read_rows(csv_path)}
+    todo = [c for c in cells if c.key() not in done]
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0, timed = time.perf_counter(), 0.0
+    try:
+        env = measure.environment(device)
+        _write_run_json(run_dir, cfg, env, skipped, len(cells))
+        if observer:
+            observer.start(len(cells), len(cells) - len(todo))
+        with CsvSink(csv_path) as sink:
+            for cell in todo:
+                row = measure_cell(cell, cfg, device, dtype_ok, env, run_dir.name)
+                sink.write(row)
+                timed += row.timed_s or 0.0
+                if observer:
+                    observer.cell(cell, row)
+    finally:
+        torch.set_num_threads(previous_threads)
+    df = load(csv_path)
+    df.attrs.update(
+        run_dir=str(run_dir),
+        csv=str(csv_path),
+        skipped=skipped,
+        measured=len(todo),
+        wall_s=time.perf_counter() - t0,
+        timed_s=timed,
+    )
+    return df
+
+
+def load(csv_path: Path) -> pd.DataFrame:
+    """A sweep CSV as a DataFrame, text columns as '' (not NaN) where empty."""
+    df = pd.read_csv(csv_path, dtype=dict.fromkeys(TEXT_COLUMNS, str))
+    df[list(TEXT_COLUMNS)] = df[list(TEXT_COLUMNS)].fillna("")
+    return df
+
+
+def _write_run_json(run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int) -> None:
+    path = run_dir / "run.json"
+    if path.exists():  # resuming: the first session's record stays, the config must not change
+        return
+    record = {
+        "run_id": run_dir.name,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(cfg),
+        "environment": env,
+        "cells": cells,
+        "skipped_pairs": [list(p) for p in skipped],
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def measure_cell(
+    cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype, env: dict, run_id: str
+) -> Row:
+    """One row: the cell measured, or its failure as status and error (the sweep goes on)."""
+    start = time.perf_counter()
+    try:
+        status, error, fields = "ok", "", _measure(cell, cfg, device, dtype)
+    except workload.UnsupportedMode as err:
+        status, error, fields = "unsupported", str(err), {}
+    except Exception as err:  # noqa: BLE001 (any failure is recorded, the sweep goes on)
+        status = "oom" if measure.is_oom(err) else "invalid" if isinstance(err, ValueError) else "error"
+        error, fields = f"{type(err).__name__}: {err}"[:500], {}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    s = cell.spec
+    return Row(
+        run_id=run_id,
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **env,
+        dtype=cell.dtype,
+        variant=cell.choice.name,
+        options=cell.choice.options_text,
+        mode=cell.mode,
+        batch=cell.batch,
+        seq_len=cell.seq_len,
+        n_visual=cell.n_visual,
+        dim=s.dim,
+        n_heads=s.n_heads,
+        n_kv_heads=s.n_kv_heads,
+        head_dim=s.head_dim,
+        status=status,
+        error=error,
+        cell_s=round(time.perf_counter() - start, 6),
+        **fields,
+    )
+
+
+def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    w = workload.build(
+        cell.choice.name,
+        cell.spec,
+        cell.mode,
+        batch=cell.batch,
+        seq_len=cell.seq_len,
+        n_visual=cell.n_visual,
+        dtype=dtype,
+        device=device,
+        options=dict(cell.choice.options),
+        seed=cfg.seed,
+    )
+    flops = measure.count_flops(w.step)  # untimed, math backend
+    for _ in range(cfg.warmup):
+        w.step()
+    probe = measure.probe(w.step, device)  # untimed, the backend the timed calls use
+    samples = timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
+    t = timing.summarize(samples)
+    return dict(
+        latency_ms_median=t.median * 1e3,
+        latency_ms_p10=t.p10 * 1e3,
+        latency_ms_p90=t.p90 * 1e3,
+        repeats=t.n,
+        latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
+        peak_mem_bytes=probe.peak_mem_bytes,
+        kv_cache_bytes=w.kv_cache_bytes,
+        flops=flops,
+        tflops=flops / t.median / 1e12,
+        sdpa_backend=probe.sdpa_backend,
+        timed_s=sum(samples),
+    )
+
+
+SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]
+
+
+def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
+    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape."""
+    ok = df[df["status"] == "ok"]
+    ref = ok[(ok["variant"] == reference) & (ok["options"] == "")]
+    ref = ref.groupby(SHAPE, as_index=False)["latency_ms_median"].median()
+    out = df.merge(ref.rename(columns={"latency_ms_median": "_ref_ms"}), on=SHAPE, how="left")
+    out["speedup"] = out["_ref_ms"] / out["latency_ms_median"]
+    return out.drop(columns="_ref_ms")

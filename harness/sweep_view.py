@@ -1,0 +1,101 @@
+"""What a person sees during `attnbench sweep`: a progress bar with ETA, a summary, the CSV path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from . import sweep
+from .records import Row
+from .variant_choice import VariantChoice
+
+
+class ProgressBar:
+    """`sweep.Observer` drawing a rich progress bar over the cells (ETA from cells done)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.task = progress, None
+
+    def start(self, total: int, done: int) -> None:
+        self.task = self.progress.add_task("sweep", total=total, completed=done)
+
+    def cell(self, cell: sweep.Cell, row: Row) -> None:
+        what = f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len}: {row.status}"
+        self.progress.update(self.task, advance=1, description=what)
+
+
+def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console) -> int:
+    """Run the sweep with a progress bar, print the summary and CSV path; the exit code."""
+    run_dir = Path(resume) if resume is not None else sweep.new_run_dir(cfg)
+    columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn())
+    progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    try:
+        with progress:
+            df = sweep.run(cfg, run_dir=run_dir, observer=ProgressBar(progress))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished rows are kept in {run_dir / 'sweep.csv'}")
+        console.print(f"finish the missing cells with: attnbench sweep --resume {run_dir}")
+        return 130
+    console.print(summary_table(df, cfg.reference))
+    console.print(footer(df))
+    console.print(f"CSV: {df.attrs['csv']}")
+    return 0
+
+
+def summary_table(df: pd.DataFrame, reference: str) -> Table:
+    """Per variant (with g and options) and mode: cells ok, latency at the largest n, speedup."""
+    df = sweep.with_speedup(df, reference) if reference != "none" else df.assign(speedup=np.nan)
+    n_max = int(df["seq_len"].max())
+    table = Table(title=f"sweep summary (speedup = {reference} latency / variant latency, same shape)")
+    for col in ("variant", "h", "mode", "ok/cells", f"ms @ n={n_max}", f"peak MiB @ n={n_max}"):
+        table.add_column(col, justify="left" if col in ("variant", "mode") else "right")
+    table.add_column(escape(f"speedup vs {reference}: geo-mean [min, max] over n"), justify="right")
+    keys = ["variant", "options", "n_heads", "n_kv_heads", "mode"]
+    for (variant, options, h, g, mode), rows in df.groupby(keys, sort=False):
+        choice = VariantChoice(variant, tuple(p.split("=", 1) for p in options.split(";") if p))
+        ok = rows[rows["status"] == "ok"]
+        at_max = ok[ok["seq_len"] == n_max]
+        ms = f"{at_max['latency_ms_median'].iloc[0]:.3f}" if len(at_max) else "-"
+        mib = f"{at_max['peak_mem_bytes'].iloc[0] / 2**20:.1f}" if len(at_max) else "-"
+        statuses = "" if len(ok) == len(rows) else " (" + ",".join(sorted(set(rows["status"]) - {"ok"})) + ")"
+        label = choice.label(int(g))
+        table.add_row(label, str(h), mode, f"{len(ok)}/{len(rows)}{statuses}", ms, mib, _speedup(ok))
+    return table
+
+
+def _speedup(ok: pd.DataFrame) -> str:
+    s = ok["speedup"].dropna()
+    if s.empty:
+        return "-"
+    geo = float(np.exp(np.log(s).mean()))
+    return f"{geo:.2f}x [{s.min():.2f}, {s.max():.2f}]"
+
+
+def footer(df: pd.DataFrame) -> str:
+    """Skipped grid points and the harness's own share of the wall time."""
+    lines = []
+    skipped = df.attrs.get("skipped", [])
+    if skipped:
+        pairs = ", ".join(f"(h={h}, g={g})" for h, g in skipped)
+        lines.append(f"skipped {len(skipped)} (n_heads, n_kv_heads) pair(s), h % g != 0 or g > h: {pairs}")
+    wall, timed = df.attrs.get("wall_s", 0.0), df.attrs.get("timed_s", 0.0)
+    if wall > 0 and df.attrs.get("measured"):
+        overhead = 1 - timed / wall
+        lines.append(
+            f"measured {df.attrs['measured']} cell(s) in {wall:.1f} s; timed repeats {timed:.1f} s, "
+            f"harness overhead (build, FLOP and memory passes, warm-up, CSV) {overhead:.0%}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Variants named on the command line, with options: `gqa`, `mmca:visual_attention=full`, `all`.
+
+Syntax: `name[:key=value[:key=value...]]`. Values are parsed to the type of the option's
+registry default (bool: true/false), so any registered variant works with no change here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import attn_variants as av
+
+BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """A registered variant and the options given for it (sorted; defaults are not listed)."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def options_text(self) -> str:
+        """'key=value;...', the CSV `options` column ('' = registry defaults)."""
+        return ";".join(f"{k}={format_value(v)}" for k, v in self.options)
+
+    def label(self, n_kv_heads: int) -> str:
+        """Names carry their parameters: 'gqa_g2', 'mmca_g2[visual_attention=full]'."""
+        suffix = f"[{self.options_text}]" if self.options else ""
+        return f"{self.name}_g{n_kv_heads}{suffix}"
+
+
+def parse_variants(items: Iterable[str], reference: str = "none") -> list[VariantChoice]:
+    """Parse `items` ('all' expands to every registered name), then add `reference` first
+    unless it is 'none' or already there without options. Order kept, duplicates dropped."""
+    choices: list[VariantChoice] = []
+    for item in items:
+        names = av.names() if item.strip() == "all" else [item]
+        choices.extend(parse_one(name) for name in names)
+    if reference != "none":
+        av.info(reference)  # an unknown reference names the valid variants
+        choices.insert(0, VariantChoice(reference))
+    return list(dict.fromkeys(choices))
+
+
+def parse_one(text: str) -> VariantChoice:
+    """'name:key=value:...' -> VariantChoice; unknown names or options raise ValueError."""
+    name, *pairs = [part.strip() for part in text.split(":")]
+    entry = av.info(name)
+    given: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            example = "e.g. 'gqa:backend=eager'"
+            raise ValueError(f"variant option {pair!r} in {text!r} is not key=value ({example})")
+        entry.resolve_options({key: None})  # unknown keys raise, naming the valid options
+        given[key.strip()] = parse_value(raw.strip(), entry.options[key], f"{name}:{key}")
+    return VariantChoice(name, tuple(sorted(given.items())))
+
+
+def parse_value(raw: str, default: Any, where: str) -> Any:
+    """`raw` as the type of `default` (str when the default is None or a string)."""
+    if isinstance(default, bool):
+        if raw.lower() not in BOOLS:
+            raise ValueError(f"option {where}={raw!r} must be a boolean: true or false")
+        return BOOLS[raw.lower()]
+    for tp in (int, float):
+        if isinstance(default, tp):
+            try:
+                return tp(raw)
+            except ValueError:
+                raise ValueError(f"option {where}={raw!r} must be of type {tp.__name__}") from None
+    return raw
+
+
+def format_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
