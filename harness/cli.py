@@ -119,6 +119,9 @@ def sweep_command(
     dtype: Annotated[str | None, typer.Option(help="float32, float64, float16 or bfloat16.")] = None,
     device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed calls per cell.")] = None,
+    min_time_s: Annotated[
+        float | None, typer.Option(help="Keep timing a cell until its timed calls add up to this.")
+    ] = None,
     warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
     threads: Annotated[
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
@@ -150,6 +153,7 @@ def sweep_command(
         dtype=dtype,
         device=device,
         repeats=repeats,
+        min_time_s=min_time_s,
         warmup=warmup,
         threads=threads,
         visual_frac=visual_frac,

@@ -53,8 +53,11 @@ class SweepConfig:
     head_dim: int = 64  # e; the model width is d = h * e, so every h keeps the same head size
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
-    repeats: int = 20
-    warmup: int = 3
+    repeats: int = 20  # timed calls per cell, at least
+    # ...and more until the timed calls add up to this many seconds: fast cells (decode) would
+    # otherwise be mostly harness overhead (build, prefill, FLOP and memory passes). 0: off.
+    min_time_s: float = 0.0
+    warmup: int = 3  # plain calls before the profiled call; the FLOP pass runs the step once too
     threads: int = 0  # torch.set_num_threads for the run; 0 keeps torch's default (it is recorded)
     visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
     seed: int = 0
@@ -68,7 +71,15 @@ class SweepConfig:
             bad = [v for v in getattr(self, name) if v <= 0]
             if bad:
                 raise ValueError(f"{name} values must be positive; got {bad}")
-        for name, low in (("batch", 1), ("head_dim", 1), ("repeats", 1), ("warmup", 0), ("threads", 0)):
+        lows = (
+            ("batch", 1),
+            ("head_dim", 1),
+            ("repeats", 1),
+            ("warmup", 0),
+            ("threads", 0),
+            ("min_time_s", 0),
+        )
+        for name, low in lows:
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
         if not 0.0 <= self.visual_frac <= 1.0:
@@ -274,6 +285,8 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         w.step()
     probe = measure.probe(w.step, device)  # untimed, the backend the timed calls use
     samples = timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
+    while sum(samples) < cfg.min_time_s:  # batches of `repeats` (timing.summarize keeps them all)
+        samples += timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
     t = timing.summarize(samples)
     return dict(
         latency_ms_median=t.median * 1e3,
