@@ -129,6 +129,12 @@ def sweep_command(
     visual_frac: Annotated[float | None, typer.Option(help="Multimodal variants: visual share of n.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
+    executor: Annotated[
+        str | None, typer.Option(help="local (this process) or ray (one Ray task per cell).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join: auto or HOST:PORT ('' starts a local one).")
+    ] = None,
     profile: Annotated[
         str | None, typer.Option(help="Named profile from bench.toml: quick, ci, gpu.")
     ] = None,
@@ -159,6 +165,8 @@ def sweep_command(
         visual_frac=visual_frac,
         seed=seed,
         out=out,
+        executor=executor,
+        ray_address=ray_address,
     )
     if resume is not None:
         given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])

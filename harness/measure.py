@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -57,11 +58,16 @@ def resolve_device(name: str) -> torch.device:
 
 def environment(device: torch.device) -> dict[str, str | int]:
     """The machine and software a row was measured on (constant over a run)."""
+    return {"git_commit": git_commit(), **host_environment(device)}
+
+
+def host_environment(device: torch.device) -> dict[str, str | int]:
+    """The part of `environment` that belongs to the host running the cell (a Ray worker's own)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
-        "git_commit": git_commit(),
         "device": device.type,
         "device_name": name or platform.machine(),
+        "host": socket.gethostname(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }

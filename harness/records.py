@@ -23,6 +23,7 @@ class Row:
     git_commit: str  # `git describe --always --dirty` of the harness
     device: str  # 'cpu' or 'cuda'
     device_name: str
+    host: str  # the machine that ran the cell (Ray sweeps spread cells over hosts)
     torch_version: str
     threads: int  # torch.get_num_threads(), fixed for the run
     dtype: str

@@ -16,6 +16,7 @@ A failing cell becomes a row with its status; Ctrl-C keeps the rows written so f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import secrets
 import time
@@ -32,7 +33,7 @@ import attn_variants as av
 from attn_variants.registry import Mode
 
 from . import config as config_mod
-from . import measure, timing, workload
+from . import executors, measure, timing, workload
 from .records import CsvSink, Row, read_rows
 from .variant_choice import VariantChoice, parse_variants
 
@@ -62,6 +63,10 @@ class SweepConfig:
     visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
     seed: int = 0
     out: str = "results"
+    # local: cells run one by one in this process. ray: one Ray task per cell, holding a whole
+    # GPU (GPU sweeps) or one CPU slot per thread (CPU sweeps), so cells never share a device.
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
 
     def __post_init__(self) -> None:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
@@ -172,7 +177,8 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
     The frame's `attrs` hold run_dir, csv, skipped pairs, and this session's wall and timed seconds.
     """
     cells, skipped = grid(cfg)
-    device, dtype_ok = measure.resolve_device(cfg.device), measure.DTYPES[cfg.dtype]
+    pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads)
+    device, dtype_ok = pool.device(cfg.device), measure.DTYPES[cfg.dtype]
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path = run_dir / "sweep.csv"
@@ -187,9 +193,13 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
         _write_run_json(run_dir, cfg, env, skipped, len(cells))
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
+        task = functools.partial(
+            _measure_on_host if cfg.executor == "ray" else measure_cell,
+            cfg=cfg, device=device, dtype=dtype_ok, env=env, run_id=run_dir.name,
+        )  # fmt: skip
         with CsvSink(csv_path) as sink:
-            for cell in todo:
-                row = measure_cell(cell, cfg, device, dtype_ok, env, run_dir.name)
+            for cell, result in pool.map(task, todo, device=device):
+                row = result if isinstance(result, Row) else failed_row(cell, result, env, run_dir.name)
                 sink.write(row)
                 timed += row.timed_s or 0.0
                 if observer:
@@ -244,6 +254,23 @@ def measure_cell(
         error, fields = f"{type(err).__name__}: {err}"[:500], {}
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return _row(cell, env, run_id, status, error, cell_s=round(time.perf_counter() - start, 6), **fields)
+
+
+def _measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
+    """`measure_cell` as a Ray task: fix the thread count and describe this worker's machine."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    local = measure.host_environment(kwargs["device"])
+    return measure_cell(cell, cfg=cfg, env={**env, **local}, **kwargs)
+
+
+def failed_row(cell: Cell, err: BaseException, env: dict, run_id: str) -> Row:
+    """The row of a cell whose worker died or raised outside the measurement (status error)."""
+    return _row(cell, {**env, "host": ""}, run_id, "error", f"{type(err).__name__}: {err}"[:500])
+
+
+def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: Any) -> Row:
     s = cell.spec
     return Row(
         run_id=run_id,
@@ -262,7 +289,6 @@ def measure_cell(
         head_dim=s.head_dim,
         status=status,
         error=error,
-        cell_s=round(time.perf_counter() - start, 6),
         **fields,
     )
 

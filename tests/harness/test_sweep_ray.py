@@ -1,0 +1,84 @@
+"""`--executor ray`: the same cells as local, failures in workers become rows, clear error without Ray."""
+
+import os
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from harness import sweep
+from harness.cli import app
+
+from .test_sweep_cli import read_csv, tiny
+
+runner = CliRunner()
+KEY = ("variant", "options", "mode", "seq_len", "n_heads", "n_kv_heads", "status")
+
+
+@pytest.fixture(scope="module")
+def ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Test-module functions travel to the workers by value (they cannot import tests/).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def cells(rows):
+    return sorted(tuple(r[k] for k in KEY) for r in rows)
+
+
+def test_ray_runs_the_same_cells_as_local(tmp_path, ray):
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    local = runner.invoke(app, tiny(tmp_path / "local", "--variants", "gqa,mqa"))
+    remote = runner.invoke(app, tiny(tmp_path / "ray", "--variants", "gqa,mqa", "--executor", "ray"))
+    assert local.exit_code == 0, local.output
+    assert remote.exit_code == 0, remote.output
+    local_rows, ray_rows = read_csv(local), read_csv(remote)
+    assert cells(ray_rows) == cells(local_rows)
+    assert all(r["host"] and r["status"] == "ok" for r in ray_rows)
+    assert all(float(r["latency_ms_median"]) > 0 for r in ray_rows)
+
+
+MEASURE_ON_HOST = sweep._measure_on_host
+
+
+def _failing_task(cell, **kwargs):
+    """Raises in the worker for n=32 and kills the worker for fwd n=16; measures the rest."""
+    if cell.seq_len == 32:
+        raise RuntimeError("boom in the worker")
+    if cell.seq_len == 16 and cell.mode == "fwd":
+        os._exit(1)
+    return MEASURE_ON_HOST(cell, **kwargs)
+
+
+def test_a_cell_that_raises_or_kills_its_worker_is_an_error_row(tmp_path, ray, monkeypatch):
+    monkeypatch.setattr(sweep, "_measure_on_host", _failing_task)
+    cfg = sweep.SweepConfig(
+        variants=("gqa",), reference="none", seq_len=(16, 32), heads=(4,), kv_heads=(2,),
+        modes=("fwd", "decode"), batch=1, head_dim=8, device="cpu", repeats=2, warmup=0, threads=1,
+        out=str(tmp_path), executor="ray",
+    )  # fmt: skip
+    df = sweep.run(cfg).set_index(["mode", "seq_len"])
+    assert len(df) == 4
+    assert df.loc[("decode", 16), "status"] == "ok"
+    for mode in ("fwd", "decode"):
+        assert df.loc[(mode, 32), "status"] == "error"
+        assert "boom in the worker" in df.loc[(mode, 32), "error"]
+    assert df.loc[("fwd", 16), "status"] == "error"
+    assert "died" in df.loc[("fwd", 16), "error"].lower() or "crash" in df.loc[("fwd", 16), "error"].lower()
+
+
+def test_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails
+    result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--executor", "ray"))
+    assert result.exit_code == 2
+    assert 'pip install "attnbench[ray]"' in result.output
+
+
+def test_unknown_executor_is_rejected(tmp_path):
+    result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--executor", "slurm"))
+    assert result.exit_code == 2
+    assert "executor='slurm' is not one of ['local', 'ray']" in result.output
