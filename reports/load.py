@@ -118,9 +118,12 @@ def combined(runs: list[Run], table: str) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def series_columns(df: pd.DataFrame, candidates: tuple[str, ...] = SHAPE_COLUMNS) -> list[str]:
-    """The columns that name a series: variant, options, then any shape column or run that varies."""
-    varying = [c for c in (*candidates, "run") if c in df.columns and df[c].nunique(dropna=True) > 1]
+def series_columns(
+    df: pd.DataFrame, candidates: tuple[str, ...] = SHAPE_COLUMNS, run: bool = True
+) -> list[str]:
+    """The columns that name a series: variant, options, then any shape column (or run) that varies."""
+    candidates = (*candidates, "run") if run else candidates
+    varying = [c for c in candidates if c in df.columns and df[c].nunique(dropna=True) > 1]
     return ["variant", "options", *varying]
 
 
@@ -136,9 +139,11 @@ def _fmt(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def with_labels(df: pd.DataFrame, candidates: tuple[str, ...] = SHAPE_COLUMNS) -> pd.DataFrame:
-    """A copy of `df` with a `label` column naming each row's series."""
-    cols = series_columns(df, candidates)
+def with_labels(
+    df: pd.DataFrame, candidates: tuple[str, ...] = SHAPE_COLUMNS, run: bool = True
+) -> pd.DataFrame:
+    """A copy of `df` with a `label` column naming each row's series (and its run, if `run`)."""
+    cols = series_columns(df, candidates, run)
     out = df.copy()
     out["label"] = [series_label(dict(zip(cols, row, strict=True))) for row in df[cols].itertuples(False)]
     return out

@@ -45,6 +45,11 @@ class Page:
     skipped: list[str] = field(default_factory=list)
 
 
+def failed_cells(failures: pd.DataFrame) -> int:
+    """How many rows did not run (the failures table groups alike ones)."""
+    return int(failures["cells"].sum()) if not failures.empty else 0
+
+
 def _anchor(title: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
 
@@ -65,7 +70,7 @@ def _figure_html(fig: FigureEntry) -> str:
 def _failures_html(failures: pd.DataFrame) -> str:
     if failures.empty:
         return "<p>Every cell ran (status ok).</p>"
-    return f'<p class="warn">{len(failures)} cells did not run.</p>' + _html_table(failures)
+    return f'<p class="warn">{failed_cells(failures)} cells did not run.</p>' + _html_table(failures)
 
 
 def render_html(page: Page) -> str:
@@ -78,8 +83,8 @@ def render_html(page: Page) -> str:
         "<nav>" + "".join(f'<a href="#{_anchor(s)}">{html.escape(s)}</a>' for s in sections) + "</nav>",
     ]
     if not page.failures.empty:
-        parts.append(f'<p class="warn">{len(page.failures)} cells did not run: see <a href="#failed-cells">'
-                     "Failed cells</a>.</p>")  # fmt: skip
+        link = '<a href="#failed-cells">Failed cells</a>'
+        parts.append(f'<p class="warn">{failed_cells(page.failures)} cells did not run: see {link}.</p>')
     parts.append(f'<h2 id="figures">Figures</h2>{"".join(_figure_html(f) for f in page.figures)}')
     parts += [f'<p class="muted">Not drawn: {html.escape(note)}</p>' for note in page.skipped]
     for title, df, caption in page.tables:
@@ -109,7 +114,7 @@ def render_markdown(page: Page) -> str:
     """summary.md as a string."""
     lines = [f"## attnbench report: {', '.join(page.runs)}", ""]
     if not page.failures.empty:
-        lines += [f"**{len(page.failures)} cells did not run** (see Failed cells).", ""]
+        lines += [f"**{failed_cells(page.failures)} cells did not run** (see Failed cells).", ""]
     for title, df, caption in page.tables:
         lines += [f"### {title}", "", caption, "", markdown_table(df), ""]
     lines += [

@@ -152,7 +152,7 @@ def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
     cells["speedup"] = cells["mha_ms"] / cells["latency_ms_median"]
     no_mha = np.where(cells["mha_ms"].isna(), "no mha", "")
     cells["note"] = np.where(cells["status"] != "ok", cells["status"], no_mha)
-    cells = with_labels(cells, candidates=("batch", "n_visual", "dtype"))
+    cells = with_labels(cells, candidates=("batch", "n_visual", "dtype"), run=False)  # run is a panel row
     if seq_len is not None:
         return cells[cells["seq_len"] == seq_len]
     panel = ["run", "mode", "label"]

@@ -65,28 +65,51 @@ def accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+FAILURE_COLUMNS = (
+    "run",
+    "file",
+    "variant",
+    "options",
+    "mode",
+    "task",
+    "n_heads",
+    "n_kv_heads",
+    "status",
+    "error",
+)
+
+
+def _display(value: Any) -> str:
+    """1024.0 -> '1024' (pandas widens int columns holding blanks to float), NaN -> ''."""
+    if isinstance(value, float):
+        return "" if pd.isna(value) else (str(int(value)) if value.is_integer() else f"{value:g}")
+    return str(value)
+
+
 def failures_table(runs: list[Run]) -> pd.DataFrame:
-    """Every row whose status is not ok, from every run and both files, with its error."""
+    """Every row whose status is not ok, from every run and both files, with its error.
+
+    Cells that failed alike at several n (or seeds) are one row listing those n (or seeds).
+    """
     frames = []
     for run in runs:
         for name, df in (("sweep.csv", run.sweep), ("accuracy.csv", run.accuracy)):
-            if df is None:
-                continue
-            failed = df[df["status"] != "ok"]
-            keep = [
-                c
-                for c in ("variant", "options", "mode", "task", "seq_len", "n_heads", "n_kv_heads")
-                if c in df
-            ]
-            keep += [c for c in ("seed", "status", "error") if c in df]
-            frames.append(failed[keep].assign(run=run.label, file=name))
+            if df is not None and (df["status"] != "ok").any():
+                frames.append(df[df["status"] != "ok"].assign(run=run.label, file=name))
     if not frames:
         return pd.DataFrame()
-    out = pd.concat(frames, ignore_index=True)
-    out = out[["run", "file", *[c for c in out.columns if c not in ("run", "file")]]]
-    if "error" in out.columns:
-        out["error"] = out["error"].fillna("").astype(str).str.slice(0, ERROR_WIDTH)
-    return out.astype(object).where(out.notna(), "")
+    failed = pd.concat(frames, ignore_index=True)
+    if "error" in failed.columns:
+        failed["error"] = failed["error"].fillna("").astype(str).str.slice(0, ERROR_WIDTH)
+    keys = [c for c in FAILURE_COLUMNS if c in failed.columns]
+    listed = {
+        c: (c, lambda v: ", ".join(_display(x) for x in sorted(set(v.dropna())))) for c in ("seq_len", "seed")
+    }
+    listed = {c: agg for c, agg in listed.items() if c in failed.columns}
+    listed["cells"] = ("status", "size")
+    out = failed[keys].map(_display).join(failed[list(listed)[:-1]]).groupby(keys, sort=False).agg(**listed)
+    out = out.reset_index().rename(columns={"seq_len": "seq_lens", "seed": "seeds"})
+    return out[[*keys[:-2], *[c for c in ("seq_lens", "seeds") if c in out], "cells", *keys[-2:]]]
 
 
 def run_comparison_table(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -109,6 +132,7 @@ def run_comparison_table(sweep: pd.DataFrame) -> pd.DataFrame:
     for run in runs[1:]:
         ok[f"{run} / {runs[0]}"] = (ok[run] / ok[runs[0]]).map(lambda r: _num(r) + "×" if pd.notna(r) else "")
     out = ok.drop(columns=runs).reset_index()
+    out = out[[c for c in out.columns if c not in key or out[c].nunique(dropna=False) > 1 or c == "variant"]]
     return out.astype(object).where(out.notna(), "")
 
 
