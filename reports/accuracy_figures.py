@@ -12,7 +12,17 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .load import require, with_labels
-from .style import FAIL_COLOR, FAIL_GID, byte_unit, colors, empty_note, legend_below, panels, plain_log_x
+from .style import (
+    FAIL_COLOR,
+    FAIL_GID,
+    byte_unit,
+    colors,
+    empty_note,
+    legend_below,
+    legend_height,
+    panels,
+    plain_log_x,
+)
 
 ACCURACY_COLUMNS = ("task", "variant", "accuracy", "status")
 TRADEOFF_COLUMNS = (*ACCURACY_COLUMNS, "kv_cache_bytes")
@@ -80,7 +90,7 @@ def tradeoff_figure(accuracy: pd.DataFrame) -> Figure:
     tasks = sorted(stats["task"].astype(str).unique())
     palette = colors(stats["label"])
     div, unit = byte_unit(stats["kv_cache_bytes"].dropna())
-    fig, axes = panels(len(tasks), width=5.5, height=4.4)
+    fig, axes = panels(len(tasks), width=5.5, height=legend_height(len(palette)))
     for ax, task in zip(axes, tasks, strict=True):
         points = stats[(stats["task"] == task) & stats["mean"].notna() & stats["kv_cache_bytes"].notna()]
         # Variants sharing a cache size (gqa and kdgqa at the same g) are nudged apart to stay visible.

@@ -77,7 +77,7 @@ def _why_not(spec: FigureSpec, df: pd.DataFrame | None) -> str | None:
 def _save(fig: Figure, out: Path, name: str) -> list[Path]:
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     for path in paths:
-        fig.savefig(path, dpi=DPI)  # constrained layout already makes room for the legends below
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")  # the legends hang below the axes
     return paths
 
 

@@ -55,6 +55,11 @@ def panels(n: int, width: float = 5.5, height: float = 4.2, cols: int | None = N
     return fig, flat[:n]
 
 
+def legend_height(n_series: int) -> float:
+    """Panel height (inches) that leaves the plot ~3 in tall above a legend of n_series lines."""
+    return 3.6 + 0.16 * (n_series + 1)
+
+
 def legend_below(ax: Axes) -> None:
     """A legend under the panel, so long variant names never cover the data.
 
@@ -65,7 +70,10 @@ def legend_below(ax: Axes) -> None:
         handles.append(Line2D([], [], ls="", marker="x", color="grey", mew=2))
         labels.append("x: cell did not run (status written beside it)")
     if handles:
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
+        # The gap is in font sizes, not axes fractions, so it clears the tick labels and the x label
+        # however much the layout squeezes the axes.
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=4.5,
+                  fontsize=8, frameon=False)  # fmt: skip
 
 
 def mark_failures(ax: Axes, failed: pd.DataFrame, x: str, color, row: int, label: str) -> None:

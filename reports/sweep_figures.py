@@ -20,6 +20,7 @@ from .style import (
     empty_note,
     fit_slope,
     legend_below,
+    legend_height,
     log_axes,
     mark_failures,
     modes,
@@ -66,7 +67,7 @@ def latency_figure(sweep: pd.DataFrame) -> Figure:
     require(sweep, LATENCY_COLUMNS, "sweep.csv (latency figure)")
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
-    fig, axes = panels(len(mode_list))
+    fig, axes = panels(len(mode_list), height=legend_height(len(palette)))
     for ax, mode in zip(axes, mode_list, strict=True):
         band = ("latency_ms_p10", "latency_ms_p90")
         _series_panel(ax, df[df["mode"] == mode], "latency_ms_median", palette, slope=True, band=band)
@@ -82,7 +83,7 @@ def memory_figure(sweep: pd.DataFrame) -> Figure:
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
     has_kv = "kv_cache_bytes" in df.columns and df["kv_cache_bytes"].notna().any()
-    fig, axes = panels(len(mode_list) + has_kv)
+    fig, axes = panels(len(mode_list) + has_kv, height=legend_height(len(palette)))
     div, unit = byte_unit(df["peak_mem_bytes"])
     for ax, mode in zip(axes, mode_list, strict=False):
         _series_panel(ax, df[df["mode"] == mode], "peak_mem_bytes", palette, scale=div)
@@ -104,7 +105,7 @@ def tflops_figure(sweep: pd.DataFrame) -> Figure:
     require(sweep, TFLOPS_COLUMNS, "sweep.csv (TFLOP/s figure)")
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
-    fig, axes = panels(len(mode_list), width=6.5)
+    fig, axes = panels(len(mode_list), width=6.5, height=legend_height(len(palette)))
     for ax, mode in zip(axes, mode_list, strict=True):
         _bars(ax, df[df["mode"] == mode], palette)
         ax.set_title(f"achieved TFLOP/s: {MODE_TITLES.get(mode, mode)}")
