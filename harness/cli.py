@@ -178,6 +178,37 @@ def sweep_command(
     raise typer.Exit(sweep_view.main(cfg, resume=resume, console=Console(width=160)))
 
 
+# --- report (issue 7): redraw figures and pages from run directories' CSVs -------------------
+
+
+@app.command("report")
+@fail_cleanly
+def report(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Run directories holding sweep.csv and/or accuracy.csv (and run.json)."),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output directory (default: <run>/report; several runs: compare_<a>_vs_<b> beside "
+            "the first)."
+        ),
+    ] = None,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            help="Sequence length of the speedup heatmap (default: the largest with an mha baseline)."
+        ),
+    ] = None,
+) -> None:
+    """Redraw every figure, index.html and summary.md from the runs' CSVs (several runs are compared)."""
+    import reports  # here, so other commands do not pay for matplotlib's import
+
+    written = reports.render(run_dirs, out, seq_len=seq_len)
+    typer.echo(f"wrote {len(written)} files; open {next(p for p in written if p.name == 'index.html')}")
+
+
 def main() -> None:
     app()
 

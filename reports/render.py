@@ -1,0 +1,128 @@
+"""render(run_dirs, out) -> the written files: every figure (PNG and SVG), index.html, summary.md."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import accuracy_figures as af
+from . import sweep_figures as sf
+from . import tables
+from .load import Run, combined, load_runs
+from .page import FigureEntry, Page, write_pages
+
+DPI = 110  # about 1800 px wide for three panels: sharp in the page without huge files
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    table: str  # "sweep" or "accuracy"
+    needs: tuple[str, ...]  # columns that must exist and hold at least one value
+    title: str
+    caption: str
+    draw: Callable[[pd.DataFrame], Figure]
+
+
+def _specs(seq_len: int | None) -> list[FigureSpec]:
+    lat, mem = ("latency_ms_median",), ("peak_mem_bytes",)
+    return [
+        FigureSpec("latency", "sweep", lat, "Latency against sequence length",
+                   "Median per cell, band p10-p90, log-log; the legend gives each series' fitted slope "
+                   "(1: linear in n, 2: quadratic).", sf.latency_figure),
+        FigureSpec("memory", "sweep", mem, "Peak memory and KV-cache size against sequence length",
+                   "Measured peak memory per mode; KV cache is 2*b*g*n*e*itemsize.", sf.memory_figure),
+        FigureSpec("speedup_vs_mha", "sweep", ("n_heads", "n_kv_heads"), "Speedup against MHA",
+                   "mha median / variant median at the same shape; n is the largest with a comparison "
+                   "unless --seq-len is given.", lambda df: sf.speedup_figure(df, seq_len)),
+        FigureSpec("tflops", "sweep", ("tflops",), "Achieved TFLOP/s",
+                   "FLOPs counted by torch.utils.flop_counter over the median latency.", sf.tflops_figure),
+        FigureSpec("accuracy", "accuracy", (), "Accuracy per task",
+                   "Mean over seeds with ±1 std; every seed is a dot.", af.accuracy_figure),
+        FigureSpec("accuracy_vs_kv_cache", "accuracy", ("kv_cache_bytes",), "Accuracy against KV-cache size",
+                   "The grouped-query trade-off: fewer KV heads, smaller cache.", af.tradeoff_figure),
+    ]  # fmt: skip
+
+
+def default_out(run_dirs: list[Path]) -> Path:
+    """<run>/report for one run; beside the first run, compare_<a>_vs_<b>..., for several."""
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0]) / REPORT_DIR
+    name = "compare_" + "_vs_".join(Path(p).resolve().name for p in run_dirs)
+    if len(name) > 80:
+        digest = hashlib.sha1("\n".join(str(Path(p).resolve()) for p in run_dirs).encode()).hexdigest()[:8]
+        name = f"compare_{len(run_dirs)}_runs_{digest}"
+    return Path(run_dirs[0]).resolve().parent / name
+
+
+def _why_not(spec: FigureSpec, df: pd.DataFrame | None) -> str | None:
+    if df is None:
+        return f"{spec.name}: no {spec.table}.csv in these runs"
+    missing = [c for c in spec.needs if c not in df.columns or df[c].isna().all()]
+    if missing:
+        return f"{spec.name}: {spec.table}.csv has no values in {missing}"
+    if spec.name == "speedup_vs_mha" and not (df["variant"] == "mha").any():
+        return f"{spec.name}: no mha rows to compare against"
+    if spec.name == "speedup_vs_mha" and not (df["variant"] != "mha").any():
+        return f"{spec.name}: only mha rows, nothing to compare"
+    return None
+
+
+def _save(fig: Figure, out: Path, name: str) -> list[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for path in paths:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")  # the legends hang below the axes
+    return paths
+
+
+def _tables(runs: list[Run], sweep, accuracy, seq_len) -> list[tuple[str, pd.DataFrame, str]]:
+    out = []
+    if sweep is not None:
+        out.append(
+            ("Latency", tables.latency_table(sweep), "Median latency in ms; failed cells show status.")
+        )
+        if _why_not(_specs(seq_len)[2], sweep) is None:
+            out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), ">1: faster than mha."))
+        compare = tables.run_comparison_table(sweep) if len(runs) > 1 else pd.DataFrame()
+        if not compare.empty:
+            out.append(
+                ("Run against run", compare, "Median latency of each run over the first (<1: faster).")
+            )
+    if accuracy is not None:
+        out.append(("Accuracy", tables.accuracy_table(accuracy), "Mean ± sample std over finished seeds."))
+    return out
+
+
+def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None = None) -> list[Path]:
+    """Draw every figure the runs' CSVs support, then index.html and summary.md; returns the files.
+
+    Several runs are overlaid, their series labelled by run. A figure whose columns hold no
+    values is listed on the page as not drawn, with the reason. Bad input raises ValueError.
+    """
+    runs = load_runs([Path(p) for p in run_dirs])
+    out = Path(out) if out is not None else default_out([r.path for r in runs])
+    out.mkdir(parents=True, exist_ok=True)
+    frames = {"sweep": combined(runs, "sweep"), "accuracy": combined(runs, "accuracy")}
+    written, entries, skipped = [], [], []
+    for spec in _specs(seq_len):
+        reason = _why_not(spec, frames[spec.table])
+        if reason is not None:
+            skipped.append(reason)
+            continue
+        written += _save(spec.draw(frames[spec.table]), out, spec.name)
+        entries.append(FigureEntry(spec.name, spec.title, spec.caption))
+    page = Page(
+        runs=[r.label for r in runs],
+        figures=entries,
+        tables=_tables(runs, frames["sweep"], frames["accuracy"], seq_len),
+        failures=tables.failures_table(runs),
+        meta=tables.meta_table(runs),
+        skipped=[s for s in skipped if "no sweep.csv" not in s and "no accuracy.csv" not in s],
+    )
+    return written + write_pages(page, out)

@@ -1,0 +1,212 @@
+"""Figures from sweep.csv: latency, memory, speedup against MHA, achieved TFLOP/s.
+
+Each function takes the combined sweep table (load.combined adds the `run` column) and
+returns a matplotlib Figure. Cells that did not run (status oom/unsupported/invalid/error)
+are drawn as red-labelled x marks at the bottom of their panel, never dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from .load import require, with_labels
+from .style import (
+    MODE_TITLES,
+    byte_unit,
+    colors,
+    empty_note,
+    fit_slope,
+    legend_below,
+    legend_height,
+    log_axes,
+    mark_failures,
+    modes,
+    panels,
+)
+
+LATENCY_COLUMNS = ("variant", "mode", "seq_len", "status", "latency_ms_median")
+MEMORY_COLUMNS = ("variant", "mode", "seq_len", "status", "peak_mem_bytes")
+TFLOPS_COLUMNS = ("variant", "mode", "seq_len", "status", "tflops")
+SPEEDUP_COLUMNS = ("variant", "mode", "seq_len", "status", "latency_ms_median", "n_heads", "n_kv_heads")
+N_AXIS = "sequence length n (tokens)"
+
+
+def _ok(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    return df[(df["status"] == "ok") & df[column].notna()].sort_values("seq_len")
+
+
+def _series_panel(ax, df: pd.DataFrame, column: str, palette: dict, *, scale=1.0, slope=False, band=None):
+    """One line per series of `column` against seq_len, log-log, with failures marked."""
+    failing = 0
+    for label, group in df.groupby("label", sort=True):
+        ok = _ok(group, column)
+        fitted = fit_slope(ok["seq_len"], ok[column]) if slope else None
+        name = f"{label}  (slope {fitted:.2f})" if fitted is not None else label
+        if not ok.empty:
+            ax.plot(ok["seq_len"], ok[column] / scale, marker="o", ms=4, color=palette[label], label=name)
+        if band and not ok.empty and set(band) <= set(ok.columns):
+            lo, hi = ok[band[0]] / scale, ok[band[1]] / scale
+            ax.fill_between(ok["seq_len"], lo, hi, color=palette[label], alpha=0.18, linewidth=0)
+        failed = group[group["status"] != "ok"]
+        if not failed.empty:
+            mark_failures(ax, failed, "seq_len", palette[label], failing, label)
+            failing += 1
+    if _ok(df, column).empty:
+        empty_note(ax)
+    log_axes(ax, sorted(df["seq_len"].unique()))
+    ax.set_xlabel(N_AXIS)
+    ax.grid(True, which="both", alpha=0.25)
+    legend_below(ax)
+
+
+def latency_figure(sweep: pd.DataFrame) -> Figure:
+    """Median latency against n, log-log, one panel per mode, p10-p90 band, slope per series."""
+    require(sweep, LATENCY_COLUMNS, "sweep.csv (latency figure)")
+    df = with_labels(sweep)
+    palette, mode_list = colors(df["label"]), modes(df)
+    fig, axes = panels(len(mode_list), height=legend_height(len(palette)))
+    for ax, mode in zip(axes, mode_list, strict=True):
+        band = ("latency_ms_p10", "latency_ms_p90")
+        _series_panel(ax, df[df["mode"] == mode], "latency_ms_median", palette, slope=True, band=band)
+        ax.set_ylabel("latency, median (ms); band p10-p90")
+        ax.set_title(f"latency: {MODE_TITLES.get(mode, mode)}")
+    fig.suptitle("Latency against sequence length (legend: fitted log-log slope)")
+    return fig
+
+
+def memory_figure(sweep: pd.DataFrame) -> Figure:
+    """Peak memory against n (one panel per mode) and, where recorded, KV-cache bytes against n."""
+    require(sweep, MEMORY_COLUMNS, "sweep.csv (memory figure)")
+    df = with_labels(sweep)
+    palette, mode_list = colors(df["label"]), modes(df)
+    has_kv = "kv_cache_bytes" in df.columns and df["kv_cache_bytes"].notna().any()
+    fig, axes = panels(len(mode_list) + has_kv, height=legend_height(len(palette)))
+    div, unit = byte_unit(df["peak_mem_bytes"])
+    for ax, mode in zip(axes, mode_list, strict=False):
+        _series_panel(ax, df[df["mode"] == mode], "peak_mem_bytes", palette, scale=div)
+        ax.set_ylabel(f"peak memory ({unit})")
+        ax.set_title(f"peak memory: {MODE_TITLES.get(mode, mode)}")
+    if has_kv:
+        # The KV cache size does not depend on the mode: one point per series and n.
+        kv = df[df["kv_cache_bytes"].notna()].drop_duplicates(["label", "seq_len"])
+        kv_div, kv_unit = byte_unit(kv["kv_cache_bytes"])
+        _series_panel(axes[-1], kv.assign(status="ok"), "kv_cache_bytes", palette, scale=kv_div)
+        axes[-1].set_ylabel(f"KV-cache size ({kv_unit})")
+        axes[-1].set_title("KV cache (2·b·g·n·e·itemsize)")
+    fig.suptitle("Memory against sequence length")
+    return fig
+
+
+def tflops_figure(sweep: pd.DataFrame) -> Figure:
+    """Achieved TFLOP/s as grouped bars: one group per n, one bar per series, one panel per mode."""
+    require(sweep, TFLOPS_COLUMNS, "sweep.csv (TFLOP/s figure)")
+    df = with_labels(sweep)
+    palette, mode_list = colors(df["label"]), modes(df)
+    fig, axes = panels(len(mode_list), width=6.5, height=legend_height(len(palette)))
+    for ax, mode in zip(axes, mode_list, strict=True):
+        _bars(ax, df[df["mode"] == mode], palette)
+        ax.set_title(f"achieved TFLOP/s: {MODE_TITLES.get(mode, mode)}")
+    fig.suptitle("Achieved TFLOP/s (FlopCounterMode FLOPs / median latency)")
+    return fig
+
+
+def _bars(ax, df: pd.DataFrame, palette: dict) -> None:
+    seq_lens = sorted(df["seq_len"].unique())
+    labels = sorted(df["label"].unique())
+    width, failing = 0.8 / max(len(labels), 1), 0
+    for i, label in enumerate(labels):
+        group = df[df["label"] == label].set_index("seq_len")
+        xs = np.arange(len(seq_lens)) + (i - (len(labels) - 1) / 2) * width
+        ok = group[(group["status"] == "ok") & group["tflops"].notna()]
+        pos = dict(zip(seq_lens, xs, strict=True))
+        ax.bar([pos[n] for n in ok.index], ok["tflops"], width, color=palette[label], label=label)
+        failed = group[group["status"] != "ok"].reset_index()
+        failed["x"] = failed["seq_len"].map(pos)
+        if not failed.empty:
+            mark_failures(ax, failed, "x", palette[label], failing, label)
+            failing += 1
+    ax.set_xticks(np.arange(len(seq_lens)), [str(n) for n in seq_lens])
+    ax.set_xlabel(N_AXIS)
+    ax.set_ylabel("achieved TFLOP/s")
+    ax.grid(True, axis="y", alpha=0.25)
+    legend_below(ax)
+
+
+def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFrame:
+    """Speedup against MHA (mha median / variant median) per (run, mode, variant, h, g) at one n.
+
+    MHA with the same n_heads and every other shape axis equal is the baseline. n is `seq_len`
+    if given, else the largest n with a speedup in that panel. Other axes (batch, dtype,
+    n_visual) are held at their most common value. Failed cells keep their status.
+    """
+    require(sweep, SPEEDUP_COLUMNS, "sweep.csv (speedup heatmap)")
+    df = sweep.assign(run=sweep["run"] if "run" in sweep.columns else "run")
+    for col in ("batch", "dtype", "n_visual"):
+        if col in df.columns and df[col].nunique() > 1:
+            df = df[df[col] == df[col].mode().iloc[0]]
+    key = [c for c in ("run", "mode", "seq_len", "n_heads", "batch", "dim", "head_dim", "dtype") if c in df]
+    base = df[(df["variant"] == "mha") & (df["status"] == "ok")].groupby(key)["latency_ms_median"].median()
+    cells = df[df["variant"] != "mha"].join(base.rename("mha_ms"), on=key)
+    cells["speedup"] = cells["mha_ms"] / cells["latency_ms_median"]
+    no_mha = np.where(cells["mha_ms"].isna(), "no mha", "")
+    cells["note"] = np.where(cells["status"] != "ok", cells["status"], no_mha)
+    cells = with_labels(cells, candidates=("batch", "n_visual", "dtype"), run=False)  # run is a panel row
+    if seq_len is not None:
+        return cells[cells["seq_len"] == seq_len]
+    panel = ["run", "mode", "label"]
+    # A panel with no speedup at all (every cell failed) still shows its failures at its largest n.
+    best = cells[cells["speedup"].notna()].groupby(panel)["seq_len"].max()
+    best = best.combine_first(cells.groupby(panel)["seq_len"].max())
+    chosen = cells.join(best.rename("chosen"), on=panel)
+    return chosen[chosen["seq_len"] == chosen["chosen"]].drop(columns="chosen")
+
+
+def speedup_figure(sweep: pd.DataFrame, seq_len: int | None = None) -> Figure:
+    """Heatmaps of speedup against MHA over (n_heads x n_kv_heads): rows (run, mode), columns variant."""
+    cells = speedup_cells(sweep, seq_len)
+    if cells.empty:
+        raise ValueError(f"no non-mha cells to compare with mha at seq_len={seq_len}")
+    rows = list(cells[["run", "mode"]].drop_duplicates().itertuples(index=False, name=None))
+    cols = sorted(cells["label"].unique())
+    fig, axes = panels(len(rows) * len(cols), width=3.6, height=3.2, cols=len(cols))
+    finite = cells["speedup"].dropna()
+    lo, hi = min(finite.min(), 0.95) if len(finite) else 0.5, max(finite.max(), 1.05) if len(finite) else 2
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=lo, vmax=hi)
+    image = None
+    for i, (run, mode) in enumerate(rows):
+        for j, label in enumerate(cols):
+            ax = axes[i * len(cols) + j]
+            panel = cells[(cells["run"] == run) & (cells["mode"] == mode) & (cells["label"] == label)]
+            image = _heatmap(ax, panel, norm) or image
+            run_part = f" · {run}" if len(set(cells["run"])) > 1 else ""
+            n_part = f", n={int(panel['seq_len'].iloc[0])}" if not panel.empty else ""
+            ax.set_title(f"{label}\n{mode}{n_part}{run_part}", fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="speedup vs mha (mha ms / variant ms; >1 faster)")
+    fig.suptitle("Speedup against MHA over (n_heads x n_kv_heads)")
+    return fig
+
+
+def _heatmap(ax, panel: pd.DataFrame, norm):
+    if panel.empty:
+        ax.set_axis_off()
+        return None
+    grid = panel.groupby(["n_heads", "n_kv_heads"]).agg(speedup=("speedup", "median"), note=("note", "first"))
+    hs, gs = sorted(panel["n_heads"].unique()), sorted(panel["n_kv_heads"].unique())
+    values = np.full((len(hs), len(gs)), np.nan)
+    for (h, g), cell in grid.iterrows():
+        i, j = hs.index(h), gs.index(g)
+        values[i, j] = cell["speedup"]
+        text = f"{cell['speedup']:.2f}×" if np.isfinite(cell["speedup"]) else f"✗ {cell['note']}"
+        color = "black" if np.isfinite(cell["speedup"]) else "#c0392b"
+        ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", norm=norm, aspect="auto")
+    ax.set_facecolor("#eeeeee")
+    ax.set_xticks(range(len(gs)), [str(int(g)) for g in gs])
+    ax.set_yticks(range(len(hs)), [str(int(h)) for h in hs])
+    ax.set_xlabel("n_kv_heads g")
+    ax.set_ylabel("n_heads h")
+    return image

@@ -1,0 +1,157 @@
+"""Summary tables for the index page and summary.md: plain DataFrames of display strings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from .accuracy_figures import accuracy_stats
+from .load import Run, with_labels
+from .style import modes
+from .sweep_figures import speedup_cells
+
+ERROR_WIDTH = 140  # long tracebacks are cut: the CSV keeps the whole message
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "" if pd.isna(value) else f"{value:.{digits}g}"
+
+
+def latency_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Median latency (ms) per mode and series (rows) and seq_len (columns); failed cells show status."""
+    df = with_labels(sweep)
+    df["cell"] = [
+        _num(ms) if st == "ok" else st for ms, st in zip(df["latency_ms_median"], df["status"], strict=True)
+    ]
+    table = df.pivot_table(index=["mode", "label"], columns="seq_len", values="cell", aggfunc="first")
+    table.columns = [f"n={n}" for n in table.columns]
+    table = table.fillna("").reset_index().rename(columns={"label": "series"})
+    rank = table["mode"].map({m: i for i, m in enumerate(modes(df))})
+    return table.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
+
+
+def speedup_table(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFrame:
+    """The heatmap cells as rows: speedup against MHA (>1: faster than MHA), or why there is none."""
+    cells = speedup_cells(sweep, seq_len)
+    text = [
+        _num(s) + "×" if pd.notna(s) else note
+        for s, note in zip(cells["speedup"], cells["note"], strict=True)
+    ]
+    out = pd.DataFrame(
+        {"mode": cells["mode"], "series": cells["label"], "n_heads": cells["n_heads"]}
+        | {"n_kv_heads": cells["n_kv_heads"], "seq_len": cells["seq_len"], "speedup vs mha": text}
+    )
+    if cells["run"].nunique() > 1:
+        out.insert(0, "run", cells["run"])
+    out["_rank"] = out["mode"].map({m: i for i, m in enumerate(modes(cells))})
+    by = [c for c in ("run", "_rank", "series", "n_heads", "n_kv_heads") if c in out]
+    return out.sort_values(by, kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Per task and series: accuracy mean ± std over seeds, seeds, failed rows, loss, KV-cache bytes."""
+    stats = accuracy_stats(accuracy)
+    out = pd.DataFrame({"task": stats["task"], "series": stats["label"]})
+    out["accuracy (mean ± std)"] = [
+        "" if pd.isna(m) else f"{m:.3f} ± {s:.3f}" for m, s in zip(stats["mean"], stats["std"], strict=True)
+    ]
+    out["seeds"], out["failed"] = stats["seeds"], stats["failed"]
+    if "loss" in stats.columns:
+        out["loss (mean)"] = stats["loss"].map(_num)
+    if "kv_cache_bytes" in stats.columns:
+        out["kv_cache_bytes"] = stats["kv_cache_bytes"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
+    return out
+
+
+FAILURE_COLUMNS = (
+    "run",
+    "file",
+    "variant",
+    "options",
+    "mode",
+    "task",
+    "n_heads",
+    "n_kv_heads",
+    "status",
+    "error",
+)
+
+
+def _display(value: Any) -> str:
+    """1024.0 -> '1024' (pandas widens int columns holding blanks to float), NaN -> ''."""
+    if isinstance(value, float):
+        return "" if pd.isna(value) else (str(int(value)) if value.is_integer() else f"{value:g}")
+    return str(value)
+
+
+def failures_table(runs: list[Run]) -> pd.DataFrame:
+    """Every row whose status is not ok, from every run and both files, with its error.
+
+    Cells that failed alike at several n (or seeds) are one row listing those n (or seeds).
+    """
+    frames = []
+    for run in runs:
+        for name, df in (("sweep.csv", run.sweep), ("accuracy.csv", run.accuracy)):
+            if df is not None and (df["status"] != "ok").any():
+                frames.append(df[df["status"] != "ok"].assign(run=run.label, file=name))
+    if not frames:
+        return pd.DataFrame()
+    failed = pd.concat(frames, ignore_index=True)
+    if "error" in failed.columns:
+        failed["error"] = failed["error"].fillna("").astype(str).str.slice(0, ERROR_WIDTH)
+    keys = [c for c in FAILURE_COLUMNS if c in failed.columns]
+    listed = {
+        c: (c, lambda v: ", ".join(_display(x) for x in sorted(set(v.dropna())))) for c in ("seq_len", "seed")
+    }
+    listed = {c: agg for c, agg in listed.items() if c in failed.columns}
+    listed["cells"] = ("status", "size")
+    out = failed[keys].map(_display).join(failed[list(listed)[:-1]]).groupby(keys, sort=False).agg(**listed)
+    out = out.reset_index().rename(columns={"seq_len": "seq_lens", "seed": "seeds"})
+    return out[[*keys[:-2], *[c for c in ("seq_lens", "seeds") if c in out], "cells", *keys[-2:]]]
+
+
+def run_comparison_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """With several runs: each later run's median latency over the first run's, per matched cell."""
+    runs = list(dict.fromkeys(sweep["run"]))
+    key = [
+        c
+        for c in ("mode", "variant", "options", "batch", "seq_len", "dim", "n_heads", "n_kv_heads")
+        if c in sweep
+    ]
+    key += [c for c in ("n_visual", "dtype") if c in sweep]
+    ok = (
+        sweep[sweep["status"] == "ok"]
+        .groupby(["run", *key], dropna=False)["latency_ms_median"]
+        .median()
+        .unstack("run")
+    )
+    if len(runs) < 2 or ok.empty:
+        return pd.DataFrame()
+    for run in runs[1:]:
+        ok[f"{run} / {runs[0]}"] = (ok[run] / ok[runs[0]]).map(lambda r: _num(r) + "×" if pd.notna(r) else "")
+    out = ok.drop(columns=runs).reset_index()
+    out = out[[c for c in out.columns if c not in key or out[c].nunique(dropna=False) > 1 or c == "variant"]]
+    return out.astype(object).where(out.notna(), "")
+
+
+def flatten(meta: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; lists are written as JSON."""
+    flat: dict[str, str] = {}
+    for key, value in meta.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+def meta_table(runs: list[Run]) -> pd.DataFrame:
+    """run.json of every run side by side: one row per (flattened) key, one column per run."""
+    columns = {run.label: pd.Series(flatten(run.meta), dtype=object) for run in runs if run.meta}
+    if not columns:
+        return pd.DataFrame()
+    table = pd.DataFrame(columns).fillna("")
+    return table.rename_axis("key").reset_index()

@@ -1,0 +1,125 @@
+import re
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import reports
+from harness.cli import app
+from reports.page import markdown_table
+from reports.render import default_out
+
+from .fabricate import accuracy_frame, sweep_frame, write_run
+
+FIGURES = ["latency", "memory", "speedup_vs_mha", "tflops", "accuracy", "accuracy_vs_kv_cache"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One full report shared by the page tests: drawing and saving twelve image files takes
+    ~5-10 s on the shared 2-core box, so it is done once per module, not per test."""
+    run = tmp_path_factory.mktemp("rendered") / "run-a"
+    write_run(run, sweep=sweep_frame(seq_lens=(128, 256), oom_at=256), accuracy=accuracy_frame())
+    return run, reports.render([run])
+
+
+def test_render_writes_every_figure_and_both_pages(rendered):
+    run_dir, written = rendered
+    out = run_dir / "report"
+    expected = {f"{name}.{ext}" for name in FIGURES for ext in ("png", "svg")} | {"index.html", "summary.md"}
+    assert {p.name for p in written} == expected
+    assert all(p.parent == out and p.stat().st_size > 0 for p in written)
+    assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_index_references_every_figure_that_exists(rendered):
+    out = rendered[0] / "report"
+    page = (out / "index.html").read_text()
+    for image in out.glob("*.png"):
+        assert f'src="{image.name}"' in page
+        assert f'href="{image.stem}.svg"' in page
+    assert not re.search(r"(src|href)=\"https?:", page)  # self-contained: nothing fetched
+    for heading in (
+        "Latency",
+        "Speedup against MHA",
+        "Accuracy",
+        "Failed cells",
+        "Configuration and environment",
+    ):
+        assert f">{heading}</h2>" in page
+    assert "CUDA out of memory" in page and "environment.device_name" in page and "fake-cpu" in page
+
+
+def test_summary_markdown_has_tables_and_failures(rendered):
+    summary = (rendered[0] / "report" / "summary.md").read_text()
+    assert "| mode | series | n=128 | n=256 |" in summary
+    assert "| fwd_bwd | mha g=8 |" in summary and "| oom |" in summary
+    assert "**6 cells did not run**" in summary  # 1 oom + 2x2 unsupported decode + 1 accuracy error
+    assert "| run-a | sweep.csv | kdgqa |  | decode |  | 8 | 2 | 128, 256 |  | 2 | unsupported |" in summary
+    assert "[Latency against sequence length](latency.png)" in summary
+
+
+def test_accuracy_only_run_draws_accuracy_figures(tmp_path):
+    run = write_run(tmp_path / "acc", accuracy=accuracy_frame())
+    names = {p.stem for p in reports.render([run])}
+    assert names == {"accuracy", "accuracy_vs_kv_cache", "index", "summary"}
+
+
+def test_figure_without_values_is_listed_as_not_drawn(tmp_path):
+    run = write_run(tmp_path / "r", sweep=sweep_frame(seq_lens=(128, 256)).assign(tflops=None))
+    names = {p.stem for p in reports.render([run])}
+    assert "tflops" not in names and "latency" in names
+    assert (
+        "Not drawn: tflops: sweep.csv has no values in [&#x27;tflops&#x27;]"
+        in (run / "report" / "index.html").read_text()
+    )
+
+
+def test_several_runs_compare_beside_the_first(run_dir, other_run_dir):
+    """~8 s: a full two-run report (twice the series to draw); it is the only overlay test of render."""
+    assert default_out([run_dir]) == run_dir / "report"
+    out = default_out([run_dir, other_run_dir])
+    assert out == run_dir.parent / "compare_run-a_vs_run-b"
+    reports.render([run_dir, other_run_dir])
+    summary = (out / "summary.md").read_text()
+    assert "### Run against run" in summary and "run-b / run-a" in summary
+
+
+def test_markdown_table_escapes_pipes():
+    assert markdown_table(pd.DataFrame({"a": ["x|y"]})) == "| a |\n| --- |\n| x\\|y |"
+
+
+def test_cli_report_writes_files(run_dir, tmp_path):
+    out = tmp_path / "cli-out"
+    result = runner.invoke(app, ["report", str(run_dir), "--out", str(out), "--seq-len", "128"])
+    assert result.exit_code == 0, result.output
+    assert "index.html" in result.output
+    assert (out / "index.html").exists() and (out / "speedup_vs_mha.svg").exists()
+    speedups = [line for line in (out / "summary.md").read_text().splitlines() if line.endswith("× |")]
+    assert speedups and all("| 128 |" in line for line in speedups)  # --seq-len picked the heatmap's n
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "holds no sweep.csv or accuracy.csv"),
+        (lambda d: (d / "sweep.csv").write_text(""), "is empty"),
+        (lambda d: (d / "sweep.csv").write_text("variant,mode\ngqa,fwd\n"), "missing required columns"),
+        (
+            lambda d: (d / "accuracy.csv").write_text("task,variant,accuracy,status\n"),
+            "has a header but no rows",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, setup, message):
+    setup(tmp_path)
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_unknown_seq_len_exits_2(run_dir):
+    result = runner.invoke(app, ["report", str(run_dir), "--seq-len", "999"])
+    assert result.exit_code == 2 and "seq_len=999" in result.output

@@ -1,0 +1,121 @@
+import math
+
+import pytest
+
+from reports import sweep_figures as sf
+from reports.load import combined, load_runs
+from reports.style import FAIL_GID, fit_slope
+
+
+@pytest.fixture
+def sweep(run_dir):
+    return combined(load_runs([run_dir]), "sweep")
+
+
+def _legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def _failure_marks(ax) -> int:
+    return sum(len(c.get_offsets()) for c in ax.collections if c.get_gid() == FAIL_GID)
+
+
+def test_latency_one_loglog_panel_per_mode_with_slopes_and_bands(sweep):
+    fig = sf.latency_figure(sweep)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == [
+        "latency: fwd (prefill)", "latency: fwd_bwd (training step)", "latency: decode (1 token)"
+    ]  # fmt: skip
+    for ax in axes:
+        assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+        assert "tokens" in ax.get_xlabel() and "(ms)" in ax.get_ylabel()
+    fwd = axes[0]
+    assert len(fwd.lines) == 6  # mha, mqa, gqa g=2, gqa g=4, kdgqa, dgqa(kind=ema)
+    assert any(t.startswith("dgqa(kind=ema) g=2  (slope ") for t in _legend(fwd))
+    assert len([c for c in fwd.collections if c.get_gid() != FAIL_GID]) == 6  # one p10-p90 band each
+
+
+def test_latency_marks_failed_cells_and_keeps_them(sweep):
+    axes = sf.latency_figure(sweep).axes
+    assert _failure_marks(axes[0]) == 0
+    assert _failure_marks(axes[1]) == 1  # mha fwd_bwd oom at n=256
+    assert _failure_marks(axes[2]) == 4  # kdgqa and dgqa decode unsupported at both n
+    texts = [t.get_text() for t in axes[1].texts]
+    assert "mha g=8: oom" in texts
+    assert any("cell did not run" in t for t in _legend(axes[1]))
+
+
+def test_latency_legend_slope_matches_the_data(sweep):
+    ok = sweep[(sweep["variant"] == "mqa") & (sweep["mode"] == "fwd")]
+    slope = fit_slope(ok["seq_len"], ok["latency_ms_median"])
+    legend = _legend(sf.latency_figure(sweep).axes[0])
+    assert f"mqa g=1  (slope {slope:.2f})" in legend
+
+
+def test_fit_slope_recovers_power_law():
+    assert math.isclose(fit_slope([128, 256, 512], [1.0, 4.0, 16.0]), 2.0)
+    assert fit_slope([128, 128], [1.0, 2.0]) is None
+
+
+def test_memory_panels_per_mode_plus_kv_cache(sweep):
+    axes = sf.memory_figure(sweep).axes
+    assert len(axes) == 4
+    assert axes[-1].get_title().startswith("KV cache")
+    assert all(ax.get_yscale() == "log" for ax in axes)
+    assert axes[0].get_ylabel().startswith("peak memory (") and axes[-1].get_ylabel().startswith(
+        "KV-cache size ("
+    )
+    # mqa (g=1) holds an eighth of mha's (g=8) cache at every n.
+    lines = {line.get_label(): line.get_ydata() for line in axes[-1].lines}
+    assert list(lines["mha g=8"] / lines["mqa g=1"]) == [8.0, 8.0]
+
+
+def test_tflops_bars_per_series(sweep):
+    axes = sf.tflops_figure(sweep).axes
+    assert axes[0].get_ylabel() == "achieved TFLOP/s"
+    assert len(axes[0].patches) == 6 * 2  # six series, two n
+    assert _failure_marks(axes[1]) == 1
+
+
+def test_speedup_cells_divide_mha_by_variant(sweep):
+    cells = sf.speedup_cells(sweep)
+    row = cells[(cells["mode"] == "fwd") & (cells["variant"] == "mqa")].iloc[0]
+    mha = sweep[(sweep["mode"] == "fwd") & (sweep["variant"] == "mha") & (sweep["seq_len"] == row["seq_len"])]
+    assert row["seq_len"] == 256
+    assert row["speedup"] == pytest.approx(mha["latency_ms_median"].iloc[0] / row["latency_ms_median"])
+    # mha fwd_bwd ran out of memory at 256, so that mode is compared at 128.
+    assert set(cells[cells["mode"] == "fwd_bwd"]["seq_len"]) == {128}
+    assert set(cells[cells["mode"] == "decode"]["note"]) >= {"unsupported"}
+
+
+def test_speedup_figure_heatmaps_over_heads(sweep):
+    fig = sf.speedup_figure(sweep)
+    heat = [ax for ax in fig.axes if ax.get_xlabel() == "n_kv_heads g"]
+    assert len(heat) == 3 * 4  # modes x (dgqa, gqa, kdgqa, mqa)
+    gqa_fwd = next(ax for ax in heat if ax.get_title() == "gqa\nfwd, n=256")
+    assert [t.get_text() for t in gqa_fwd.get_xticklabels()] == ["2", "4"]
+    assert all(t.get_text().endswith("×") for t in gqa_fwd.texts)
+    kd_decode = next(ax for ax in heat if ax.get_title().startswith("kdgqa\ndecode"))
+    assert [t.get_text() for t in kd_decode.texts] == ["✗ unsupported"]
+    assert any("speedup vs mha" in ax.get_ylabel() for ax in fig.axes)  # the colour bar
+
+
+def test_speedup_at_a_chosen_seq_len(sweep):
+    assert set(sf.speedup_cells(sweep, seq_len=128)["seq_len"]) == {128}
+    with pytest.raises(ValueError, match="seq_len=999"):
+        sf.speedup_figure(sweep, seq_len=999)
+
+
+def test_missing_column_is_named(sweep):
+    with pytest.raises(ValueError, match=r"\['tflops'\]"):
+        sf.tflops_figure(sweep.drop(columns="tflops"))
+
+
+def test_several_runs_are_labelled_by_run(run_dir, other_run_dir):
+    both = combined(load_runs([run_dir, other_run_dir]), "sweep")
+    fwd = sf.latency_figure(both).axes[0]
+    assert len(fwd.lines) == 12
+    labels = [line.get_label() for line in fwd.lines]
+    assert any("· run-a" in label for label in labels) and any("· run-b" in label for label in labels)
+    titles = [ax.get_title() for ax in sf.speedup_figure(both).axes]
+    assert any(t.endswith("· run-b") for t in titles)
