@@ -143,6 +143,9 @@ def sweep_command(
         Path | None,
         typer.Option(help="Finish an interrupted run: its folder (settings come from its run.json)."),
     ] = None,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Skip drawing the figures and index.html at the end.")
+    ] = False,
 ) -> None:
     """Measure latency, peak memory and FLOPs over a grid of variants and shapes, into CSV."""
     from . import sweep, sweep_view
@@ -175,7 +178,8 @@ def sweep_command(
         cfg = sweep.resume_config(resume)
     else:
         cfg = load_config(sweep.SweepConfig, "sweep", path=config, profile=profile, overrides=overrides)
-    raise typer.Exit(sweep_view.main(cfg, resume=resume, console=Console(width=160)))
+    code = sweep_view.main(cfg, resume=resume, console=Console(width=160), report=not no_report)
+    raise typer.Exit(code)
 
 
 # --- report (issue 7): redraw figures and pages from run directories' CSVs -------------------

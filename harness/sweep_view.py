@@ -37,8 +37,8 @@ class ProgressBar:
         self.progress.update(self.task, advance=1, description=what)
 
 
-def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console) -> int:
-    """Run the sweep with a progress bar, print the summary and CSV path; the exit code."""
+def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console, report: bool = True) -> int:
+    """Run the sweep with a progress bar, print the summary, CSV path and report; the exit code."""
     run_dir = Path(resume) if resume is not None else sweep.new_run_dir(cfg)
     columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn())
     progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
@@ -51,8 +51,23 @@ def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console) -> in
         return 130
     console.print(summary_table(df, cfg.reference))
     console.print(footer(df))
+    if report:
+        draw_report(run_dir, console)
     console.print(f"CSV: {df.attrs['csv']}")
     return 0
+
+
+def draw_report(run_dir: Path, console: Console) -> None:
+    """Draw the run's figures and index page (reports/); a drawing problem never loses the rows."""
+    import reports  # here: matplotlib's import is paid only when a report is drawn
+
+    try:
+        written = reports.render([run_dir])
+    except ValueError as err:
+        console.print(f"report not drawn: {err} (redraw with: attnbench report {run_dir})")
+        return
+    index = next(p for p in written if p.name == "index.html")
+    console.print(f"report: {index}")
 
 
 def summary_table(df: pd.DataFrame, reference: str) -> Table:

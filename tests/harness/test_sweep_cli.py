@@ -22,13 +22,14 @@ ISSUE_COLUMNS = (
 _ids = itertools.count()
 
 
-def tiny(tmp_path, *extra):
-    """A tiny CPU grid, isolated from the repo's bench.toml."""
+def tiny(tmp_path, *extra, report=False):
+    """A tiny CPU grid, isolated from the repo's bench.toml (no report unless asked)."""
     (tmp_path / "empty.toml").write_text("")
     return [
         "sweep", "--config", str(tmp_path / "empty.toml"), "--out", str(tmp_path / "out"), "--device", "cpu",
         "--seq-len", "16,32", "--heads", "4", "--kv-heads", "1,2,3", "--modes", "fwd,decode", "--batch", "1",
-        "--head-dim", "8", "--repeats", "2", "--warmup", "0", "--threads", "1", *extra,
+        "--head-dim", "8", "--repeats", "2", "--warmup", "0", "--threads", "1",
+        *([] if report else ["--no-report"]), *extra,
     ]  # fmt: skip
 
 
@@ -85,6 +86,14 @@ def test_tiny_grid_rows_columns_and_statuses(tmp_path):
     assert all(len(r["latency_ms_samples"].split(";")) == 2 for r in rows)
     assert "skipped 1 (n_heads, n_kv_heads) pair(s)" in result.output and "(h=4, g=3)" in result.output
     assert "speedup vs mha" in result.output
+
+
+def test_sweep_draws_its_report_at_the_end(tmp_path):
+    result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--modes", "fwd", report=True))
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert "report: " in result.output and "index.html" in result.output
+    assert (run_dir / "report" / "index.html").exists() and (run_dir / "report" / "latency.png").exists()
 
 
 def test_presets_are_deduplicated(tmp_path):
