@@ -213,6 +213,63 @@ def report(
     typer.echo(f"wrote {len(written)} files; open {next(p for p in written if p.name == 'index.html')}")
 
 
+# --- accuracy (issue 6): train the tiny transformer per variant on mqar, digits, captions -----
+
+
+@app.command("accuracy")
+@fail_cleanly
+def accuracy_command(
+    variants: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated names, 'all', or name:key=value:... (gqa:backend=eager)."),
+    ] = None,
+    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds, e.g. 0,1,2 (summary: mean ± std over them).")
+    ] = None,
+    heads: Annotated[int | None, typer.Option(help="Query heads h.")] = None,
+    kv_heads: Annotated[
+        str | None, typer.Option(help="KV head counts g for variants that take one (divisors of h).")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="Model width d.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Transformer blocks L.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    ablate: Annotated[
+        str | None,
+        typer.Option(help="none, or zero-attention: attention outputs replaced by zeros (a control run)."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
+    config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Skip drawing the figures and index.html at the end.")
+    ] = False,
+) -> None:
+    """Train and test a tiny transformer per variant on small real tasks; accuracy into CSV."""
+    from . import accuracy, accuracy_view
+
+    overrides = dict(
+        variants=split_csv(variants),
+        tasks=split_csv(tasks),
+        seeds=split_ints("--seeds", seeds),
+        heads=heads,
+        kv_heads=split_ints("--kv-heads", kv_heads),
+        dim=dim,
+        layers=layers,
+        batch=batch,
+        ablate=ablate,
+        threads=threads,
+        out=out,
+    )
+    cfg = load_config(accuracy.AccuracyConfig, "accuracy", path=config, profile=profile, overrides=overrides)
+    accuracy.cells(cfg)  # unknown variants or options fail here, before any output
+    code = accuracy_view.main(cfg, console=Console(width=160), report=not no_report)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 

@@ -66,21 +66,23 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Row))
 
 
 class CsvSink:
-    """Appends rows to a CSV (header once) and flushes each, so an interrupted run keeps them."""
+    """Appends rows to a CSV (header once) and flushes each, so an interrupted run keeps them.
 
-    def __init__(self, path: Path) -> None:
+    `columns` are the fields of the row dataclass written (sweep `Row` by default)."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...] = COLUMNS) -> None:
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
         torn = not new and path.read_bytes()[-1:] != b"\n"  # a hard kill cut the last line short
         self._file = open(path, "a", newline="")  # noqa: SIM115 (closed by close())
         if torn:
             self._file.write("\r\n")  # end the torn line; read_rows drops it
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+        self._writer = csv.DictWriter(self._file, fieldnames=columns)
         if new:
             self._writer.writeheader()
             self._file.flush()
 
-    def write(self, row: Row) -> None:
+    def write(self, row: Any) -> None:
         self._writer.writerow({k: "" if v is None else v for k, v in dataclasses.asdict(row).items()})
         self._file.flush()
 

@@ -1,0 +1,41 @@
+"""The accuracy tasks of `attnbench accuracy`, by name: mqar, digits, captions.
+
+A task has `name`, `visual` (it has leading visual tokens), `inits(variant, cfg)`,
+`seq_len(cfg)` and `run(job, context) -> Outcome`. Which variant runs which task is decided
+from the registry, never from variant names: a multimodal variant needs visual tokens, so it
+runs captions only; a unimodal variant runs every task (on captions it is the concat baseline).
+A variant with `causal_safe=False` still runs: every test re-runs only the tokens a causal
+model may see (mqar's answers are never inputs, captions decodes from the prefix), so a leak
+could hurt its training but never inflate its score.
+"""
+
+from __future__ import annotations
+
+import attn_variants as av
+
+from . import captions, digits, mqar
+from .base import Init, Job, Outcome
+
+TASKS = {task.name: task for task in (mqar.TASK, digits.TASK, captions.TASK)}
+
+__all__ = ["TASKS", "Init", "Job", "Outcome", "get", "names", "unsupported"]
+
+
+def names() -> list[str]:
+    return list(TASKS)
+
+
+def get(name: str):
+    """The task called `name`; unknown names raise ValueError listing the valid ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {names()}") from None
+
+
+def unsupported(task_name: str, variant: str) -> str:
+    """Why `variant` cannot run `task_name`, or '' when it can."""
+    task, entry = get(task_name), av.info(variant)
+    if entry.multimodal and not task.visual:
+        return f"{variant} is multimodal (needs visual tokens); task {task_name!r} has none"
+    return ""

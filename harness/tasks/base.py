@@ -1,0 +1,60 @@
+"""What every accuracy task shares: the job it is given, the outcome it returns, evaluation helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from ..model import ModelConfig, TinyTransformer
+
+if TYPE_CHECKING:
+    from ..accuracy import AccuracyConfig
+
+Init = Literal["scratch", "uptrained"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (task, variant, seed) cell: what to build and how to start it."""
+
+    variant: str
+    n_heads: int  # h
+    n_kv_heads: int  # g, after the variant's preset
+    seed: int
+    cfg: AccuracyConfig
+    init: Init = "scratch"  # uptrained: from an MHA model through from_mha (digits)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self, **task_fields: Any) -> ModelConfig:
+        """The tiny transformer for this job: shared sizes from the config, the rest from the task."""
+        c = self.cfg
+        shared = dict(dim=c.dim, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, layers=c.layers)
+        return ModelConfig(
+            variant=self.variant, ablate=c.ablate, options=dict(self.options), **shared, **task_fields
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished cell reports: accuracy on held-out data, the final training loss."""
+
+    accuracy: float
+    loss: float  # mean training loss over the last 10% of steps
+    steps: int  # optimizer steps behind the evaluated weights (uptrained: pre-training + fine-tuning)
+    seq_len: int  # n of the task's sequences, the length kv_cache_bytes is given at
+    n_visual: int  # m, leading visual tokens (captions), else 0
+    kv_cache_bytes: int  # every layer's KV cache for one sequence of seq_len tokens
+
+
+def build(model_cfg: ModelConfig, seed: int) -> TinyTransformer:
+    """A freshly initialised model: the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    return TinyTransformer(model_cfg)
+
+
+def outcome(
+    model: TinyTransformer, accuracy: float, loss: float, steps: int, seq_len: int, m: int = 0
+) -> Outcome:
+    return Outcome(accuracy, loss, steps, seq_len, m, model.kv_cache_bytes(seq_len))
