@@ -127,7 +127,8 @@ def uptrain(source: TinyTransformer, cfg: ModelConfig) -> TinyTransformer:
     """
     if source.cfg.spec().n_kv_heads != source.cfg.n_heads:
         raise ValueError(f"uptraining needs an MHA source model; its variant is {source.cfg.variant!r}")
-    target = TinyTransformer(cfg)
+    weight = source.head.weight
+    target = TinyTransformer(cfg).to(device=weight.device, dtype=weight.dtype)
     shared = {k: v for k, v in source.state_dict().items() if ".attn." not in k}
     missing, _ = target.load_state_dict(shared, strict=False)
     for src, dst in zip(source.blocks, target.blocks, strict=True):
