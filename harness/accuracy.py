@@ -53,15 +53,16 @@ class AccuracyConfig:
     mqar_pairs: int = 8  # P key-value pairs, then P queries: n = 3P
     mqar_vocab: int = 64  # keys from [1, vocab/2), values from [vocab/2, vocab)
     mqar_test: int = 1000  # held-out sequences
-    digits_steps: int = 400  # the MHA source's training, and every scratch run
+    digits_steps: int = 600  # the MHA source's training, and every scratch run
     digits_lr: float = 3e-3
     digits_finetune_steps: int = 150  # after uptraining from the MHA source
     digits_finetune_lr: float = 1e-3
     digits_patch: int = 2  # p: 8x8 images as (8/p)^2 patches of p*p pixels
     digits_scratch: bool = True  # also train every grouped variant from scratch
-    captions_steps: int = 400
+    captions_steps: int = 500
     captions_lr: float = 3e-3
     captions_patch: int = 2
+    shift: int = 0  # > 0: digits and captions training images move by up to this many pixels
     ablate: Ablate = "none"  # zero-attention: attention outputs replaced by zeros (a control)
     threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
     out: str = "results"
@@ -84,7 +85,7 @@ class AccuracyConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        for name in ("mqar_steps", "digits_steps", "digits_finetune_steps", "captions_steps", "threads"):
+        for name in ("shift", "mqar_steps", "digits_steps", "digits_finetune_steps", "captions_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         bad = [g for g in self.kv_heads if g <= 0 or self.heads % g]

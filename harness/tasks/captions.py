@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..model import TinyTransformer
 from .base import Init, Job, Outcome, build, outcome
-from .images import NAMES, SIDE, split
+from .images import NAMES, SIDE, patchify, sample, split
 from .train import IGNORE, fit
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ class Captions:
 
     def run(self, job: Job, context: dict) -> Outcome:
         c = job.cfg
-        (patches, labels), test = split(job.seed, c.captions_patch)
-        inputs, targets = encode(labels)
+        train, (test_images, test_labels) = split(job.seed)
         m = self.n_visual(c)
         model_cfg = job.model_config(
             n_out=VOCAB, max_len=self.seq_len(c), vocab=VOCAB, patch_dim=c.captions_patch**2
@@ -77,12 +76,14 @@ class Captions:
         order = torch.Generator().manual_seed(job.seed)
 
         def step_loss(step: int) -> Tensor:
-            idx = torch.randint(0, len(labels), (c.batch,), generator=order)  # (b,)
-            logits = model(tokens=inputs[idx], patches=patches[idx])[:, m:]  # (b, t, vocab): text positions
-            return F.cross_entropy(logits.flatten(0, 1), targets[idx].flatten(), ignore_index=IGNORE)
+            images, labels = sample(train, c.batch, order, c.shift)  # (b, 8, 8), (b,)
+            inputs, targets = encode(labels)  # (b, t) each
+            patches = patchify(images, c.captions_patch)  # (b, m, p*p)
+            logits = model(tokens=inputs, patches=patches)[:, m:]  # (b, t, vocab): text positions
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
         loss = fit(model, step_loss, c.captions_steps, c.captions_lr)
-        return outcome(model, exact_match(model, *test), loss, c.captions_steps, self.seq_len(c), m)
+        return outcome(model, exact_match(model, patchify(test_images, c.captions_patch), test_labels), loss, c.captions_steps, self.seq_len(c), m)
 
 
 def generate(model: TinyTransformer, patches: Tensor) -> Tensor:

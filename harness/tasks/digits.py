@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..model import TinyTransformer, uptrain
 from .base import Init, Job, Outcome, build, outcome
-from .images import SIDE, split
+from .images import SIDE, patchify, sample, split
 from .train import fit
 
 if TYPE_CHECKING:
@@ -43,21 +43,21 @@ class Digits:
 
     def run(self, job: Job, context: dict) -> Outcome:
         c = job.cfg
-        data = split(job.seed, c.digits_patch)
+        data = split(job.seed)
         if job.init == "scratch" and job.variant == SOURCE and not job.options:
             model, loss = source_model(job, data, context)
             return self._outcome(model, data, loss, c.digits_steps, c)
         if job.init == "scratch":
             model = build(model_config(job), job.seed)
-            loss = train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c.batch)
+            loss = train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c)
             return self._outcome(model, data, loss, c.digits_steps, c)
         source, _ = source_model(job, data, context)
         model = uptrain(source, model_config(job))
-        loss = train(model, data[0], c.digits_finetune_steps, c.digits_finetune_lr, job.seed + 1, c.batch)
+        loss = train(model, data[0], c.digits_finetune_steps, c.digits_finetune_lr, job.seed + 1, c)
         return self._outcome(model, data, loss, c.digits_steps + c.digits_finetune_steps, c)
 
     def _outcome(self, model: TinyTransformer, data, loss: float, steps: int, cfg: AccuracyConfig) -> Outcome:
-        return outcome(model, classified(model, *data[1]), loss, steps, self.seq_len(cfg))
+        return outcome(model, classified(model, *data[1], cfg.digits_patch), loss, steps, self.seq_len(cfg))
 
 
 def model_config(job: Job):
@@ -74,27 +74,25 @@ def source_model(job: Job, data, context: dict) -> tuple[TinyTransformer, float]
     if key not in context:
         source_job = Job(SOURCE, job.n_heads, job.n_heads, job.seed, c)
         model = build(model_config(source_job), job.seed)
-        context[key] = model, train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c.batch)
+        context[key] = model, train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c)
     return context[key]
 
 
-def train(
-    model: TinyTransformer, train_set: tuple[Tensor, Tensor], steps: int, lr: float, seed: int, size: int
-) -> float:
-    patches, labels = train_set
+def train(model: TinyTransformer, data, steps: int, lr: float, seed: int, cfg: AccuracyConfig) -> float:
+    """Fit on shifted training images (`shift` pixels), `cfg.batch` at a time, sampled by `seed`."""
     order = torch.Generator().manual_seed(seed)
 
     def step_loss(step: int) -> Tensor:
-        idx = torch.randint(0, len(labels), (size,), generator=order)  # (b,) sampled with replacement
-        return F.cross_entropy(model(patches=patches[idx]), labels[idx])
+        images, labels = sample(data, cfg.batch, order, cfg.shift)  # (b, 8, 8), (b,)
+        return F.cross_entropy(model(patches=patchify(images, cfg.digits_patch)), labels)
 
     return fit(model, step_loss, steps, lr)
 
 
-def classified(model: TinyTransformer, patches: Tensor, labels: Tensor) -> float:
+def classified(model: TinyTransformer, images: Tensor, labels: Tensor, patch: int) -> float:
     """Held-out accuracy: the fraction of test images whose argmax class is right."""
     with torch.no_grad():
-        return (model(patches=patches).argmax(dim=-1) == labels).float().mean().item()
+        return (model(patches=patchify(images, patch)).argmax(dim=-1) == labels).float().mean().item()
 
 
 TASK = Digits()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 SIDE = 8  # the images are 8x8, pixel values 0..16
@@ -29,13 +30,32 @@ def patchify(images: Tensor, patch: int) -> Tensor:
     return grid.reshape(n, k * k, patch * patch)  # (N, m, patch*patch)
 
 
-def split(
-    seed: int, patch: int, test_frac: float = 0.2
-) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """(train patches, labels), (test patches, labels): a held-out split shuffled by `seed`."""
+def split(seed: int, test_frac: float = 0.2) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """(train images, labels), (test images, labels): a held-out split shuffled by `seed`."""
     images, labels = _load()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_test = round(test_frac * len(labels))
     test, train = order[:n_test], order[n_test:]
-    patches = patchify(images, patch)
-    return (patches[train], labels[train]), (patches[test], labels[test])
+    return (images[train], labels[train]), (images[test], labels[test])
+
+
+def sample(
+    train: tuple[Tensor, Tensor], size: int, gen: torch.Generator, shift: int
+) -> tuple[Tensor, Tensor]:
+    """A training batch: `size` images drawn with replacement, each moved by up to `shift`
+    pixels along each axis (zero fill), the classic augmentation for digit images."""
+    images, labels = train
+    idx = torch.randint(0, len(labels), (size,), generator=gen)  # (b,)
+    return translate(images[idx], shift, gen), labels[idx]
+
+
+def translate(images: Tensor, shift: int, gen: torch.Generator) -> Tensor:
+    """(b, 8, 8) -> (b, 8, 8), each image moved by a random (dy, dx) in [-shift, shift]^2."""
+    if shift == 0:
+        return images
+    b = images.shape[0]
+    padded = F.pad(images, (shift, shift, shift, shift))  # (b, 8 + 2s, 8 + 2s)
+    dy, dx = torch.randint(-shift, shift + 1, (2, b, 1), generator=gen)  # (b, 1) each
+    rows = torch.arange(SIDE) + shift - dy  # (b, 8): output row r reads padded row r + s - dy
+    cols = torch.arange(SIDE) + shift - dx  # (b, 8)
+    return padded[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
