@@ -85,7 +85,8 @@ class AccuracyConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        for name in ("shift", "mqar_steps", "digits_steps", "digits_finetune_steps", "captions_steps", "threads"):
+        counts = ("shift", "mqar_steps", "digits_steps", "digits_finetune_steps", "captions_steps", "threads")
+        for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         bad = [g for g in self.kv_heads if g <= 0 or self.heads % g]

@@ -83,7 +83,8 @@ class Captions:
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
         loss = fit(model, step_loss, c.captions_steps, c.captions_lr)
-        return outcome(model, exact_match(model, patchify(test_images, c.captions_patch), test_labels), loss, c.captions_steps, self.seq_len(c), m)
+        accuracy = exact_match(model, patchify(test_images, c.captions_patch), test_labels)
+        return outcome(model, accuracy, loss, c.captions_steps, self.seq_len(c), m)
 
 
 def generate(model: TinyTransformer, patches: Tensor) -> Tensor:
