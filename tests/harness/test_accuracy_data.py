@@ -61,15 +61,35 @@ def test_patchify_rejects_a_patch_that_does_not_divide_8():
 
 
 def test_digits_split_is_held_out_and_deterministic():
-    (xa, ya), (ta, la) = images.split(0, 2)
-    (xb, yb), (tb, lb) = images.split(0, 2)
-    (_, yc), _ = images.split(1, 2)
-    assert xa.shape == (1797 - 359, 16, 4) and ta.shape == (359, 16, 4)
+    (xa, ya), (ta, la) = images.split(0)
+    (xb, yb), (tb, lb) = images.split(0)
+    (_, yc), _ = images.split(1)
+    assert xa.shape == (1797 - 359, 8, 8) and ta.shape == (359, 8, 8)
     assert torch.equal(xa, xb) and torch.equal(la, lb) and not torch.equal(ya, yc)
     assert 0.0 <= float(xa.min()) and float(xa.max()) <= 1.0
     train_rows = {tuple(r) for r in xa.flatten(1).tolist()}
     assert sum(tuple(r) in train_rows for r in ta.flatten(1).tolist()) < 5  # (a few images are duplicates)
     assert set(la.tolist()) == set(range(10))
+
+
+def test_translate_moves_each_image_within_shift_and_zero_fills():
+    x = torch.arange(1, 65, dtype=torch.float32).reshape(1, 8, 8).repeat(50, 1, 1)
+    assert torch.equal(images.translate(x, 0, gen()), x)
+    moved = images.translate(x, 1, gen(4))
+    seen = set()
+    for img in moved:
+        # find where pixel value 28 (row 3, col 3) went: within one pixel of its place
+        r, c = (img == 28).nonzero()[0].tolist()
+        assert abs(r - 3) <= 1 and abs(c - 3) <= 1
+        seen.add((r - 3, c - 3))
+        assert float(img.sum()) <= float(x[0].sum())  # pixels only fall off, zeros come in
+    assert len(seen) > 4  # the offsets vary across the batch
+
+
+def test_sample_is_deterministic_by_seed():
+    train = images.split(0)[0]
+    a, b = images.sample(train, 8, gen(2), 1), images.sample(train, 8, gen(2), 1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (8, 8, 8)
 
 
 def test_caption_encoding_masks_after_eos_and_round_trips():
