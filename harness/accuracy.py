@@ -132,6 +132,7 @@ class AccuracyRow:
     seed: int
     steps: int | None = None  # optimizer steps behind the evaluated weights
     accuracy: float | None = None  # held-out: fraction of answers / images / exact names right
+    chance: float | None = None  # the accuracy of guessing (mqar 1/(vocab/2), digits and captions 1/10)
     loss: float | None = None  # mean training loss over the last 10% of steps
     wall_s: float | None = None  # seconds of the run (build, train, test)
     kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1: L*2*g*n*e*itemsize
@@ -210,6 +211,7 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
     task = tasks.get(cell.task)
     start = time.perf_counter()
     fields: dict = dict(seq_len=task.seq_len(cfg), n_visual=getattr(task, "n_visual", lambda c: 0)(cfg))
+    chance = round(task.chance(cfg), 6)
     if cell.unsupported:
         status, error = "unsupported", cell.unsupported
     else:
@@ -232,6 +234,7 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
         dim=cfg.dim,
         layers=cfg.layers,
         seed=cell.seed,
+        chance=chance,
         wall_s=round(time.perf_counter() - start, 3),
         status=status,
         error=error,
@@ -268,7 +271,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
     stats = ok.groupby(keys, sort=False).agg(
         mean=("accuracy", "mean"), std=("accuracy", "std"), seeds=("accuracy", "size"),
-        loss=("loss", "mean"), kv_cache_bytes=("kv_cache_bytes", "median"), wall_s=("wall_s", "mean"),
+        chance=("chance", "first"), loss=("loss", "mean"),
+        kv_cache_bytes=("kv_cache_bytes", "median"), wall_s=("wall_s", "mean"),
     )  # fmt: skip
     rows = df.groupby(keys, sort=False).agg(runs=("status", "size"), statuses=("status", _statuses))
     out = rows.join(stats, how="left").reset_index()

@@ -57,7 +57,17 @@ def summary_table(df: pd.DataFrame) -> Table:
     ablate = set(df["ablate"]) - {"none", ""}
     title = "accuracy summary (held-out; mean ± std over seeds)"
     table = Table(title=title + (f" — ABLATION: {', '.join(sorted(ablate))}" if ablate else ""))
-    for col in ("task", "variant", "init", "ok/runs", "accuracy", "final loss", "KV cache", "wall s"):
+    for col in (
+        "task",
+        "variant",
+        "init",
+        "ok/runs",
+        "accuracy",
+        "chance",
+        "final loss",
+        "KV cache",
+        "wall s",
+    ):
         table.add_column(col, justify="left" if col in ("task", "variant", "init") else "right")
     for row in accuracy.summary(df).itertuples():
         options = tuple(p.split("=", 1) for p in row.options.split(";") if p)
@@ -67,5 +77,6 @@ def summary_table(df: pd.DataFrame) -> Table:
         loss = f"{row.loss:.3f}" if row.seeds else "-"
         kv = f"{row.kv_cache_bytes / 1024:.1f} KiB" if row.seeds else "-"
         wall = f"{row.wall_s:.1f}" if row.seeds else "-"
-        table.add_row(row.task, label, row.init, ok, acc, loss, kv, wall)
+        chance = f"{row.chance:.3f}" if row.seeds else "-"
+        table.add_row(row.task, label, row.init, ok, acc, chance, loss, kv, wall)
     return table

@@ -1,7 +1,7 @@
 """The accuracy tasks of `attnbench accuracy`, by name: mqar, digits, captions.
 
 A task has `name`, `visual` (it has leading visual tokens), `inits(variant, cfg)`,
-`seq_len(cfg)` and `run(job, context) -> Outcome`. Which variant runs which task is decided
+`chance(cfg)`, `seq_len(cfg)` and `run(job, context) -> Outcome`. Which variant runs which task is decided
 from the registry, never from variant names: a multimodal variant needs visual tokens, so it
 runs captions only; a unimodal variant runs every task (on captions it is the concat baseline).
 A variant with `causal_safe=False` still runs: every test re-runs only the tokens a causal

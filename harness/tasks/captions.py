@@ -59,6 +59,10 @@ class Captions:
     def inits(self, variant: str, cfg: AccuracyConfig) -> tuple[Init, ...]:
         return ("scratch",)
 
+    def chance(self, cfg: AccuracyConfig) -> float:
+        """Writing one of the ten names without looking at the image."""
+        return 1 / len(NAMES)
+
     def n_visual(self, cfg: AccuracyConfig) -> int:
         return (SIDE // cfg.captions_patch) ** 2
 

@@ -38,6 +38,9 @@ class Digits:
             return ("scratch",)
         return ("uptrained", "scratch") if cfg.digits_scratch else ("uptrained",)
 
+    def chance(self, cfg: AccuracyConfig) -> float:
+        return 1 / CLASSES
+
     def seq_len(self, cfg: AccuracyConfig) -> int:
         return (SIDE // cfg.digits_patch) ** 2
 

@@ -50,6 +50,10 @@ class Mqar:
     def inits(self, variant: str, cfg: AccuracyConfig) -> tuple[Init, ...]:
         return ("scratch",)
 
+    def chance(self, cfg: AccuracyConfig) -> float:
+        """Guessing a value uniformly: 1 / (vocab / 2)."""
+        return 1 / (cfg.mqar_vocab // 2)
+
     def seq_len(self, cfg: AccuracyConfig) -> int:
         return 3 * cfg.mqar_pairs
 

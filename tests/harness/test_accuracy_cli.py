@@ -57,6 +57,7 @@ def test_smoke_run_per_task_writes_ok_rows(tmp_path, task):
     assert {r["status"] for r in rows} == {"ok"} and {r["task"] for r in rows} == {task}
     for row in rows:
         assert 0.0 <= float(row["accuracy"]) <= 1.0 and float(row["loss"]) > 0
+        assert float(row["chance"]) == {"mqar": 1 / 32, "digits": 0.1, "captions": 0.1}[task]
         assert int(row["kv_cache_bytes"]) == 2 * 2 * int(row["n_kv_heads"]) * int(row["seq_len"]) * 8 * 4
     inits = sorted((r["variant"], r["init"], int(r["steps"])) for r in rows)
     if task == "digits":  # mha is the source; gqa is uptrained from it (20 + 5 steps) and from scratch
