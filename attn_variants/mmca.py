@@ -106,7 +106,10 @@ class MultiModalCausalAttention(GroupedQueryAttention):
 # gives it the same n_visual as mmca and the two rows line up.
 register(
     "concat",
-    description="Concat baseline for mmca: [visual; text] as one causal stream, one softmax (LLaVA-style).",
+    description=(
+        "Concat baseline for mmca (LLaVA-style): visual then text tokens as one causal stream, "
+        "one softmax; the gqa module under a multimodal name."
+    ),
     paper=GQA_PAPER,
     multimodal=True,
 )(GroupedQueryAttention)
