@@ -266,3 +266,12 @@ def test_runs_on_device(device, dtype):
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(2, 16, 64, device=device, dtype=torch.float64)
     assert_close(fast(x.to(dtype), n_visual=5).double(), reference(ref, x, 5), **tol)
+
+
+def test_from_mha_uptrains_into_mmca():
+    mha = make(av.AttnSpec(64, 8, bias=True), name="mha")
+    mmca = av.from_mha(mha, 2, variant="mmca", visual_attention="full")
+    assert isinstance(mmca, av.MultiModalCausalAttention) and mmca.visual_attention == "full"
+    x = x_of(2, 10)
+    assert_close(mmca(x), av.from_mha(mha, 2)(x))  # m = 0: the uptrained gqa
+    assert_close(mmca(x, n_visual=3), reference(mmca, x, 3))
