@@ -17,6 +17,7 @@ from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)
 from .backends import BACKENDS, get_backend
 from .cache import KVCache
 from .grouped import GroupedQueryAttention, from_mha
+from .mmca import MultiModalCausalAttention, SimpleMMCA  # registers mmca, concat
 from .registry import MODES, VariantInfo, create, info, names, register
 from .spec import AttnSpec
 
@@ -26,6 +27,8 @@ __all__ = [
     "AttnSpec",
     "GroupedQueryAttention",
     "KVCache",
+    "MultiModalCausalAttention",
+    "SimpleMMCA",
     "VariantInfo",
     "create",
     "from_mha",
