@@ -17,6 +17,8 @@ from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)
 from .backends import BACKENDS, get_backend
 from .cache import KVCache
 from .grouped import GroupedQueryAttention, from_mha
+from .keydriven import DynamicKeyDrivenGQA, KeyDrivenGQA  # registers kdgqa, dgqa
+from .perturbed import PerturbedGQA  # registers pgqa
 from .registry import MODES, VariantInfo, create, info, names, register
 from .spec import AttnSpec
 
@@ -24,8 +26,11 @@ __all__ = [
     "BACKENDS",
     "MODES",
     "AttnSpec",
+    "DynamicKeyDrivenGQA",
     "GroupedQueryAttention",
     "KVCache",
+    "KeyDrivenGQA",
+    "PerturbedGQA",
     "VariantInfo",
     "create",
     "from_mha",
