@@ -17,6 +17,8 @@ output at position t depends on later tokens. With the perturbation off it is ex
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -39,22 +41,35 @@ def parse_seed(seed: object) -> int | None:
     raise ValueError(f"seed={seed!r} must be an integer or None")
 
 
-def perturb(o: Tensor, g: int, u: Tensor) -> Tensor:
-    """o (b, h, n, e), uniform noise u (g, h/g, n*e) -> o minus each group's rescaled noise.
+def row_std_mean(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Unbiased std and mean over `dims`, kept (biased for one element: 0, not NaN).
 
-    Statistics run in >= float32; the std is the unbiased one (torch's default, the paper's)."""
+    Two vectorised passes; `torch.std_mean`'s Welford loop took 4.6-8.8 ms against 0.2 ms for
+    this on a (2, 4, 4, 32768) tensor, one CPU thread (the benchmark's o)."""
+    size = math.prod(x.shape[d] for d in dims)
+    mean = x.mean(dims, keepdim=True)
+    std = torch.linalg.vector_norm(x - mean, dim=dims, keepdim=True) / math.sqrt(max(size - 1, 1))
+    return std, mean
+
+
+def perturb(o: Tensor, g: int, u: Tensor) -> Tensor:
+    """o (b, h, n, e), noise u (g, h/g, n*e) with its diagonals already 0 -> o minus each
+    group's noise, standardised per row and rescaled to o_grp's row mean and std.
+
+    A row of o_grp (b, h/g, n*e) is one (example, head) over all n*e values, so the group
+    split needs no reshape of o: statistics reduce over (n, e) and u is viewed as (h, n, e).
+    o keeps the backend's memory layout (SDPA returns (b, n, h, e) strides), so `merge` stays
+    a view. o - (z * std_o + mean_o), z = (u - mean_u) / std_u, is computed as
+    (o - shift) - u * scale: two passes over o. Statistics run in >= float32."""
     b, h, n, e = o.shape
-    work = torch.promote_types(o.dtype, torch.float32)
-    rows = o.to(work).reshape(b, g, h // g, n * e)  # (b, g, h/g, n*e): group j = heads j*h/g...
-    u = u.to(work).clone()
-    u.diagonal(dim1=-2, dim2=-1).zero_()  # each group's (h/g, n*e) diagonal
-    correction = 1 if n * e > 1 else 0  # one element: the biased std (0), not NaN
-    z = (u - u.mean(-1, keepdim=True)) / u.std(-1, keepdim=True, correction=correction).clamp_min(
-        torch.finfo(work).tiny
-    )  # (g, h/g, n*e), rows standardised; a constant row stays 0
-    mean = rows.mean(-1, keepdim=True)  # (b, g, h/g, 1)
-    std = rows.std(-1, keepdim=True, correction=correction)
-    return (rows - (z * std + mean)).reshape(b, h, n, e).to(o.dtype)  # (b, h, n, e)
+    dtype, work = o.dtype, torch.promote_types(o.dtype, torch.float32)
+    std_u, mean_u = row_std_mean(u, dims=(-1,))  # (g, h/g, 1)
+    std_o, mean_o = row_std_mean(o.to(work), dims=(-2, -1))  # (b, h, 1, 1): each row's n*e values
+    scale = std_o / std_u.reshape(h, 1, 1).clamp_min(torch.finfo(work).tiny)  # (b, h, 1, 1)
+    shift = mean_o - mean_u.reshape(h, 1, 1) * scale  # (b, h, 1, 1); a constant noise row adds 0
+    noise = u.reshape(h, n, e)  # (h, n, e): group j's rows are heads j*h/g ... (j+1)*h/g - 1
+    out = (o - shift).addcmul_(noise, scale, value=-1)  # (b, h, n, e), in o's memory layout
+    return out.to(dtype)
 
 
 @register(
@@ -92,11 +107,13 @@ class PerturbedGQA(GroupedQueryAttention):
         return perturb(o, self.spec.n_kv_heads, self.draw_noise(o))
 
     def draw_noise(self, o: Tensor) -> Tensor:
-        """Uniform [0, 1) noise (g, h/g, n*e) for output o (b, h, n, e)."""
+        """Uniform [0, 1) noise (g, h/g, n*e) for output o (b, h, n, e), diagonals set to 0."""
         _, h, n, e = o.shape
         g = self.spec.n_kv_heads
         work = torch.promote_types(o.dtype, torch.float32)
-        return torch.rand(g, h // g, n * e, generator=self.generator(o.device), device=o.device, dtype=work)
+        u = torch.rand(g, h // g, n * e, generator=self.generator(o.device), device=o.device, dtype=work)
+        u.diagonal(dim1=-2, dim2=-1).zero_()  # each group's (h/g, n*e) diagonal, as the paper
+        return u
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The module's generator on `device`, seeded on first use there; None without a seed."""

@@ -1,0 +1,50 @@
+"""Issue 3's performance goals, printed side by side (interleaved, one process, 1 thread):
+
+    python tests/bench/ratios_keydriven.py
+
+Forward at b=2, n=1024, d=512, h=16, g=4 on CPU: kdgqa / gqa and dgqa / gqa (goal <= 1.5),
+pgqa / gqa (goal <= 1.3), and kdgqa's loop-over-groups reference / its fast path (goal >= 2).
+"""
+
+import torch
+
+import attn_variants as av
+from attn_variants import keydriven
+from harness import compare, workload
+
+B, N, D, H, G = 2, 1024, 512, 16, 4
+GOALS = {"kdgqa": ("<=", 1.5), "dgqa": ("<=", 1.5), "pgqa": ("<=", 1.3)}
+
+
+def main(rounds: int = 25) -> None:
+    torch.set_num_threads(1)
+    spec = av.AttnSpec(D, H, G)
+
+    def fwd(variant: str, **opts):
+        return workload.build(variant, spec, "fwd", batch=B, seq_len=N, options=opts)
+
+    fns = {name: fwd(name).step for name in ("gqa", "kdgqa", "dgqa", "pgqa")}
+    kdgqa = fwd("kdgqa").module  # same seed: same weights as the timed kdgqa
+    x = torch.randn(B, N, D, generator=torch.Generator().manual_seed(0))
+
+    def reference() -> object:
+        with torch.no_grad():
+            return keydriven.reference_forward(kdgqa, x)
+
+    fns["kdgqa_reference"] = reference
+    samples = compare.interleaved(fns, rounds=rounds, warmup=2)
+    compare.print_table(samples, "gqa", f"forward, b={B} n={N} d={D} h={H} g={G}, {rounds} rounds, 1 thread")
+    rel = compare.ratios(samples, "gqa")
+    for name, (op, goal) in GOALS.items():
+        report(f"{name} / gqa", rel[name], op, goal)
+    report("kdgqa reference / fast", compare.ratios(samples, "kdgqa")["kdgqa_reference"], ">=", 2.0)
+
+
+def report(label: str, r, op: str, goal: float) -> None:
+    met = r.median <= goal if op == "<=" else r.median >= goal
+    spread = f"[p10 {r.p10:.3f}, p90 {r.p90:.3f}]"
+    print(f"{label}: {r.median:.3f}x {spread} (goal {op} {goal}: {'met' if met else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
