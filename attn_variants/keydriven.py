@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .backends import causal_mask
@@ -55,7 +54,7 @@ def key_norms(k: Tensor) -> Tensor:
     return torch.linalg.vector_norm(k, dim=(2, 3))  # (b, g)
 
 
-def allocate(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
+def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
     """scores (..., g) -> query heads per KV head (..., g), int64, >= 0, summing to h.
 
     KDGQA min-max normalises first (`min_max=True`); DGQA does not. No preference (equal
@@ -66,7 +65,7 @@ def allocate(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
         span = scores.amax(-1, keepdim=True) - lo
         scores = (scores - lo) / torch.where(span > 0, span, 1)  # equal scores -> all 0
     total = scores.sum(-1, keepdim=True)  # (..., 1)
-    ok = total > 0  # False for 0 and NaN: fall back to uniform
+    ok = (total > 0) & total.isfinite()  # False for 0, NaN and inf: fall back to uniform
     share = scores / torch.where(ok, total, 1) * h  # the paper's order: (s / sum s) * h
     a = torch.where(ok, share.round(), h // g).long()  # round half to even, as torch and Python
     return repair(a, h)
@@ -79,11 +78,12 @@ def repair(a: Tensor, h: int) -> Tensor:
     g // 2 masked steps do the paper's while-loops without reading the sum on the host.
     argmax/argmin take the first index on ties, as the paper's `torch.argmax` does."""
     g = a.shape[-1]
+    heads = torch.arange(g, device=a.device)  # (g,); a comparison, not F.one_hot, which may check on host
     for _ in range(g // 2):
         excess = a.sum(-1, keepdim=True) - h  # (..., 1)
-        down = F.one_hot(a.argmax(-1), g) * (excess > 0)  # (..., g)
-        up = F.one_hot(a.argmin(-1), g) * (excess < 0)
-        a = a - down + up
+        down = (heads == a.argmax(-1, keepdim=True)) & (excess > 0)  # (..., g)
+        up = (heads == a.argmin(-1, keepdim=True)) & (excess < 0)
+        a = a - down.long() + up.long()
     return a
 
 
@@ -144,7 +144,7 @@ class KeyDrivenGQA(_KeyAllocatedGQA):
         """k (b, g, s, e) -> (g,) for scope="batch", (b, g) for scope="sample"."""
         norms = key_norms(k)  # (b, g)
         scores = norms.sum(0) if self.scope == "batch" else norms  # (g,) or (b, g)
-        return allocate(scores, self.spec.n_heads, min_max=True)
+        return allocate_heads(scores, self.spec.n_heads, min_max=True)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, scope={self.scope}"
@@ -190,7 +190,7 @@ class DynamicKeyDrivenGQA(_KeyAllocatedGQA):
             avg = EMA_BETA * s + (1 - EMA_BETA) * cache
         else:
             avg = (cache - s).abs()
-        fresh = allocate(avg, self.spec.n_heads, min_max=False)  # (g,)
+        fresh = allocate_heads(avg, self.spec.n_heads, min_max=False)  # (g,)
         if not self.training:
             self.allocation.copy_(fresh)
             self.norm_cache.copy_(s)
@@ -294,7 +294,7 @@ def reference_forward(module: _KeyAllocatedGQA, x: Tensor) -> Tensor:
 __all__ = [
     "DynamicKeyDrivenGQA",
     "KeyDrivenGQA",
-    "allocate",
+    "allocate_heads",
     "kv_index",
     "reference_allocation",
     "reference_forward",

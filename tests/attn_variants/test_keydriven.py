@@ -115,7 +115,7 @@ def test_allocation_sums_to_h_and_matches_the_python_reference(min_max):
         g = rng.choice([1, 2, 3, 4, 5, 8, 16])
         h = g * rng.choice([1, 2, 3, 4])
         scores = random_scores(rng, g)
-        fast = kd.allocate(torch.tensor(scores, dtype=torch.float64), h, min_max=min_max).tolist()
+        fast = kd.allocate_heads(torch.tensor(scores, dtype=torch.float64), h, min_max=min_max).tolist()
         ref = kd.reference_allocation(scores, h, min_max=min_max)
         assert sum(fast) == h and min(fast) >= 0, (scores, h, fast)
         x = shares(scores, h, min_max)
@@ -132,16 +132,18 @@ def test_allocation_sums_to_h_and_matches_the_python_reference(min_max):
 
 def test_batched_allocation_is_row_by_row():
     scores = torch.rand(6, 5, dtype=torch.float64)
-    batched = kd.allocate(scores, 10, min_max=True)
+    batched = kd.allocate_heads(scores, 10, min_max=True)
     for row, a in zip(scores, batched, strict=True):
-        assert a.tolist() == kd.allocate(row, 10, min_max=True).tolist()
+        assert a.tolist() == kd.allocate_heads(row, 10, min_max=True).tolist()
 
 
 def test_equal_norms_fall_back_to_uniform_never_nan():
     for min_max in (True, False):
         for value in (0.0, 3.0, float("nan")):
-            a = kd.allocate(torch.full((4,), value), 16, min_max=min_max)
+            a = kd.allocate_heads(torch.full((4,), value), 16, min_max=min_max)
             assert a.tolist() == [4, 4, 4, 4]
+        infinite = torch.tensor([float("inf"), 1.0, 2.0, 3.0])
+        assert kd.allocate_heads(infinite, 16, min_max=min_max).tolist() == [4, 4, 4, 4]
 
 
 def test_kv_index_is_contiguous_and_skips_empty_heads():
