@@ -60,13 +60,15 @@ def perturb(o: Tensor, g: int, u: Tensor) -> Tensor:
     split needs no reshape of o: statistics reduce over (n, e) and u is viewed as (h, n, e).
     o keeps the backend's memory layout (SDPA returns (b, n, h, e) strides), so `merge` stays
     a view. o - (z * std_o + mean_o), z = (u - mean_u) / std_u, is computed as
-    (o - shift) - u * scale: two passes over o. Statistics run in >= float32."""
+    (o - shift) - u * scale: two passes over o. Statistics run in >= float32. Nothing is
+    detached: gradients flow through o's row mean and std too."""
     b, h, n, e = o.shape
     dtype, work = o.dtype, torch.promote_types(o.dtype, torch.float32)
     std_u, mean_u = row_std_mean(u, dims=(-1,))  # (g, h/g, 1)
     std_o, mean_o = row_std_mean(o.to(work), dims=(-2, -1))  # (b, h, 1, 1): each row's n*e values
-    scale = std_o / std_u.reshape(h, 1, 1).clamp_min(torch.finfo(work).tiny)  # (b, h, 1, 1)
-    shift = mean_o - mean_u.reshape(h, 1, 1) * scale  # (b, h, 1, 1); a constant noise row adds 0
+    std_u = std_u.reshape(h, 1, 1)  # (h, 1, 1)
+    scale = torch.where(std_u > 0, std_o / std_u, 0)  # (b, h, 1, 1); a constant noise row: z = 0
+    shift = mean_o - mean_u.reshape(h, 1, 1) * scale  # (b, h, 1, 1)
     noise = u.reshape(h, n, e)  # (h, n, e): group j's rows are heads j*h/g ... (j+1)*h/g - 1
     out = (o - shift).addcmul_(noise, scale, value=-1)  # (b, h, n, e), in o's memory layout
     return out.to(dtype)
