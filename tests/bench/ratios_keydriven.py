@@ -4,6 +4,7 @@
 
 Forward at b=2, n=1024, d=512, h=16, g=4 on CPU: kdgqa / gqa and dgqa / gqa (goal <= 1.5),
 pgqa / gqa (goal <= 1.3), and kdgqa's loop-over-groups reference / its fast path (goal >= 2).
+Then, for information (no goal), one decode step against a KV cache of N tokens, same shape.
 """
 
 import torch
@@ -20,8 +21,8 @@ def main(rounds: int = 25) -> None:
     torch.set_num_threads(1)
     spec = av.AttnSpec(D, H, G)
 
-    def fwd(variant: str, **opts):
-        return workload.build(variant, spec, "fwd", batch=B, seq_len=N, options=opts)
+    def fwd(variant: str, mode: str = "fwd"):
+        return workload.build(variant, spec, mode, batch=B, seq_len=N)
 
     fns = {name: fwd(name).step for name in ("gqa", "kdgqa", "dgqa", "pgqa")}
     kdgqa = fwd("kdgqa").module  # same seed: same weights as the timed kdgqa
@@ -38,6 +39,9 @@ def main(rounds: int = 25) -> None:
     for name, (op, goal) in GOALS.items():
         report(f"{name} / gqa", rel[name], op, goal)
     report("kdgqa reference / fast", compare.ratios(samples, "kdgqa")["kdgqa_reference"], ">=", 2.0)
+    decode = {name: fwd(name, "decode").step for name in ("gqa", "kdgqa", "dgqa", "pgqa", "mha")}
+    samples = compare.interleaved(decode, rounds=4 * rounds, warmup=3)
+    compare.print_table(samples, "gqa", f"decode, one token against a cache of {N}, {4 * rounds} rounds")
 
 
 def report(label: str, r, op: str, goal: float) -> None:
