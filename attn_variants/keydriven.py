@@ -9,9 +9,11 @@ next a_1 read KV head 1, ...), and a KV head may get none.
 - DGQA: the same allocation from norms tracked over training in a buffer `norm_cache`.
 
 Fast path: the allocation, the head -> KV index and the K/V gather all stay on the device (no
-host sync, no Python loop over groups), then ONE call of the backend with h KV heads. The
-reference path (`reference_forward`) is the paper's loop over groups with a Python-side
-allocation; the tests check one against the other.
+host sync, no Python loop over groups), then ONE call of the backend with h KV heads; a
+single new token (decode) instead meets every KV head with all h query heads in one call and
+keeps the row of its own KV head, so the cache is not copied h/g times. The reference path
+(`reference_forward`) is the paper's loop over groups with a Python-side allocation; the
+tests check one against the other.
 
 Neither is causal-safe: the allocation reads keys at every position (and, summed over the
 batch, every example), so a token's output depends on later tokens and on the other examples.
