@@ -130,6 +130,19 @@ def test_allocation_sums_to_h_and_matches_the_python_reference(min_max):
     assert exact > 300  # most cases are compared exactly
 
 
+@pytest.mark.parametrize(
+    "scores, h, expected",
+    [
+        ([2.5, 2.5, 2.5, 0.5], 8, [2, 2, 2, 2]),  # rounds to 6: g // 2 = 2 short, argmin +1 twice
+        ([3.5, 3.5, 0.5, 0.5], 8, [4, 4, 0, 0]),  # half to even: sums to 8, no repair
+        ([1.5, 1.5, 1.5, 1.5, 2.0], 8, [1, 1, 2, 2, 2]),  # rounds to 10: -1 at the first argmax, twice
+    ],
+)
+def test_repair_handles_the_largest_mismatch(scores, h, expected):
+    fast = kd.allocate_heads(torch.tensor(scores, dtype=torch.float64), h, min_max=False)
+    assert fast.tolist() == expected == kd.reference_allocation(scores, h, min_max=False)
+
+
 def test_batched_allocation_is_row_by_row():
     scores = torch.rand(6, 5, dtype=torch.float64)
     batched = kd.allocate_heads(scores, 10, min_max=True)
