@@ -28,12 +28,10 @@ def test_unknown_command_exits_2():
 
 
 def test_list_prints_registry_text_verbatim_not_as_markup():
-    register("_test_brackets", description="reads [visual; text] as [bold]one[/bold] stream", paper="-")(
-        GroupedQueryAttention
-    )
+    register("_test_brackets", description="[v; t] [b]x[/b]", paper="-")(GroupedQueryAttention)
     try:
         result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "400"})
     finally:
         del _REGISTRY["_test_brackets"]
     assert result.exit_code == 0, result.output
-    assert "reads [visual; text] as [bold]one[/bold] stream" in result.output
+    assert "[v; t] [b]x[/b]" in result.output
