@@ -17,6 +17,9 @@ from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)
 from .backends import BACKENDS, get_backend
 from .cache import KVCache
 from .grouped import GroupedQueryAttention, from_mha
+from .keydriven import DynamicKeyDrivenGQA, KeyDrivenGQA  # registers kdgqa, dgqa
+from .mmca import MultiModalCausalAttention, SimpleMMCA  # registers mmca, concat
+from .perturbed import PerturbedGQA  # registers pgqa
 from .registry import MODES, VariantInfo, create, info, names, register
 from .spec import AttnSpec
 
@@ -24,8 +27,13 @@ __all__ = [
     "BACKENDS",
     "MODES",
     "AttnSpec",
+    "DynamicKeyDrivenGQA",
     "GroupedQueryAttention",
     "KVCache",
+    "KeyDrivenGQA",
+    "MultiModalCausalAttention",
+    "PerturbedGQA",
+    "SimpleMMCA",
     "VariantInfo",
     "create",
     "from_mha",

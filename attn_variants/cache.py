@@ -61,6 +61,7 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"length={length} must be in [0, {self.length}]")
         self.length = length
+        self.n_visual = min(self.n_visual, length)  # forgotten visual tokens are not visual keys
 
     @property
     def nbytes(self) -> int:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import attn_variants as av
@@ -63,7 +64,7 @@ def variant_table() -> Table:
     for name in av.names():
         entry = av.info(name)
         options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
-        table.add_row(
+        cells = (
             name,
             entry.description,
             entry.paper,
@@ -72,6 +73,7 @@ def variant_table() -> Table:
             "yes" if entry.causal_safe else "NO (reads later tokens)",
             options,
         )
+        table.add_row(*map(escape, cells))  # registry text is plain: "[visual; text]" is not markup
     return table
 
 

@@ -9,8 +9,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    """Seed, and one intra-op thread: the tests' shapes are tiny, and on a shared 2-core machine
+    two OpenMP threads stall each other whenever another process holds a core."""
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=DEVICES)

@@ -1,6 +1,8 @@
 from typer.testing import CliRunner
 
 import attn_variants as av
+from attn_variants import GroupedQueryAttention
+from attn_variants.registry import _REGISTRY, register
 from harness.cli import app
 
 runner = CliRunner()
@@ -23,3 +25,13 @@ def test_help_works():
 def test_unknown_command_exits_2():
     result = runner.invoke(app, ["frobnicate"])
     assert result.exit_code == 2
+
+
+def test_list_prints_registry_text_verbatim_not_as_markup():
+    register("_test_brackets", description="[v; t] [b]x[/b]", paper="-")(GroupedQueryAttention)
+    try:
+        result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "400"})
+    finally:
+        del _REGISTRY["_test_brackets"]
+    assert result.exit_code == 0, result.output
+    assert "[v; t] [b]x[/b]" in result.output
