@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,7 +31,7 @@ class ProgressBar:
 
     def cell(self, cell: accuracy.Cell, row: accuracy.AccuracyRow) -> None:
         result = f"{row.accuracy:.3f}" if row.accuracy is not None else row.status
-        self.progress.update(self.task, advance=1, description=f"{cell.label}: {result}")
+        self.progress.update(self.task, advance=1, description=escape(f"{cell.label}: {result}"))
 
 
 def main(cfg: accuracy.AccuracyConfig, *, console: Console, report: bool = True) -> int:
@@ -78,5 +79,5 @@ def summary_table(df: pd.DataFrame) -> Table:
         kv = f"{row.kv_cache_bytes / 1024:.1f} KiB" if row.seeds else "-"
         wall = f"{row.wall_s:.1f}" if row.seeds else "-"
         chance = f"{row.chance:.3f}" if row.seeds else "-"
-        table.add_row(row.task, label, row.init, ok, acc, chance, loss, kv, wall)
+        table.add_row(row.task, escape(label), row.init, ok, acc, chance, loss, kv, wall)
     return table

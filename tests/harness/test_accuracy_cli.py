@@ -68,6 +68,13 @@ def test_smoke_run_per_task_writes_ok_rows(tmp_path, task):
     assert task in result.output and "accuracy summary" in result.output
 
 
+def test_options_are_kept_in_rows_and_summary_labels(tmp_path):
+    result = runner.invoke(app, smoke(tmp_path, "--tasks", "mqar", "--variants", "gqa,gqa:backend=eager"))
+    assert result.exit_code == 0, result.output
+    assert sorted(r["options"] for r in read_csv(result)) == ["", "backend=eager"]
+    assert "gqa_g2[backend=eager]" in result.output  # not eaten as rich markup
+
+
 def test_reports_read_the_csv(tmp_path):
     result = runner.invoke(app, smoke(tmp_path, "--tasks", "mqar", "--variants", "mqa"))
     assert result.exit_code == 0, result.output
