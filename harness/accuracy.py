@@ -89,6 +89,8 @@ class AccuracyConfig:
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
         bad = [g for g in self.kv_heads if g <= 0 or self.heads % g]
         if bad:
             raise ValueError(f"kv_heads {bad} must be positive divisors of heads={self.heads}")

@@ -138,6 +138,7 @@ def test_variants_all_expands_to_the_registry(tmp_path):
         (["--seeds", "a"], "--seeds 'a' must be a comma-separated list of integers"),
         (["--ablate", "zeros"], "ablate='zeros' is not one of"),
         (["--profile", "huge"], "unknown profile 'huge'"),
+        (["--dim", "30"], "dim=30 is not divisible by heads=4"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, flags, message):
