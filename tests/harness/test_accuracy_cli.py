@@ -83,6 +83,15 @@ def test_reports_read_the_csv(tmp_path):
     assert run.meta["command"] == "accuracy" and run.meta["config"]["mqar_steps"] == 20
 
 
+def test_report_is_drawn_at_the_end_without_no_report(tmp_path):
+    args = smoke(tmp_path, "--tasks", "mqar", "--variants", "mqa")
+    result = runner.invoke(app, [a for a in args if a != "--no-report"])
+    assert result.exit_code == 0, result.output
+    run_dir = next((tmp_path / "out").iterdir())
+    assert (run_dir / "report" / "index.html").is_file() and "report:" in result.output
+    assert (run_dir / "report" / "accuracy.png").is_file()
+
+
 def test_same_seed_same_rows(tmp_path):
     args = ("--tasks", "mqar,captions", "--variants", "gqa", "--seeds", "3")
     first = read_csv(runner.invoke(app, smoke(tmp_path / "a", *args)))
