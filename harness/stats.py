@@ -66,7 +66,8 @@ class Decision:
 def smallest_p(n_new: int, n_baseline: int) -> float:
     """The smallest one-sided p-value Mann-Whitney U can give for these sample sizes (no ties):
     1 / C(n + m, n), when every new sample outranks every baseline sample."""
-    return 1.0 / math.comb(n_new + n_baseline, n_new)
+    log_comb = math.lgamma(n_new + n_baseline + 1) - math.lgamma(n_new + 1) - math.lgamma(n_baseline + 1)
+    return math.exp(-log_comb)
 
 
 def decide(
