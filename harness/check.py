@@ -45,7 +45,8 @@ class CheckConfig:
     head_dim: int = 32
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "cpu"
-    rounds: int = 30  # ratio samples per cell; 30 vs 30 can reach p ~ 1e-11, far below alpha
+    rounds: int = 30  # ratio samples per cell; 30 vs 30 can reach p ~ 1e-17, far below alpha
+    passes: int = 3  # the rounds are split over this many passes through the grid (measure_all)
     warmup: int = 3  # untimed calls of the variant and the reference before the rounds
     # Each sample repeats the call until it lasts this long: a decode step at these sizes is
     # ~0.1 ms, where timer resolution and one Python hiccup would dominate a single call.
@@ -63,12 +64,14 @@ class CheckConfig:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
             if not getattr(self, name):
                 raise ValueError(f"empty check grid: {name} has no values")
-        lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("warmup", 0), ("threads", 0))
+        lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
         for name, low in lows + (("min_sample_s", 0),):
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
         if not 0 < self.tolerance < 1 or not 0 < self.alpha < 1:
             raise ValueError(f"tolerance={self.tolerance} and alpha={self.alpha} must be in (0, 1)")
+        if self.passes > self.rounds:
+            raise ValueError(f"passes={self.passes} must be <= rounds={self.rounds}")
         if stats.smallest_p(self.rounds, self.rounds) >= self.alpha:
             raise ValueError(
                 f"rounds={self.rounds} can never reach alpha={self.alpha} (smallest possible "
@@ -84,12 +87,20 @@ class Result:
     status: Literal["ok", "unsupported", "error"]
     error: str = ""
     ratios: tuple[float, ...] = ()  # variant / reference, one per round
-    variant_ms: float | None = None  # median per-call time, for the reader (not compared)
-    reference_ms: float | None = None
+    variant_s: tuple[float, ...] = ()  # per-call seconds of each round, for the reader (not compared)
+    reference_s: tuple[float, ...] = ()
 
     @property
     def name(self) -> str:
         return cell_name(self.cell)
+
+    @property
+    def variant_ms(self) -> float:
+        return timing.summarize(self.variant_s).median * 1e3
+
+    @property
+    def reference_ms(self) -> float:
+        return timing.summarize(self.reference_s).median * 1e3
 
 
 def cell_name(cell: Cell) -> str:
@@ -117,23 +128,48 @@ def cells(cfg: CheckConfig) -> list[Cell]:
 
 
 def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = None) -> list[Result]:
-    """Every cell of `cfg`, measured against the reference with `cfg.threads` threads."""
+    """Every cell of `cfg`, measured against the reference with `cfg.threads` threads.
+
+    The rounds of a cell are split over `cfg.passes` passes through the whole grid, so a burst
+    of load from another job (seconds long, on a shared CI machine) lands on a share of a
+    cell's rounds instead of all of them and cannot move its median alone.
+    """
     device = measure.resolve_device(cfg.device)
     av.info(cfg.reference)  # an unknown reference names the valid variants before any work
     todo = cells(cfg)
-    results = []
+    results = {cell.key(): Result(cell, "ok") for cell in todo}
     with _threads(cfg.threads):
-        references: dict[tuple, Callable[[], object]] = {}
-        for cell in todo:
-            result = measure_cell(cell, cfg, device, references)
-            results.append(result)
-            if progress:
-                progress(result)
-    return results
+        for rounds in pass_rounds(cfg.rounds, cfg.passes):
+            references: dict[tuple, Callable[[], object]] = {}  # rebuilt each pass (same seed)
+            for cell in todo:
+                done = results[cell.key()]
+                if done.status == "ok":
+                    results[cell.key()] = merge(done, measure_cell(cell, cfg, device, references, rounds))
+                if progress:
+                    progress(results[cell.key()])
+    return list(results.values())
+
+
+def pass_rounds(rounds: int, passes: int) -> list[int]:
+    """`rounds` split over `passes` as evenly as possible: (30, 3) -> [10, 10, 10]."""
+    return [rounds // passes + (i < rounds % passes) for i in range(passes)]
+
+
+def merge(a: Result, b: Result) -> Result:
+    """The rounds of two passes of one cell as one result (a failed pass fails the cell)."""
+    if b.status != "ok" or not a.ratios:
+        return b
+    return Result(
+        a.cell, "ok", "", a.ratios + b.ratios, a.variant_s + b.variant_s, a.reference_s + b.reference_s
+    )
 
 
 def measure_cell(
-    cell: Cell, cfg: CheckConfig, device: torch.device, references: dict[tuple, Callable[[], object]]
+    cell: Cell,
+    cfg: CheckConfig,
+    device: torch.device,
+    references: dict[tuple, Callable[[], object]],
+    rounds: int,
 ) -> Result:
     """The cell's ratios; a failure becomes status 'error' (or 'unsupported' per the registry)."""
     gc.collect()
@@ -144,15 +180,14 @@ def measure_cell(
             spec = av.info(cfg.reference).resolve(av.AttnSpec(cell.spec.dim, cell.spec.n_heads))
             references[key] = _step(cfg.reference, {}, spec, cell, cfg, device)
         times, ref_times = compare.alternating(
-            step, references[key], device, rounds=cfg.rounds, warmup=cfg.warmup, min_sample_s=cfg.min_sample_s
+            step, references[key], device, rounds=rounds, warmup=cfg.warmup, min_sample_s=cfg.min_sample_s
         )
     except workload.UnsupportedMode as err:
         return Result(cell, "unsupported", str(err))
     except Exception as err:  # noqa: BLE001 (a failing cell is reported and fails the check)
         return Result(cell, "error", f"{type(err).__name__}: {err}"[:500])
     ratios = tuple(a / b for a, b in zip(times, ref_times, strict=True))
-    ms = timing.summarize(times).median * 1e3, timing.summarize(ref_times).median * 1e3
-    return Result(cell, "ok", "", ratios, *ms)
+    return Result(cell, "ok", "", ratios, tuple(times), tuple(ref_times))
 
 
 def _step(

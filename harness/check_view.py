@@ -61,7 +61,7 @@ def _compatible_baseline(path: Path, env: dict, cfg: CheckConfig, console: Conso
 def _measure(cfg: CheckConfig, console: Console) -> list[Result]:
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("check", total=len(check.cells(cfg)))
+        task = progress.add_task("check", total=len(check.cells(cfg)) * cfg.passes)
 
         def advance(result: Result) -> None:
             progress.update(task, advance=1, description=f"{result.name}: {result.status}")

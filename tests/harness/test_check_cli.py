@@ -28,6 +28,7 @@ modes = ["fwd"]
 batch = 1
 head_dim = 8
 rounds = 20
+passes = 2
 warmup = 1
 min_sample_s = 0.003
 threads = 1

@@ -84,3 +84,11 @@ def test_too_few_rounds_to_ever_fail_is_refused():
 def test_bad_tolerance_or_alpha_names_the_value(bad):
     with pytest.raises(ValueError, match=r"must both be in \(0, 1\)"):
         decide(rounds(0.8), rounds(0.8), **bad)
+
+
+def test_rounds_are_split_over_passes_and_passes_not_above_rounds():
+    from harness.check import pass_rounds
+
+    assert pass_rounds(30, 3) == [10, 10, 10] and pass_rounds(20, 3) == [7, 7, 6] and pass_rounds(5, 1) == [5]
+    with pytest.raises(ValueError, match="passes=6 must be <= rounds=5"):
+        CheckConfig(rounds=5, passes=6)
