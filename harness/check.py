@@ -4,7 +4,8 @@ Python API (the CLI is a thin layer over it):
 
     cfg = harness.config.load(CheckConfig, "check", profile="ci")
     results = harness.check.measure_all(cfg)        # per-round ratios of every cell
-    decisions = harness.check.compare(results, baseline_frame, cfg)
+    frame = harness.baseline.read(Path(cfg.baseline))   # refuses a missing file
+    decisions = harness.check.compare_all(results, harness.baseline.samples(frame), cfg)
 
 Absolute times do not carry over between runs of a shared CI machine, so each cell (variant x
 shape x mode) is timed against a reference, mha through SDPA at the same shape, interleaved
