@@ -180,3 +180,9 @@ def test_update_of_one_variant_keeps_the_others(setup):
 def test_bad_input_is_one_line_and_exit_2(setup, flags, message):
     result = check(setup, *flags)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_update_with_a_failing_cell_writes_the_others_and_exits_1(setup, broken):
+    result = check(setup, "--variants", f"gqa,{broken}", "--update-baseline")
+    assert result.exit_code == 1 and f"error {broken}_g2 fwd n=32 h=4: RuntimeError" in result.output
+    assert list(pd.read_csv(setup[1])["variant"]) == ["gqa"]
