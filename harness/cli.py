@@ -272,6 +272,45 @@ def accuracy_command(
     raise typer.Exit(code)
 
 
+# --- check (issue 8): CI performance regression check against a committed baseline of ratios ----
+
+
+@app.command("check")
+@fail_cleanly
+def check_command(
+    baseline: Annotated[
+        str | None, typer.Option(help="Baseline CSV (bench.toml's, e.g. tests/bench/baselines/ci-cpu.csv).")
+    ] = None,
+    profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml, e.g. ci.")] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(help="Allowed growth of a cell's ratio before it counts (0.15 = 15%).")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="Significance level of the per-cell test.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Interleaved rounds (ratio samples) per cell.")] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="Comma-separated names, 'all', or name:key=value (not the reference).")
+    ] = None,
+    modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="Measure and rewrite the baseline instead of checking.")
+    ] = False,
+    config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
+) -> None:
+    """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's."""
+    from . import check, check_view
+
+    overrides = dict(
+        baseline=baseline,
+        tolerance=tolerance,
+        alpha=alpha,
+        rounds=rounds,
+        variants=split_csv(variants),
+        modes=split_csv(modes),
+    )
+    cfg = load_config(check.CheckConfig, "check", path=config, profile=profile, overrides=overrides)
+    raise typer.Exit(check_view.main(cfg, update=update_baseline, console=Console(width=160)))
+
+
 def main() -> None:
     app()
 

@@ -7,6 +7,8 @@ most of the drift. Used by the regression check and the tests/bench ratio script
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 from collections.abc import Callable, Mapping
 
@@ -55,3 +57,43 @@ def print_table(samples: Mapping[str, list[float]], reference: str, title: str =
         spread = f"{t.p10 * 1e3:.2f}-{t.p90 * 1e3:.2f}"
         r = rel[name]
         print(f"{name:<28}{t.median * 1e3:>12.2f}{spread:>20}{r.median:>12.3f} [{r.p10:.2f},{r.p90:.2f}]")
+
+
+def calls_for(fn: Callable[[], object], device: torch.device, min_sample_s: float) -> int:
+    """How many back-to-back calls of `fn` make one sample of at least `min_sample_s` seconds
+    (tiny shapes: one call is a few microseconds, near the timer's and Python's own noise)."""
+    once = min(time_call(fn, device) for _ in range(3))
+    return max(1, math.ceil(min_sample_s / max(once, 1e-9)))
+
+
+def alternating(
+    candidate: Callable[[], object],
+    reference: Callable[[], object],
+    device: torch.device | str = "cpu",
+    *,
+    rounds: int = 30,
+    warmup: int = 3,
+    min_sample_s: float = 0.0,
+) -> tuple[list[float], list[float]]:
+    """Seconds per call of `candidate` and `reference`, one sample of each per round.
+
+    Round r times the candidate first when r is even and the reference first when r is odd, so
+    neither always runs in the other's wake (caches, allocator, clock ramps). A sample is
+    `calls_for(min_sample_s)` calls in a row, divided by that count.
+    """
+    device = torch.device(device)
+    fns = (candidate, reference)
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    calls = [calls_for(fn, device, min_sample_s) for fn in fns]
+    out: tuple[list[float], list[float]] = ([], [])
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            out[i].append(time_call(functools.partial(_repeat, fns[i], calls[i]), device) / calls[i])
+    return out
+
+
+def _repeat(fn: Callable[[], object], k: int) -> None:
+    for _ in range(k):
+        fn()

@@ -63,14 +63,27 @@ def environment(device: torch.device) -> dict[str, str | int]:
 
 def host_environment(device: torch.device) -> dict[str, str | int]:
     """The part of `environment` that belongs to the host running the cell (a Ray worker's own)."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         "device": device.type,
-        "device_name": name or platform.machine(),
+        "device_name": name,
         "host": socket.gethostname(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU model ('AMD EPYC 9654 96-Core Processor') from /proc/cpuinfo on Linux, else what
+    `platform` knows; platform.processor() alone says only 'x86_64' on Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:

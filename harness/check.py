@@ -1,0 +1,233 @@
+"""`attnbench check`: the CI performance regression check (DESIGN.md, "Regression check").
+
+Python API (the CLI is a thin layer over it):
+
+    cfg = harness.config.load(CheckConfig, "check", profile="ci")
+    results = harness.check.measure_all(cfg)        # per-round ratios of every cell
+    frame = harness.baseline.read(Path(cfg.baseline))   # refuses a missing file
+    decisions = harness.check.compare_all(results, harness.baseline.samples(frame), cfg)
+
+Absolute times do not carry over between runs of a shared CI machine, so each cell (variant x
+shape x mode) is timed against a reference, mha through SDPA at the same shape, interleaved
+in this process: every round times the variant and the reference once each, in alternating
+order, and keeps the ratio variant / reference. The ratios are compared with the committed
+baseline's by harness/stats.py. The reference itself is not a cell: its ratio is 1 by
+definition.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+import attn_variants as av
+from attn_variants.registry import Mode
+
+from . import compare, measure, stats, timing, workload
+from .sweep import Cell
+from .variant_choice import parse_variants
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """The `[check]` table of bench.toml (and `[profiles.NAME.check]`)."""
+
+    variants: tuple[str, ...] = ("all",)  # names, 'name:key=value:...', or 'all' (all but the reference)
+    reference: str = "mha"  # the variant every ratio is taken against (through SDPA, its default)
+    seq_len: tuple[int, ...] = (128, 512)
+    heads: tuple[int, ...] = (8,)
+    kv_heads: tuple[int, ...] = (2,)  # g < h, so the grouped variants run grouped (mha/mqa fix g)
+    modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
+    batch: int = 1
+    head_dim: int = 32
+    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    rounds: int = 30  # ratio samples per cell; 30 vs 30 can reach p ~ 1e-17, far below alpha
+    passes: int = 3  # the rounds are split over this many passes through the grid (measure_all)
+    warmup: int = 3  # untimed calls of the variant and the reference before the rounds
+    # Each sample repeats the call until it lasts this long: a decode step at these sizes is
+    # ~0.1 ms, where timer resolution and one Python hiccup would dominate a single call.
+    min_sample_s: float = 0.01
+    # One thread: on a shared 2-core machine two OpenMP threads stall at every barrier when
+    # another process takes a core; the ratio would measure the neighbours, not the code.
+    threads: int = 1
+    visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
+    tolerance: float = 0.15  # a ratio may grow this much before it counts (CI noise budget)
+    alpha: float = 0.01  # significance level of the one-sided Mann-Whitney U test, per cell
+    baseline: str = "tests/bench/baselines/ci-cpu.csv"  # committed; rewrite with --update-baseline
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
+            if not getattr(self, name):
+                raise ValueError(f"empty check grid: {name} has no values")
+        lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
+        for name, low in lows + (("min_sample_s", 0),):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
+        if not 0 < self.tolerance < 1 or not 0 < self.alpha < 1:
+            raise ValueError(f"tolerance={self.tolerance} and alpha={self.alpha} must be in (0, 1)")
+        if self.passes > self.rounds:
+            raise ValueError(f"passes={self.passes} must be <= rounds={self.rounds}")
+        if stats.smallest_p(self.rounds, self.rounds) >= self.alpha:
+            raise ValueError(
+                f"rounds={self.rounds} can never reach alpha={self.alpha} (smallest possible "
+                f"p = {stats.smallest_p(self.rounds, self.rounds):.3g}): the check could not fail"
+            )
+
+
+@dataclass(frozen=True)
+class Result:
+    """One cell of this run: its per-round ratios, or why it has none."""
+
+    cell: Cell
+    status: Literal["ok", "unsupported", "error"]
+    error: str = ""
+    ratios: tuple[float, ...] = ()  # variant / reference, one per round
+    variant_s: tuple[float, ...] = ()  # per-call seconds of each round, for the reader (not compared)
+    reference_s: tuple[float, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.cell)
+
+    @property
+    def variant_ms(self) -> float:
+        return timing.summarize(self.variant_s).median * 1e3
+
+    @property
+    def reference_ms(self) -> float:
+        return timing.summarize(self.reference_s).median * 1e3
+
+
+def cell_name(cell: Cell) -> str:
+    """'gqa_g2 fwd n=128 h=8': the label in the table, the messages and the baseline's `cell` column."""
+    return f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
+
+
+def cells(cfg: CheckConfig) -> list[Cell]:
+    """variants x modes x seq_len x (h, g), deduplicated by resolved spec, the reference left out."""
+    choices = [c for c in parse_variants(cfg.variants) if (c.name, c.options) != (cfg.reference, ())]
+    pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads if g <= h and h % g == 0]
+    if not pairs:
+        raise ValueError(f"no valid (h, g) pair in heads={cfg.heads}, kv_heads={cfg.kv_heads}")
+    out: dict[tuple[str, ...], Cell] = {}
+    for mode in cfg.modes:
+        for n in cfg.seq_len:
+            for h, g in pairs:
+                for choice in choices:
+                    entry = av.info(choice.name)
+                    spec = entry.resolve(av.AttnSpec(dim=h * cfg.head_dim, n_heads=h, n_kv_heads=g))
+                    m = round(cfg.visual_frac * n) if entry.multimodal else 0
+                    cell = Cell(choice, mode, cfg.batch, n, m, spec, cfg.dtype)
+                    out.setdefault(cell.key(), cell)
+    return list(out.values())
+
+
+def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = None) -> list[Result]:
+    """Every cell of `cfg`, measured against the reference with `cfg.threads` threads.
+
+    The rounds of a cell are split over `cfg.passes` passes through the whole grid, so a burst
+    of load from another job (seconds long, on a shared CI machine) lands on a share of a
+    cell's rounds instead of all of them and cannot move its median alone.
+    """
+    device = measure.resolve_device(cfg.device)
+    av.info(cfg.reference)  # an unknown reference names the valid variants before any work
+    todo = cells(cfg)
+    results = {cell.key(): Result(cell, "ok") for cell in todo}
+    with _threads(cfg.threads):
+        for rounds in pass_rounds(cfg.rounds, cfg.passes):
+            references: dict[tuple, Callable[[], object]] = {}  # rebuilt each pass (same seed)
+            for cell in todo:
+                done = results[cell.key()]
+                if done.status == "ok":
+                    results[cell.key()] = merge(done, measure_cell(cell, cfg, device, references, rounds))
+                if progress:
+                    progress(results[cell.key()])
+    return list(results.values())
+
+
+def pass_rounds(rounds: int, passes: int) -> list[int]:
+    """`rounds` split over `passes` as evenly as possible: (30, 3) -> [10, 10, 10]."""
+    return [rounds // passes + (i < rounds % passes) for i in range(passes)]
+
+
+def merge(a: Result, b: Result) -> Result:
+    """The rounds of two passes of one cell as one result (a failed pass fails the cell)."""
+    if b.status != "ok" or not a.ratios:
+        return b
+    return Result(
+        a.cell, "ok", "", a.ratios + b.ratios, a.variant_s + b.variant_s, a.reference_s + b.reference_s
+    )
+
+
+def measure_cell(
+    cell: Cell,
+    cfg: CheckConfig,
+    device: torch.device,
+    references: dict[tuple, Callable[[], object]],
+    rounds: int,
+) -> Result:
+    """The cell's ratios; a failure becomes status 'error' (or 'unsupported' per the registry)."""
+    gc.collect()
+    try:
+        step = _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device)
+        key = (cell.mode, cell.batch, cell.seq_len, cell.n_visual, cell.spec.n_heads, cell.spec.dim)
+        if key not in references:  # one reference per shape, shared by the variants at that shape
+            spec = av.info(cfg.reference).resolve(av.AttnSpec(cell.spec.dim, cell.spec.n_heads))
+            references[key] = _step(cfg.reference, {}, spec, cell, cfg, device)
+        times, ref_times = compare.alternating(
+            step, references[key], device, rounds=rounds, warmup=cfg.warmup, min_sample_s=cfg.min_sample_s
+        )
+    except workload.UnsupportedMode as err:
+        return Result(cell, "unsupported", str(err))
+    except Exception as err:  # noqa: BLE001 (a failing cell is reported and fails the check)
+        return Result(cell, "error", f"{type(err).__name__}: {err}"[:500])
+    ratios = tuple(a / b for a, b in zip(times, ref_times, strict=True))
+    return Result(cell, "ok", "", ratios, tuple(times), tuple(ref_times))
+
+
+def _step(
+    variant: str, options: dict, spec: av.AttnSpec, cell: Cell, cfg: CheckConfig, device: torch.device
+) -> Callable[[], object]:
+    return workload.build(
+        variant,
+        spec,
+        cell.mode,
+        batch=cell.batch,
+        seq_len=cell.seq_len,
+        n_visual=cell.n_visual,
+        dtype=measure.DTYPES[cfg.dtype],
+        device=device,
+        options=options,
+        seed=cfg.seed,
+    ).step
+
+
+class _threads:
+    """Set torch's thread count for a block (0 keeps torch's default), restore it after."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.previous = n, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
+
+
+def compare_all(
+    results: Sequence[Result], baseline: Mapping[tuple[str, ...], Sequence[float]], cfg: CheckConfig
+) -> Iterator[tuple[Result, stats.Decision | None]]:
+    """Each result with its decision against `baseline` (`Cell.key()` -> ratios); None if it failed."""
+    for r in results:
+        if r.status != "ok":
+            yield r, None
+            continue
+        yield r, stats.decide(r.ratios, baseline.get(r.cell.key()), tolerance=cfg.tolerance, alpha=cfg.alpha)

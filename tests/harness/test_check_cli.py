@@ -1,0 +1,185 @@
+"""`attnbench check` end to end on a tiny grid: exit codes, baseline file, named regressions.
+
+The tiny shapes run in milliseconds, so these tests use tolerance 0.3 and a 4x slowdown: they
+test the plumbing. The calibrated behaviour (15%, 1.5x, 1.05x, five clean runs) is the README's
+measured bar on the real `ci` profile.
+"""
+
+import itertools
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import attn_variants as av
+from attn_variants.registry import _REGISTRY, register
+from harness.baseline import COLUMNS
+from harness.cli import app
+
+runner = CliRunner()
+_ids = itertools.count()
+
+TINY = """
+[check]
+seq_len = [32]
+heads = [4]
+kv_heads = [2]
+modes = ["fwd"]
+batch = 1
+head_dim = 8
+rounds = 20
+passes = 2
+warmup = 1
+min_sample_s = 0.003
+threads = 1
+tolerance = 0.3
+"""
+
+
+class Slow(av.GroupedQueryAttention):
+    """GQA whose forward runs `repeat` times: a regression made without editing product code."""
+
+    repeat = 1
+
+    def forward(self, x, *, n_visual=0, cache=None):
+        for _ in range(Slow.repeat - 1):
+            super().forward(x, n_visual=n_visual, cache=cache)
+        return super().forward(x, n_visual=n_visual, cache=cache)
+
+
+class Broken(av.GroupedQueryAttention):
+    def attend(self, q, k, v, *, n_visual, cache):
+        raise RuntimeError("kernel exploded")
+
+
+def registered(cls, modes=("fwd", "fwd_bwd", "decode")):
+    name = f"_test_{cls.__name__.lower()}_{next(_ids)}"
+    register(name, description="test", paper="-", modes=modes)(cls)
+    return name
+
+
+@pytest.fixture
+def slow():
+    name = registered(Slow)
+    Slow.repeat = 1
+    yield name
+    del _REGISTRY[name]
+
+
+@pytest.fixture
+def broken():
+    name = registered(Broken, modes=("fwd",))
+    yield name
+    del _REGISTRY[name]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """(config, baseline path) isolated from the repo's bench.toml and committed baseline."""
+    (tmp_path / "bench.toml").write_text(TINY)
+    return tmp_path / "bench.toml", tmp_path / "baseline.csv"
+
+
+def check(setup, *extra):
+    config, baseline = setup
+    return runner.invoke(app, ["check", "--config", str(config), "--baseline", str(baseline), *extra])
+
+
+def test_missing_baseline_exits_2_and_says_how_to_make_one(setup):
+    result = check(setup, "--variants", "gqa")
+    assert result.exit_code == 2
+    assert "no baseline at" in result.output and "--update-baseline" in result.output
+
+
+def test_update_then_unchanged_check_passes(setup):
+    update = check(setup, "--variants", "gqa,mqa", "--update-baseline")
+    assert update.exit_code == 0, update.output
+    df = pd.read_csv(setup[1], dtype=str, keep_default_na=False)
+    assert tuple(df.columns) == COLUMNS
+    assert sorted(df["cell"]) == ["gqa_g2 fwd n=32 h=4", "mqa_g1 fwd n=32 h=4"]
+    assert set(df["device"]) == {"cpu"} and set(df["threads"]) == {"1"} and set(df["reference"]) == {"mha"}
+    assert all(len(s.split(";")) == 20 for s in df["ratio_samples"])
+    result = check(setup, "--variants", "gqa,mqa")
+    assert result.exit_code == 0, result.output
+    assert "2 ok" in result.output and "REGRESSED" not in result.output
+
+
+def test_slowed_variant_fails_and_is_named(setup, slow):
+    assert check(setup, "--variants", f"gqa,{slow}", "--update-baseline").exit_code == 0
+    Slow.repeat = 4
+    result = check(setup, "--variants", f"gqa,{slow}")
+    assert result.exit_code == 1, result.output
+    line = next(s for s in result.output.splitlines() if s.startswith("REGRESSED"))
+    assert f"{slow}_g2 fwd n=32 h=4" in line and "baseline ratio" in line and "p=" in line
+    assert "gqa_g2" not in line and "1 REGRESSED" in result.output
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("device_name", None, "taken on cuda NVIDIA H100 80GB HBM3, this check runs on cpu"),
+        ("threads", "2", "taken with threads=2, this check uses 1"),
+        ("reference", "mqa", "ratios are vs mqa, the check's reference is mha"),
+    ],
+)
+def test_baseline_from_another_device_kind_is_refused(setup, column, value, message):
+    assert check(setup, "--variants", "gqa", "--update-baseline").exit_code == 0
+    df = pd.read_csv(setup[1], dtype=str, keep_default_na=False)
+    if value is None:  # a GPU baseline
+        df["device"], df["device_name"] = "cuda", "NVIDIA H100 80GB HBM3"
+    else:
+        df[column] = value
+    df.to_csv(setup[1], index=False)
+    result = check(setup, "--variants", "gqa")
+    assert result.exit_code == 2
+    assert "refusing baseline" in result.output and message in result.output
+
+
+def test_a_cell_that_fails_to_run_fails_the_check(setup, broken):
+    assert check(setup, "--variants", "gqa", "--update-baseline").exit_code == 0
+    result = check(setup, "--variants", f"gqa,{broken}")
+    assert result.exit_code == 1
+    assert f"FAILED {broken}_g2 fwd n=32 h=4 did not run: RuntimeError: kernel exploded" in result.output
+
+
+def test_new_variant_is_new_and_unsupported_mode_is_listed(setup, broken, monkeypatch):
+    assert check(setup, "--variants", "gqa", "--update-baseline").exit_code == 0
+    result = check(setup, "--variants", "gqa,mqa", "--modes", "fwd")
+    assert result.exit_code == 0, result.output
+    assert "1 ok, 1 new" in result.output
+    monkeypatch.setattr(Broken, "attend", av.GroupedQueryAttention.attend)  # runs; decode still unsupported
+    result = check(setup, "--variants", f"gqa,{broken}", "--modes", "fwd,decode", "--rounds", "5")
+    assert f"not run (mode not in the variant's registry entry): {broken}_g2 decode" in result.output
+
+
+def test_nothing_in_the_baseline_is_refused_not_passed(setup):
+    assert check(setup, "--variants", "gqa", "--update-baseline").exit_code == 0
+    result = check(setup, "--variants", "mqa")
+    assert result.exit_code == 2 and "nothing was compared" in result.output
+
+
+def test_update_of_one_variant_keeps_the_others(setup):
+    assert check(setup, "--variants", "gqa", "--update-baseline").exit_code == 0
+    assert check(setup, "--variants", "mqa", "--update-baseline").exit_code == 0
+    df = pd.read_csv(setup[1], dtype=str)
+    assert sorted(df["variant"]) == ["gqa", "mqa"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rounds", "3"], "rounds=3 can never reach alpha=0.01"),
+        (["--tolerance", "2"], "tolerance=2.0 and alpha=0.01 must be in (0, 1)"),
+        (["--variants", "nope"], "unknown variant"),
+        (["--modes", "train"], "is not one of"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(setup, flags, message):
+    result = check(setup, *flags)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_update_with_a_failing_cell_writes_the_others_and_exits_1(setup, broken):
+    result = check(setup, "--variants", f"gqa,{broken}", "--update-baseline")
+    assert result.exit_code == 1 and f"error {broken}_g2 fwd n=32 h=4: RuntimeError" in result.output
+    assert list(pd.read_csv(setup[1])["variant"]) == ["gqa"]
