@@ -64,7 +64,7 @@ def _measure(cfg: CheckConfig, console: Console) -> list[Result]:
         task = progress.add_task("check", total=len(check.cells(cfg)) * cfg.passes)
 
         def advance(result: Result) -> None:
-            progress.update(task, advance=1, description=f"{result.name}: {result.status}")
+            progress.update(task, advance=1, description=escape(f"{result.name}: {result.status}"))
 
         return check.measure_all(cfg, advance)
 

@@ -34,7 +34,7 @@ class ProgressBar:
 
     def cell(self, cell: sweep.Cell, row: Row) -> None:
         what = f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len}: {row.status}"
-        self.progress.update(self.task, advance=1, description=what)
+        self.progress.update(self.task, advance=1, description=escape(what))
 
 
 def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console, report: bool = True) -> int:
@@ -87,7 +87,7 @@ def summary_table(df: pd.DataFrame, reference: str) -> Table:
         mib = f"{at_max['peak_mem_bytes'].iloc[0] / 2**20:.1f}" if len(at_max) else "-"
         statuses = "" if len(ok) == len(rows) else " (" + ",".join(sorted(set(rows["status"]) - {"ok"})) + ")"
         label = choice.label(int(g))
-        table.add_row(label, str(h), mode, f"{len(ok)}/{len(rows)}{statuses}", ms, mib, _speedup(ok))
+        table.add_row(escape(label), str(h), mode, f"{len(ok)}/{len(rows)}{statuses}", ms, mib, _speedup(ok))
     return table
 
 

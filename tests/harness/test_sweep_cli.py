@@ -96,6 +96,13 @@ def test_sweep_draws_its_report_at_the_end(tmp_path):
     assert (run_dir / "report" / "index.html").exists() and (run_dir / "report" / "latency.png").exists()
 
 
+def test_summary_keeps_option_labels_in_brackets(tmp_path):
+    args = tiny(tmp_path, "--variants", "mmca:visual_attention=full", "--modes", "fwd", "--kv-heads", "2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "mmca_g2[visual_attention=full]" in result.output  # rich markup would eat "[...]"
+
+
 def test_presets_are_deduplicated(tmp_path):
     result = runner.invoke(app, tiny(tmp_path, "--variants", "mha,mqa", "--kv-heads", "1,2,4"))
     assert result.exit_code == 0, result.output
