@@ -18,9 +18,11 @@ SWEEP_CSV, ACCURACY_CSV, RUN_JSON = "sweep.csv", "accuracy.csv", "run.json"
 SWEEP_CORE = ("variant", "mode", "seq_len", "status", "latency_ms_median")
 ACCURACY_CORE = ("task", "variant", "accuracy", "status")
 # Shape columns that may vary across a sweep; a series is named by the ones that do.
-SHAPE_COLUMNS = ("batch", "dim", "n_heads", "n_kv_heads", "head_dim", "n_visual", "dtype")
+# A sweep gives multimodal variants m = visual_frac * n visual tokens, so m grows with n: a
+# series is named by the fraction m/n (`visual_frac`, derived on load), not by m.
+SHAPE_COLUMNS = ("batch", "dim", "n_heads", "n_kv_heads", "head_dim", "visual_frac", "dtype")
 SHAPE_SYMBOLS = {"batch": "b", "dim": "d", "n_heads": "h", "n_kv_heads": "g", "head_dim": "e"}
-SHAPE_SYMBOLS |= {"n_visual": "m", "dtype": "dtype", "init": "init"}
+SHAPE_SYMBOLS |= {"n_visual": "m", "visual_frac": "m/n", "dtype": "dtype", "init": "init"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,13 @@ def _read_csv(path: Path, core: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
+def _with_visual_frac(df: pd.DataFrame) -> pd.DataFrame:
+    """Add `visual_frac` = n_visual / seq_len (3 decimals) where the sweep recorded n_visual."""
+    if {"n_visual", "seq_len"} <= set(df.columns):
+        return df.assign(visual_frac=(df["n_visual"].fillna(0) / df["seq_len"]).round(3))
+    return df
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
@@ -89,7 +98,7 @@ def load_run(path: Path, label: str | None = None) -> Run:
     if not sweep_path.exists() and not accuracy_path.exists():
         raise ValueError(f"{path} holds no {SWEEP_CSV} or {ACCURACY_CSV}; is it a run directory?")
     label = label or path.resolve().name
-    sweep = _read_csv(sweep_path, SWEEP_CORE) if sweep_path.exists() else None
+    sweep = _with_visual_frac(_read_csv(sweep_path, SWEEP_CORE)) if sweep_path.exists() else None
     accuracy = _read_csv(accuracy_path, ACCURACY_CORE) if accuracy_path.exists() else None
     return Run(path, label, sweep, accuracy, _read_meta(path / RUN_JSON))
 
@@ -130,7 +139,12 @@ def series_columns(
 def series_label(key: dict[str, Any]) -> str:
     """'gqa(kind=ema) h=8 g=2 · run-a' from a series key."""
     label = str(key["variant"]) + (f"({key['options']})" if key.get("options") else "")
-    shape = [f"{SHAPE_SYMBOLS.get(c, c)}={_fmt(v)}" for c, v in key.items() if c in SHAPE_SYMBOLS]
+    # m/n=0 (text only) is every unimodal variant's case: not worth a word in the legend.
+    shape = [
+        f"{SHAPE_SYMBOLS.get(c, c)}={_fmt(v)}"
+        for c, v in key.items()
+        if c in SHAPE_SYMBOLS and not (c == "visual_frac" and v == 0)
+    ]
     label = " ".join([label, *shape])
     return f"{label} · {key['run']}" if "run" in key else label
 

@@ -138,13 +138,14 @@ def _bars(ax, df: pd.DataFrame, palette: dict) -> None:
 def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFrame:
     """Speedup against MHA (mha median / variant median) per (run, mode, variant, h, g) at one n.
 
-    MHA with the same n_heads and every other shape axis equal is the baseline. n is `seq_len`
-    if given, else the largest n with a speedup in that panel. Other axes (batch, dtype,
-    n_visual) are held at their most common value. Failed cells keep their status.
+    MHA with the same n_heads and every other shape axis equal is the baseline; a multimodal
+    variant's cells (m visual tokens) are compared with MHA at the same n, as the sweep's summary
+    does. n is `seq_len` if given, else the largest n with a speedup in that panel. Batch and
+    dtype are held at their most common value. Failed cells keep their status.
     """
     require(sweep, SPEEDUP_COLUMNS, "sweep.csv (speedup heatmap)")
     df = sweep.assign(run=sweep["run"] if "run" in sweep.columns else "run")
-    for col in ("batch", "dtype", "n_visual"):
+    for col in ("batch", "dtype"):
         if col in df.columns and df[col].nunique() > 1:
             df = df[df[col] == df[col].mode().iloc[0]]
     key = [c for c in ("run", "mode", "seq_len", "n_heads", "batch", "dim", "head_dim", "dtype") if c in df]
@@ -153,7 +154,7 @@ def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
     cells["speedup"] = cells["mha_ms"] / cells["latency_ms_median"]
     no_mha = np.where(cells["mha_ms"].isna(), "no mha", "")
     cells["note"] = np.where(cells["status"] != "ok", cells["status"], no_mha)
-    cells = with_labels(cells, candidates=("batch", "n_visual", "dtype"), run=False)  # run is a panel row
+    cells = with_labels(cells, candidates=("batch", "visual_frac", "dtype"), run=False)  # run is a panel row
     if seq_len is not None:
         return cells[cells["seq_len"] == seq_len]
     panel = ["run", "mode", "label"]

@@ -1,10 +1,13 @@
 import math
 
+import pandas as pd
 import pytest
 
 from reports import sweep_figures as sf
 from reports.load import combined, load_runs
 from reports.style import FAIL_GID, fit_slope
+
+from .fabricate import sweep_frame, write_run
 
 
 @pytest.fixture
@@ -119,3 +122,27 @@ def test_several_runs_are_labelled_by_run(run_dir, other_run_dir):
     assert any("· run-a" in label for label in labels) and any("· run-b" in label for label in labels)
     titles = [ax.get_title() for ax in sf.speedup_figure(both).axes]
     assert any(t.endswith("· run-b") for t in titles)
+
+
+@pytest.fixture
+def multimodal_sweep(tmp_path):
+    """The fabricated sweep plus mmca cells whose m = n / 4 grows with n, as the sweep gives them."""
+    df = sweep_frame()
+    mmca = df[df["variant"] == "gqa"].assign(variant="mmca", options="")
+    mmca["n_visual"] = mmca["seq_len"] // 4
+    run = write_run(tmp_path / "mm", sweep=pd.concat([df, mmca], ignore_index=True))
+    return combined(load_runs([run]), "sweep")
+
+
+def test_multimodal_series_is_named_by_visual_fraction_not_m(multimodal_sweep):
+    legend = _legend(sf.latency_figure(multimodal_sweep).axes[0])
+    mmca = [t for t in legend if t.startswith("mmca")]
+    # one series per g over every n (so it has a slope), not one point per m
+    assert len(mmca) == 2 and all("m/n=0.25" in t and "(slope " in t for t in mmca)
+    assert all("m/n" not in t for t in legend if not t.startswith("mmca"))
+
+
+def test_speedup_keeps_multimodal_cells_against_mha_at_the_same_n(multimodal_sweep):
+    cells = sf.speedup_cells(multimodal_sweep)
+    mmca = cells[cells["variant"] == "mmca"]
+    assert len(mmca) > 0 and mmca["speedup"].notna().all()
