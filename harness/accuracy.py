@@ -14,7 +14,6 @@ rules out (a multimodal variant on a task without visual tokens) is a row with s
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +26,9 @@ import torch
 
 import attn_variants as av
 
-from . import measure, tasks
+from . import measure, tasks, timing
 from .model import ABLATIONS, Ablate
-from .records import CsvSink
+from .records import CsvSink, read_frame, write_run_json
 from .sweep import new_run_dir
 from .variant_choice import VariantChoice, parse_variants
 
@@ -185,13 +184,10 @@ def run(
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path = run_dir / "accuracy.csv"
-    previous_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    try:
+    with timing.threads(cfg.threads):
         env = measure.environment(torch.device("cpu"))
-        write_run_json(run_dir, cfg, env, len(todo))
+        write_run_json(run_dir, cfg, env, len(todo), command="accuracy")
         if observer:
             observer.start(len(todo))
         context: dict = {}  # shared across cells: digits' MHA source model per seed
@@ -201,8 +197,6 @@ def run(
                 sink.write(row)
                 if observer:
                     observer.cell(cell, row)
-    finally:
-        torch.set_num_threads(previous_threads)
     df = load(csv_path)
     df.attrs.update(run_dir=str(run_dir), csv=str(csv_path), wall_s=time.perf_counter() - t0)
     return df
@@ -248,23 +242,9 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
     )
 
 
-def write_run_json(run_dir: Path, cfg: AccuracyConfig, env: dict, n_cells: int) -> None:
-    record = {
-        "run_id": run_dir.name,
-        "command": "accuracy",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": dataclasses.asdict(cfg),
-        "environment": env,
-        "cells": n_cells,
-    }
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
 def load(csv_path: Path) -> pd.DataFrame:
     """An accuracy CSV as a DataFrame, text columns as '' (not NaN) where empty."""
-    df = pd.read_csv(csv_path, dtype=dict.fromkeys(TEXT_COLUMNS, str))
-    df[list(TEXT_COLUMNS)] = df[list(TEXT_COLUMNS)].fillna("")
-    return df
+    return read_frame(csv_path, TEXT_COLUMNS)
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:

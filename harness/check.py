@@ -28,7 +28,7 @@ import attn_variants as av
 from attn_variants.registry import Mode
 
 from . import compare, measure, stats, timing, workload
-from .sweep import Cell
+from .sweep import Cell, cell_at
 from .variant_choice import parse_variants
 
 
@@ -120,10 +120,7 @@ def cells(cfg: CheckConfig) -> list[Cell]:
         for n in cfg.seq_len:
             for h, g in pairs:
                 for choice in choices:
-                    entry = av.info(choice.name)
-                    spec = entry.resolve(av.AttnSpec(dim=h * cfg.head_dim, n_heads=h, n_kv_heads=g))
-                    m = round(cfg.visual_frac * n) if entry.multimodal else 0
-                    cell = Cell(choice, mode, cfg.batch, n, m, spec, cfg.dtype)
+                    cell = cell_at(choice, mode, n, h, g, cfg)
                     out.setdefault(cell.key(), cell)
     return list(out.values())
 
@@ -139,7 +136,7 @@ def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = No
     av.info(cfg.reference)  # an unknown reference names the valid variants before any work
     todo = cells(cfg)
     results = {cell.key(): Result(cell, "ok") for cell in todo}
-    with _threads(cfg.threads):
+    with timing.threads(cfg.threads):
         for rounds in pass_rounds(cfg.rounds, cfg.passes):
             references: dict[tuple, Callable[[], object]] = {}  # rebuilt each pass (same seed)
             for cell in todo:
@@ -206,20 +203,6 @@ def _step(
         options=options,
         seed=cfg.seed,
     ).step
-
-
-class _threads:
-    """Set torch's thread count for a block (0 keeps torch's default), restore it after."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.previous = n, torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        if self.n:
-            torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.previous)
 
 
 def compare_all(

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 STATUSES = ("ok", "oom", "unsupported", "invalid", "error")
 
@@ -105,3 +109,24 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
             raise ValueError(f"{str(path)!r} has columns {reader.fieldnames}; expected {list(COLUMNS)}")
         return [row for row in reader if None not in row.values() and None not in row]
+
+
+def read_frame(path: Path, text_columns: tuple[str, ...]) -> pd.DataFrame:
+    """A results CSV (sweep or accuracy) as a DataFrame, `text_columns` as '' (not NaN) where empty."""
+    df = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str))
+    df[list(text_columns)] = df[list(text_columns)].fillna("")
+    return df
+
+
+def write_run_json(run_dir: Path, config: Any, env: dict, cells: int, **extra: Any) -> None:
+    """<run_dir>/run.json: the run's id, start time, resolved config (a dataclass), machine and
+    cell count, plus `extra` fields; what `attnbench report` and `--resume` read back."""
+    record = {
+        "run_id": run_dir.name,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(config),
+        "environment": env,
+        "cells": cells,
+        **extra,
+    }
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")

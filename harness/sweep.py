@@ -15,7 +15,6 @@ A failing cell becomes a row with its status; Ctrl-C keeps the rows written so f
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import secrets
@@ -34,7 +33,7 @@ from attn_variants.registry import Mode
 
 from . import config as config_mod
 from . import executors, measure, timing, workload
-from .records import CsvSink, Row, read_rows
+from .records import CsvSink, Row, read_frame, read_rows, write_run_json
 from .variant_choice import VariantChoice, parse_variants
 
 TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend")
@@ -125,7 +124,7 @@ def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
         for n in cfg.seq_len:
             for h, g in (p for p in pairs if p not in skipped):
                 for choice in choices:
-                    cell = _cell(choice, mode, n, h, g, cfg)
+                    cell = cell_at(choice, mode, n, h, g, cfg)
                     cells.setdefault(cell.key(), cell)
     if not cells:
         raise ValueError(
@@ -135,7 +134,10 @@ def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
     return _by_shape(cells.values()), skipped
 
 
-def _cell(choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig) -> Cell:
+def cell_at(choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig | Any) -> Cell:
+    """The cell of `choice` at (mode, n, h, g): the variant's preset resolves g, multimodal
+    variants get round(visual_frac * n) visual tokens. `cfg` gives batch, head_dim, dtype and
+    visual_frac (a SweepConfig, or the check's CheckConfig, which has the same fields)."""
     entry = av.info(choice.name)
     spec = entry.resolve(av.AttnSpec(dim=h * cfg.head_dim, n_heads=h, n_kv_heads=g))
     n_visual = round(cfg.visual_frac * n) if entry.multimodal else 0
@@ -184,11 +186,8 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
     csv_path = run_dir / "sweep.csv"
     done = {row_key(r) for r in read_rows(csv_path)}
     todo = [c for c in cells if c.key() not in done]
-    previous_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t0, timed = time.perf_counter(), 0.0
-    try:
+    with timing.threads(cfg.threads):
         env = measure.environment(device)
         _write_run_json(run_dir, cfg, env, skipped, len(cells))
         if observer:
@@ -204,8 +203,6 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
                 timed += row.timed_s or 0.0
                 if observer:
                     observer.cell(cell, row)
-    finally:
-        torch.set_num_threads(previous_threads)
     df = load(csv_path)
     df.attrs.update(
         run_dir=str(run_dir),
@@ -220,24 +217,13 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
 
 def load(csv_path: Path) -> pd.DataFrame:
     """A sweep CSV as a DataFrame, text columns as '' (not NaN) where empty."""
-    df = pd.read_csv(csv_path, dtype=dict.fromkeys(TEXT_COLUMNS, str))
-    df[list(TEXT_COLUMNS)] = df[list(TEXT_COLUMNS)].fillna("")
-    return df
+    return read_frame(csv_path, TEXT_COLUMNS)
 
 
 def _write_run_json(run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int) -> None:
-    path = run_dir / "run.json"
-    if path.exists():  # resuming: the first session's record stays, the config must not change
+    if (run_dir / "run.json").exists():  # resuming: the first session's record stays unchanged
         return
-    record = {
-        "run_id": run_dir.name,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": dataclasses.asdict(cfg),
-        "environment": env,
-        "cells": cells,
-        "skipped_pairs": [list(p) for p in skipped],
-    }
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_run_json(run_dir, cfg, env, cells, skipped_pairs=[list(p) for p in skipped])
 
 
 def measure_cell(

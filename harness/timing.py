@@ -7,7 +7,8 @@ On CUDA, CUDA events bracket the call and the host waits for the end event; on C
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -55,3 +56,16 @@ def summarize(samples: Sequence[float]) -> Summary:
     t = torch.tensor(samples, dtype=torch.float64)
     p10, median, p90 = torch.quantile(t, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
     return Summary(median=median, p10=p10, p90=p90, n=len(samples))
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count fixed to `n` for a block (0 keeps torch's default), then
+    restored: the sweep, the accuracy runs and the check all time with a fixed count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
