@@ -177,9 +177,14 @@ def measure_cell(
         if key not in references:  # one reference per shape, shared by the variants at that shape
             spec = av.info(cfg.reference).resolve(av.AttnSpec(cell.spec.dim, cell.spec.n_heads))
             references[key] = _step(cfg.reference, {}, spec, cell, cfg, device)
-        times, ref_times = compare.alternating(
-            step, references[key], device, rounds=rounds, warmup=cfg.warmup, min_sample_s=cfg.min_sample_s
+        samples = compare.interleaved(
+            {"variant": step, "reference": references[key]},
+            device,
+            rounds=rounds,
+            warmup=cfg.warmup,
+            min_sample_s=cfg.min_sample_s,
         )
+        times, ref_times = samples["variant"], samples["reference"]
     except workload.UnsupportedMode as err:
         return Result(cell, "unsupported", str(err))
     except Exception as err:  # noqa: BLE001 (a failing cell is reported and fails the check)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import random
 from collections.abc import Callable, Mapping
 
 import torch
@@ -23,20 +22,26 @@ def interleaved(
     *,
     rounds: int = 20,
     warmup: int = 3,
-    seed: int = 0,
+    min_sample_s: float = 0.0,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each fn: `rounds` rounds, each fn once per round in shuffled order."""
+    """Seconds per call of each fn: `rounds` rounds, each fn sampled once per round.
+
+    The order rotates by one each round, so every fn runs first (and in every other position)
+    equally often and none always runs in another's wake (caches, clock ramps, allocator); with
+    two fns the order alternates. With `min_sample_s` > 0 a sample is `calls_for` calls in a
+    row, divided by that count (tiny shapes: one call is near the timer's own noise).
+    """
     device = torch.device(device)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    order = list(fns)
-    rng = random.Random(seed)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        rng.shuffle(order)  # no candidate always runs first (cache, turbo and allocator effects)
-        for name in order:
-            samples[name].append(time_call(fns[name], device))
+    names = list(fns)
+    calls = {name: calls_for(fns[name], device, min_sample_s) if min_sample_s > 0 else 1 for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = functools.partial(_repeat, fns[name], calls[name])
+            samples[name].append(time_call(fn, device) / calls[name])
     return samples
 
 
@@ -64,34 +69,6 @@ def calls_for(fn: Callable[[], object], device: torch.device, min_sample_s: floa
     (tiny shapes: one call is a few microseconds, near the timer's and Python's own noise)."""
     once = min(time_call(fn, device) for _ in range(3))
     return max(1, math.ceil(min_sample_s / max(once, 1e-9)))
-
-
-def alternating(
-    candidate: Callable[[], object],
-    reference: Callable[[], object],
-    device: torch.device | str = "cpu",
-    *,
-    rounds: int = 30,
-    warmup: int = 3,
-    min_sample_s: float = 0.0,
-) -> tuple[list[float], list[float]]:
-    """Seconds per call of `candidate` and `reference`, one sample of each per round.
-
-    Round r times the candidate first when r is even and the reference first when r is odd, so
-    neither always runs in the other's wake (caches, allocator, clock ramps). A sample is
-    `calls_for(min_sample_s)` calls in a row, divided by that count.
-    """
-    device = torch.device(device)
-    fns = (candidate, reference)
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    calls = [calls_for(fn, device, min_sample_s) for fn in fns]
-    out: tuple[list[float], list[float]] = ([], [])
-    for r in range(rounds):
-        for i in (0, 1) if r % 2 == 0 else (1, 0):
-            out[i].append(time_call(functools.partial(_repeat, fns[i], calls[i]), device) / calls[i])
-    return out
 
 
 def _repeat(fn: Callable[[], object], k: int) -> None:
