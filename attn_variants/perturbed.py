@@ -30,12 +30,9 @@ from .registry import register
 from .spec import AttnSpec
 
 
-def parse_seed(seed: object) -> int | None:
-    """An int, None, or their text ('7', 'none': `attnbench sweep --variants pgqa:seed=7`)."""
-    if isinstance(seed, str) and seed.strip().lower() in ("none", ""):
-        return None
-    if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
-        return int(seed)
+def check_seed(seed: object) -> int | None:
+    """`seed` itself if it is an int or None (the CLI's `pgqa:seed=7` arrives parsed, see
+    harness/variant_choice.py); anything else is a ValueError naming it."""
     if seed is None or (isinstance(seed, int) and not isinstance(seed, bool)):
         return seed
     raise ValueError(f"seed={seed!r} must be an integer or None")
@@ -94,7 +91,7 @@ class PerturbedGQA(GroupedQueryAttention):
             raise ValueError(f"perturb_eval={perturb_eval!r} must be True or False")
         super().__init__(spec, backend=backend)
         self.perturb_eval = perturb_eval
-        self.seed = parse_seed(seed)
+        self.seed = check_seed(seed)
         self._generator: torch.Generator | None = None
 
     @property

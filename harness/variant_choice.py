@@ -62,7 +62,10 @@ def parse_one(text: str) -> VariantChoice:
 
 
 def parse_value(raw: str, default: Any, where: str) -> Any:
-    """`raw` as the type of `default` (str when the default is None or a string)."""
+    """`raw` as the type of `default`. A None default ("unset", e.g. pgqa's seed) says nothing
+    of the type: 'none' or '' is None, an int or float literal that number, anything else text."""
+    if default is None:
+        return _literal(raw)
     if isinstance(default, bool):
         if raw.lower() not in BOOLS:
             raise ValueError(f"option {where}={raw!r} must be a boolean: true or false")
@@ -73,6 +76,17 @@ def parse_value(raw: str, default: Any, where: str) -> Any:
                 return tp(raw)
             except ValueError:
                 raise ValueError(f"option {where}={raw!r} must be of type {tp.__name__}") from None
+    return raw
+
+
+def _literal(raw: str) -> Any:
+    if raw.lower() in ("none", ""):
+        return None
+    for tp in (int, float):
+        try:
+            return tp(raw)
+        except ValueError:
+            pass
     return raw
 
 

@@ -128,9 +128,9 @@ def test_generator_lives_on_the_device(device):
     assert module.generator(x.device).device == x.device
 
 
-@pytest.mark.parametrize("text, value", [("7", 7), ("-3", -3), ("none", None), (None, None), (5, 5)])
-def test_seed_accepts_ints_none_and_their_cli_text(text, value):
-    assert pg.parse_seed(text) == value
+@pytest.mark.parametrize("seed", [None, 5])
+def test_seed_accepts_ints_and_none(seed):
+    assert av.create("pgqa", av.AttnSpec(32, 4, 2), seed=seed).seed == seed
 
 
 @pytest.mark.parametrize(

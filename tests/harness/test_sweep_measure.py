@@ -127,3 +127,12 @@ def test_bool_int_and_float_options_parse_from_text():
             parse_one(f"{name}:flag=maybe")
     finally:
         del _REGISTRY[name]
+
+
+@pytest.mark.parametrize("text, value", [("7", 7), ("-3", -3), ("none", None), ("0.5", 0.5), ("abc", "abc")])
+def test_options_with_a_none_default_parse_as_literals(text, value):
+    """pgqa's seed defaults to None: `pgqa:seed=7` must reach the module as 7, not '7'."""
+    choice = parse_one(f"pgqa:seed={text}")
+    assert choice.options == (("seed", value),)
+    if isinstance(value, int | None):
+        assert av.create("pgqa", av.AttnSpec(32, 4, 2), **dict(choice.options)).seed == value
