@@ -1,77 +1,146 @@
-"""`KVCache`: keys and values of the tokens seen so far, for autoregressive decode."""
+"""`KVCache`: the per-token state of the tokens seen so far, for decode and chunked prefill.
+
+One class serves every variant (DESIGN.md, "the variant contract"): a cache is a set of named
+fields, each a tensor that grows along its own token axis.
+
+- the GQA family stores "k" and "v", (b, g, s, e), token axis 2 (`update(k, v)`);
+- MLA stores its latent and rope key instead, e.g. "kv" (b, s, kv_lora) and "pe" (b, s, rope);
+- multimodal variants add per-token metadata, e.g. "modality" (b, s);
+- KDGQA/DGQA add exact running statistics, e.g. per-token squared key norms (b, g, s).
+
+All fields hold the same tokens, so `truncate(length)` cuts every one of them and nothing
+goes stale. `nbytes` counts every live element of every field: it is what the cache really
+stores, metadata included.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 
-class KVCache:
-    """Holds g KV heads, not h: that is where MQA and GQA save memory at decode time.
+@dataclass
+class _Field:
+    buffer: Tensor  # the storage, `capacity` long on `axis`
+    axis: int  # the token axis
+    length: int = 0  # live tokens
 
-    The buffers grow by doubling, so appending one token costs a slice write, not a copy of
-    the whole cache (gpt-fast preallocates for the same reason). It is an inference cache:
-    use it under `torch.no_grad()`.
+    def live(self) -> Tensor:
+        return self.buffer.narrow(self.axis, 0, self.length)
+
+
+class KVCache:
+    """Named per-token fields that grow by doubling, so appending one token costs a slice write,
+    not a copy of the whole cache (gpt-fast preallocates for the same reason). It is an inference
+    cache: use it under `torch.no_grad()`.
+
+    `n_visual` remembers the leading visual tokens of the prefix layout (mmca).
     """
 
     def __init__(self) -> None:
-        self._k: Tensor | None = None  # (b, g, capacity, e)
-        self._v: Tensor | None = None  # (b, g, capacity, e)
-        self.length = 0
-        self.n_visual = 0  # leading visual tokens, remembered by multimodal variants
+        self._fields: dict[str, _Field] = {}
+        self.n_visual = 0
+
+    # --- generic fields --------------------------------------------------------------------
+
+    def append(self, axis: int = 2, **fields: Tensor) -> tuple[Tensor, ...]:
+        """Append each tensor along its token `axis` to the field of that name; return every
+        field's live contents (all tokens so far), in the order given.
+
+        Fields appended in one call must add the same number of tokens; a field's shape off the
+        token axis is fixed by its first append."""
+        counts = {name: t.shape[axis] for name, t in fields.items()}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"fields appended together add different token counts: {counts}")
+        return tuple(self._append(name, t, axis) for name, t in fields.items())
+
+    def get(self, name: str) -> Tensor | None:
+        """The live contents of field `name`, or None if it was never appended."""
+        f = self._fields.get(name)
+        return None if f is None else f.live()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._fields
+
+    def _append(self, name: str, new: Tensor, axis: int) -> Tensor:
+        f = self._fields.get(name)
+        if f is not None:
+            self._check_shape(name, f, new, axis)
+        end = (f.length if f else 0) + new.shape[axis]
+        f = self._fields[name] = self._reserve(f, new, axis, end)
+        f.buffer.narrow(axis, f.length, new.shape[axis]).copy_(new)
+        f.length = end
+        return f.live()
+
+    @staticmethod
+    def _check_shape(name: str, f: _Field, new: Tensor, axis: int) -> None:
+        old = list(f.buffer.shape)
+        got = list(new.shape)
+        if axis != f.axis or len(got) != len(old) or got[:axis] + got[axis + 1 :] != old[:axis] + old[axis + 1 :]:
+            old[f.axis] = "*"
+            raise ValueError(
+                f"new {name!r} values of shape {tuple(new.shape)} (token axis {axis}) do not match the "
+                f"cache's {tuple(old)} (token axis {f.axis})"
+            )
+
+    @staticmethod
+    def _reserve(f: _Field | None, like: Tensor, axis: int, end: int) -> _Field:
+        if f is not None and end <= f.buffer.shape[axis]:
+            return f
+        capacity = max(end, 2 * (f.buffer.shape[axis] if f is not None else 0))
+        shape = list(like.shape)
+        shape[axis] = capacity
+        grown = _Field(like.new_empty(shape), axis)
+        if f is not None:
+            grown.buffer.narrow(axis, 0, f.length).copy_(f.live())
+            grown.length = f.length
+        return grown
+
+    # --- the GQA family's K/V ----------------------------------------------------------------
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append k, v (b, g, n_new, e); return every cached key and value (b, g, n, e)."""
-        if self._k is not None and k.shape[:2] + k.shape[3:] != self._k.shape[:2] + self._k.shape[3:]:
-            raise ValueError(
-                f"new keys of shape {tuple(k.shape)} do not match the cache's "
-                f"(b, g, *, e) = {tuple(self._k.shape[:2])} + (*, {self._k.shape[3]})"
-            )
-        end = self.length + k.shape[2]
-        self._reserve(k, end)
-        self._k[:, :, self.length : end] = k
-        self._v[:, :, self.length : end] = v
-        self.length = end
-        return self.keys, self.values
-
-    def _reserve(self, like: Tensor, end: int) -> None:
-        if self._k is not None and end <= self._k.shape[2]:
-            return
-        capacity = max(end, 2 * (self._k.shape[2] if self._k is not None else 0))
-        b, g, _, e = like.shape
-        new_k = like.new_empty(b, g, capacity, e)  # (b, g, capacity, e)
-        new_v = like.new_empty(b, g, capacity, e)
-        if self._k is not None:
-            new_k[:, :, : self.length] = self.keys
-            new_v[:, :, : self.length] = self.values
-        self._k, self._v = new_k, new_v
+        """Append k, v (b, g, n_new, e); return every cached key and value (b, g, s, e)."""
+        return self.append(2, k=k, v=v)
 
     @property
-    def keys(self) -> Tensor:
-        """Cached keys (b, g, n, e)."""
-        return self._k[:, :, : self.length]
+    def keys(self) -> Tensor | None:
+        """Cached keys (b, g, s, e)."""
+        return self.get("k")
 
     @property
-    def values(self) -> Tensor:
-        """Cached values (b, g, n, e)."""
-        return self._v[:, :, : self.length]
+    def values(self) -> Tensor | None:
+        """Cached values (b, g, s, e)."""
+        return self.get("v")
+
+    # --- every field at once ---------------------------------------------------------------
+
+    @property
+    def length(self) -> int:
+        """Tokens held (the longest field: within one call a field appended first is ahead)."""
+        return max((f.length for f in self._fields.values()), default=0)
 
     def truncate(self, length: int) -> None:
-        """Forget every token from `length` on (used to repeat a decode step from one state)."""
+        """Forget every token from `length` on, in every field (used to repeat a decode step)."""
         if not 0 <= length <= self.length:
             raise ValueError(f"length={length} must be in [0, {self.length}]")
-        self.length = length
+        for f in self._fields.values():
+            f.length = min(f.length, length)
         self.n_visual = min(self.n_visual, length)  # forgotten visual tokens are not visual keys
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the live keys and values: exactly 2*b*g*n*e*itemsize."""
-        if self._k is None:
-            return 0
-        return 2 * self.keys.numel() * self._k.element_size()
+        """Bytes of every live field; for the GQA family, exactly 2*b*g*s*e*itemsize."""
+        return sum(f.live().numel() * f.buffer.element_size() for f in self._fields.values())
+
+    @property
+    def fields(self) -> dict[str, tuple[int, ...]]:
+        """Each field's live shape, e.g. {"k": (b, g, s, e), "v": (b, g, s, e)}."""
+        return {name: tuple(f.live().shape) for name, f in self._fields.items()}
 
     @staticmethod
     def bytes_for(batch: int, n_kv_heads: int, seq_len: int, head_dim: int, dtype: torch.dtype) -> int:
-        """The analytic cache size 2*b*g*n*e*itemsize, for a cache not yet built."""
+        """The analytic K/V cache size 2*b*g*n*e*itemsize, for a cache not yet built."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         return 2 * batch * n_kv_heads * seq_len * head_dim * itemsize
