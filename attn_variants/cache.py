@@ -78,7 +78,8 @@ class KVCache:
     def _check_shape(name: str, f: _Field, new: Tensor, axis: int) -> None:
         old = list(f.buffer.shape)
         got = list(new.shape)
-        if axis != f.axis or len(got) != len(old) or got[:axis] + got[axis + 1 :] != old[:axis] + old[axis + 1 :]:
+        off_axis = got[:axis] + got[axis + 1 :] != old[:axis] + old[axis + 1 :]
+        if axis != f.axis or len(got) != len(old) or off_axis:
             old[f.axis] = "*"
             raise ValueError(
                 f"new {name!r} values of shape {tuple(new.shape)} (token axis {axis}) do not match the "
