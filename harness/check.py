@@ -18,6 +18,7 @@ definition.
 from __future__ import annotations
 
 import gc
+import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -60,17 +61,31 @@ class CheckConfig:
     alpha: float = 0.01  # significance level of the one-sided Mann-Whitney U test, per cell
     baseline: str = "tests/bench/baselines/ci-cpu.csv"  # committed; rewrite with --update-baseline
     seed: int = 0
+    # "time": interleaved ratios to the reference (above). "instructions": each cell's
+    # instruction count under callgrind against a committed count (harness/instructions.py);
+    # deterministic to ~0.03%, so a 1% tolerance holds on a noisy machine.
+    metric: Literal["time", "instructions"] = "time"
+    instructions_calls: int = 3  # counted calls per cell; the median is compared
+    instructions_tolerance: float = 0.01  # a count may grow 1% before it is REGRESSED
+    instructions_baseline: str = "tests/bench/baselines/ci-instructions.csv"
+    # Modules imported before the grid is built, e.g. one that registers a project's own
+    # variant with `@attn_variants.register`; the callgrind child imports them too.
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
             if not getattr(self, name):
                 raise ValueError(f"empty check grid: {name} has no values")
         lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
+        lows += (("instructions_calls", 1),)
         for name, low in lows + (("min_sample_s", 0),):
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
-        if not 0 < self.tolerance < 1 or not 0 < self.alpha < 1:
-            raise ValueError(f"tolerance={self.tolerance} and alpha={self.alpha} must be in (0, 1)")
+        if not 0 < self.tolerance < 1 or not 0 < self.alpha < 1 or not 0 < self.instructions_tolerance < 1:
+            raise ValueError(
+                f"tolerance={self.tolerance}, alpha={self.alpha} and instructions_tolerance="
+                f"{self.instructions_tolerance} must be in (0, 1)"
+            )
         if self.passes > self.rounds:
             raise ValueError(f"passes={self.passes} must be <= rounds={self.rounds}")
         if stats.smallest_p(self.rounds, self.rounds) >= self.alpha:
@@ -109,8 +124,18 @@ def cell_name(cell: Cell) -> str:
     return f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
 
 
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import each module (it registers variants or patches them); a missing one is a ValueError."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"plugins: cannot import {module!r} ({err})") from None
+
+
 def cells(cfg: CheckConfig) -> list[Cell]:
     """variants x modes x seq_len x (h, g), deduplicated by resolved spec, the reference left out."""
+    import_plugins(cfg.plugins)
     choices = [c for c in parse_variants(cfg.variants) if (c.name, c.options) != (cfg.reference, ())]
     pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads if g <= h and h % g == 0]
     if not pairs:
@@ -191,6 +216,11 @@ def measure_cell(
         return Result(cell, "error", f"{type(err).__name__}: {err}"[:500])
     ratios = tuple(a / b for a, b in zip(times, ref_times, strict=True))
     return Result(cell, "ok", "", ratios, tuple(times), tuple(ref_times))
+
+
+def cell_step(cell: Cell, cfg: CheckConfig, device: torch.device) -> Callable[[], object]:
+    """The step the cell measures (its variant, options, mode and shape), built on `device`."""
+    return _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device)
 
 
 def _step(

@@ -291,13 +291,17 @@ def check_command(
         str | None, typer.Option(help="Comma-separated names, 'all', or name:key=value (not the reference).")
     ] = None,
     modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="time (ratios to mha) or instructions (counts under callgrind; needs valgrind)."),
+    ] = None,
     update_baseline: Annotated[
         bool, typer.Option("--update-baseline", help="Measure and rewrite the baseline instead of checking.")
     ] = False,
     config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
 ) -> None:
     """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's."""
-    from . import check, check_view
+    from . import check, check_view, instructions_view
 
     overrides = dict(
         baseline=baseline,
@@ -306,9 +310,11 @@ def check_command(
         rounds=rounds,
         variants=split_csv(variants),
         modes=split_csv(modes),
+        metric=metric,
     )
     cfg = load_config(check.CheckConfig, "check", path=config, profile=profile, overrides=overrides)
-    raise typer.Exit(check_view.main(cfg, update=update_baseline, console=Console(width=160)))
+    view = instructions_view if cfg.metric == "instructions" else check_view
+    raise typer.Exit(view.main(cfg, update=update_baseline, console=Console(width=160)))
 
 
 def main() -> None:
