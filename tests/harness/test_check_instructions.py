@@ -26,13 +26,13 @@ needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="va
 TINY = """
 [check]
 variants = ["gqa", "mmca"]
-seq_len = [32]
-heads = [4]
+seq_len = [128]
+heads = [8]
 kv_heads = [2]
 modes = ["fwd"]
 batch = 1
-head_dim = 8
-warmup = 10
+head_dim = 32
+warmup = 3
 threads = 1
 instructions_baseline = "{baseline}"
 """
@@ -89,11 +89,11 @@ def two_runs(tmp_path_factory):
 def test_counts_are_stable_and_a_doubled_forward_is_the_only_regression(two_runs):
     first, baseline, second = two_runs
     assert first.exit_code == 0, first.output
-    assert list(baseline["cell"]) == ["gqa_g2 fwd n=32 h=4", "mmca_g2 fwd n=32 h=4"]
+    assert list(baseline["cell"]) == ["gqa_g2 fwd n=128 h=8", "mmca_g2 fwd n=128 h=8"]
     assert (baseline["sdpa_backend"] == "flash_cpu").all()
     assert (baseline["spread"].astype(float) < 0.01).all(), baseline[["cell", "calls"]]
     assert second.exit_code == 1, second.output
-    assert "REGRESSED mmca_g2 fwd n=32 h=4" in second.output
+    assert "REGRESSED mmca_g2 fwd n=128 h=8" in second.output
     assert "REGRESSED gqa" not in second.output
     gqa_line = next(line for line in second.output.splitlines() if "gqa_g2 fwd" in line)
     ratio = float(gqa_line.split("│")[4])
