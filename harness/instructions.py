@@ -35,7 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from .check import CheckConfig, cell_name, cells
+import torch
+
+from . import measure, timing
+from .check import CheckConfig, cell_name, cell_step, cells
 from .sweep import Cell
 
 INSTALL_HINT = (
@@ -102,7 +105,7 @@ def measure_all(cfg: CheckConfig, *, log: Path | None = None) -> tuple[list[Coun
             raise RuntimeError(f"the callgrind run failed (exit {proc.returncode}): {proc.stderr[-800:]}")
         header, records = lines[0], lines[1:]
         dumps = read_dumps(Path(tmp), header["pid"])
-    counts = [_count(cell, rec, dumps) for cell, rec in zip(todo, records, strict=False)]
+    counts = [_count(cell, rec, dumps, cfg) for cell, rec in zip(todo, records, strict=False)]
     counts += [Count(c, "error", "the callgrind run stopped before this cell") for c in todo[len(counts) :]]
     env = {k: str(v) for k, v in header.items() if k != "pid"}
     return counts, {**env, "valgrind_version": valgrind_version(exe)}
@@ -129,10 +132,19 @@ def read_dumps(folder: Path, pid: int) -> dict[int, int]:
     return found
 
 
-def _count(cell: Cell, rec: dict, dumps: dict[int, int]) -> Count:
+def _count(cell: Cell, rec: dict, dumps: dict[int, int], cfg: CheckConfig) -> Count:
     if rec["status"] != "ok":
         return Count(cell, rec["status"], rec["error"])
     missing = [d for d in rec["dumps"] if d not in dumps]
     if missing:
         return Count(cell, "error", f"callgrind dumps {missing} were not written")
-    return Count(cell, "ok", "", tuple(dumps[d] for d in rec["dumps"]), rec["sdpa_backend"])
+    return Count(cell, "ok", "", tuple(dumps[d] for d in rec["dumps"]), kernel(cell, cfg))
+
+
+def kernel(cell: Cell, cfg: CheckConfig) -> str:
+    """The SDPA kernel the cell's step runs, from one profiled call here, outside valgrind (the
+    profiler is slow under it; the CPU dispatch between flash_cpu and math does not depend on
+    the instruction set valgrind emulates)."""
+    with timing.threads(1):
+        step = cell_step(cell, cfg, torch.device("cpu"))
+        return measure.probe(step, torch.device("cpu")).sdpa_backend
