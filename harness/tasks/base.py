@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
+from ..accuracy_config import AccuracyConfig
 from ..model import ModelConfig, TinyTransformer
-
-if TYPE_CHECKING:
-    from ..accuracy import AccuracyConfig
 
 Init = Literal["scratch", "uptrained"]
 
