@@ -246,6 +246,7 @@ def accuracy_command(
     threads: Annotated[
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
     config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
@@ -267,6 +268,7 @@ def accuracy_command(
         batch=batch,
         ablate=ablate,
         threads=threads,
+        device=device,
         out=out,
     )
     cfg = load_config(accuracy.AccuracyConfig, "accuracy", path=config, profile=profile, overrides=overrides)
