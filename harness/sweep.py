@@ -193,7 +193,7 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
     todo = [c for c in cells if c.key() not in done]
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
-        env = measure.environment(device)
+        env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
         _write_run_json(run_dir, cfg, env, skipped, len(cells))
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
@@ -256,9 +256,8 @@ def measure_cell(
 
 
 def _measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
-    """`measure_cell` as a Ray task: fix the thread count and describe this worker's machine."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    """`measure_cell` on a Ray worker (which fixed its thread count): the row describes the
+    worker's own machine, host and real thread count."""
     local = measure.host_environment(kwargs["device"])
     return measure_cell(cell, cfg=cfg, env={**env, **local}, **kwargs)
 
