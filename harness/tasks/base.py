@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ..measure import resolve_device
 from ..model import ModelConfig, TinyTransformer
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ class Job:
     def device(self) -> torch.device:
         """Where the model trains: the config's device ('auto' resolved; `accuracy.run` resolves
         it once, so every job of a run agrees)."""
-        from ..measure import resolve_device  # here: measure imports the profiler
-
         return resolve_device(self.cfg.device)
 
     def model_config(self, **task_fields: Any) -> ModelConfig:
