@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
-import torch
 
 import attn_variants as av
 
@@ -78,6 +77,8 @@ class AccuracyRow:
     status: str = "ok"  # ok | unsupported | invalid | error
     error: str = ""
     ablate: str = "none"
+    device: str = ""  # cpu | cuda: where the model trained
+    device_name: str = ""  # the GPU or CPU model
     threads: int = 0
     torch_version: str = ""
     git_commit: str = ""
@@ -133,13 +134,15 @@ def run(
 ) -> pd.DataFrame:
     """Train and test every cell; rows are flushed to <run_dir>/accuracy.csv as they finish.
     `settings` (which file the config came from) goes to run.json."""
+    device = measure.resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=device.type)  # the tasks (Job.device) and run.json: the real one
     todo = preflight(cfg, run_dir)
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path = run_dir / "accuracy.csv"
     t0 = time.perf_counter()
     with timing.threads(cfg.threads):
-        env = measure.environment(torch.device("cpu"))
+        env = measure.environment(device)
         write_run_json(run_dir, cfg, env, len(todo), command="accuracy", settings=settings)
         if observer:
             observer.start(len(todo))
@@ -188,6 +191,8 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
         status=status,
         error=error,
         ablate=cfg.ablate,
+        device=env["device"],
+        device_name=env["device_name"],
         threads=env["threads"],
         torch_version=env["torch_version"],
         git_commit=env["git_commit"],

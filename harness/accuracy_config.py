@@ -45,6 +45,7 @@ class AccuracyConfig:
     shift: int = 0  # > 0: digits and captions training images move by up to this many pixels
     ablate: Ablate = "none"  # zero-attention: attention outputs replaced by zeros (a control)
     threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
     out: str = "results"
 
     def __post_init__(self) -> None:

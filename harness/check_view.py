@@ -30,9 +30,9 @@ def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | N
 
     Every run also writes <out>/<run_id>/: run.json (with `settings`, which file the config
     came from), then check.csv (one row per cell) and benchmark.json (dashboard records)."""
-    path = Path(cfg.baseline)
     check.cells(cfg)  # unknown variants or options fail before the baseline is read
     env = {**measure.environment(measure.resolve_device(cfg.device)), "threads": _threads(cfg)}
+    path = baseline_mod.path_for(cfg.baseline, env)  # per GPU model where it names {device_name}
     old = None if update else _compatible_baseline(path, env, cfg, console)
     todo = check.preflight(cfg)  # bad option values or --out fail before any timing
     run_dir = new_run_dir(cfg)
