@@ -79,8 +79,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         hint = f"write one with `attnbench init {path}`"
         raise ValueError(f"config file {str(path)!r} does not exist ({hint})") from None
-    except IsADirectoryError:
-        raise ValueError(f"config file {str(path)!r} is a directory") from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, no permission, not text
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ValueError(f"config file {str(path)!r} cannot be read: {reason or err}") from None
     return parse_toml(text, f"config file {str(path)!r}")
 
 

@@ -109,12 +109,22 @@ def test_run_json_records_which_settings_were_used(empty):
     assert {r["head_dim"] for r in rows} == {"4"} and record["config"]["head_dim"] == 4
 
 
-def test_missing_config_file_is_one_line_and_exit_2(empty):
-    result = runner.invoke(app, ["sweep", "--config", "nope.toml"])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nope.toml", "config file 'nope.toml' does not exist (write one with `attnbench init nope.toml`)"),
+        ("folder.toml", "config file 'folder.toml' cannot be read: Is a directory"),
+        ("binary.toml", "config file 'binary.toml' cannot be read: not UTF-8 text"),
+        ("broken.toml", "config file 'broken.toml' is not valid TOML"),
+    ],
+)
+def test_unreadable_config_file_is_one_line_and_exit_2(empty, name, message):
+    (empty / "folder.toml").mkdir()
+    (empty / "binary.toml").write_bytes(b"\xff\xfe")
+    (empty / "broken.toml").write_text("[sweep\n")
+    result = runner.invoke(app, ["sweep", "--config", name])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert (
-        "config file 'nope.toml' does not exist (write one with `attnbench init nope.toml`)" in result.stderr
-    )
+    assert message in result.stderr
 
 
 # --- every command from an empty folder ---------------------------------------------------
