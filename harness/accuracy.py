@@ -117,10 +117,11 @@ class Observer(Protocol):
 
 def preflight(cfg: AccuracyConfig, run_dir: Path | None = None) -> list[Cell]:
     """`cells(cfg)`, with every input checked before any cell runs (ValueError): each distinct
-    variant built once at the model's attention spec (its options), then the output folder."""
+    variant built once at the model's attention spec (its options), the device, then the output folder."""
     todo = cells(cfg)
     specs = ((c.choice, av.AttnSpec(cfg.dim, c.n_heads, c.n_kv_heads)) for c in todo if not c.unsupported)
     check_builds(specs)
+    measure.resolve_device(cfg.device)  # 'cuda' without a GPU
     check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
     return todo
 

@@ -178,9 +178,11 @@ def resume_config(run_dir: Path) -> SweepConfig:
 
 def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell], list[tuple[int, int]]]:
     """`grid(cfg)`, with every input checked before any cell runs (ValueError): each distinct
-    variant built once (its options), then the output folder made and written to."""
+    variant built once (its options), the device, then the output folder made and written to."""
     cells, skipped = grid(cfg)
     check_builds((c.choice, c.spec) for c in cells)
+    if cfg.executor == "local":  # a Ray cluster's devices are its workers' (executors.py)
+        measure.resolve_device(cfg.device)  # 'cuda' without a GPU
     check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
     return cells, skipped
 
