@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import functools
 import json
+import math
 import os
 import socket
 import typing
@@ -64,7 +65,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def write(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
     """`records` as a JSON list at `path` (the CSV's folder, `FILE`)."""
-    path.write_text(json.dumps(list(records), indent=1) + "\n")
+    path.write_text(json.dumps(list(records), indent=1, allow_nan=False) + "\n")  # strict JSON
     return path
 
 
@@ -76,7 +77,7 @@ def sweep_records(rows: Iterable[Mapping[str, str]], metrics: Sequence[str]) -> 
         if row.get("status", "ok") != "ok":
             continue
         context = _context(row, set(metrics), command="sweep")
-        out.extend({**context, "metric": m} for m in _metrics(row, metrics))
+        out.extend({**context, "metric": m} for m in _metrics(row, metrics) if m["benchmark_values"])
     return out
 
 
@@ -95,8 +96,8 @@ def _metrics(row: Mapping[str, str], metrics: Sequence[str]) -> list[dict[str, A
 
 
 def metric(name: str, values: Iterable[str | float], extra: Mapping[str, Any] | None = None, **kw) -> dict:
-    """The schema's `metric`: name, every value as a float, extra_info as strings."""
-    samples = [float(v) for v in values if v != ""]
+    """The schema's `metric`: name, every finite value as a float, extra_info as strings."""
+    samples = [x for x in (float(v) for v in values if v != "") if math.isfinite(x)]
     return {"name": name, "benchmark_values": samples, **kw, "extra_info": _strings(extra or {})}
 
 

@@ -86,6 +86,17 @@ def test_sweep_writes_v3_records_with_every_sample(tmp_path):
     assert mmca["benchmark"]["extra_info"]["n_visual"] == "8" and mmca["model"]["backend"] == "sdpa"
 
 
+def test_non_finite_values_are_left_out_so_the_json_stays_strict(tmp_path):
+    row = dict(variant="gqa", mode="fwd", dtype="float32", status="ok", latency_ms_median="1.0")
+    row.update(latency_ms_samples="1.0;nan;1.0", peak_mem_bytes="", tflops="inf", flops="10")
+    records = dashboard.sweep_records([row], dashboard.metric_columns(Row))
+    assert [(r["metric"]["name"], r["metric"]["benchmark_values"]) for r in records] == [
+        ("latency_ms", [1.0, 1.0]),
+        ("flops", [10.0]),
+    ]
+    json.loads(dashboard.write(tmp_path / "b.json", records).read_text())
+
+
 def test_failed_cells_have_no_records():
     row = {"status": "error", "variant": "gqa", "mode": "fwd", "dtype": "float32", "latency_ms_samples": ""}
     assert dashboard.sweep_records([row], dashboard.metric_columns(Row)) == []
