@@ -66,9 +66,9 @@ def main(
     console.print(comparison.counts(comp) + ".", highlight=False)
     bad = comp.regressed
     if fail_on_slower and not bad.empty:
-        names = ", ".join(comparison.cell_labels(bad, comp.key))
+        names = ", ".join(comparison.labels(comp)[bad.index])
         console.print(
-            f"[bold red]FAIL[/bold red]: {len(bad)} cells slower in B or stopped running: {escape(names)}"
+            f"[bold red]FAIL[/bold red]: slower in B or stopped running ({len(bad)}): {escape(names)}"
         )
         return 1
     return 0

@@ -256,7 +256,7 @@ def table(comp: Comparison) -> pd.DataFrame:
     """The cells as display strings: cell, A and B medians, B/A, its interval, p, verdict, note;
     peak memory and FLOPs B/A only if some cell's differ; key values shared by all cells left out."""
     cells = comp.cells
-    out = pd.DataFrame({"cell": cell_labels(cells, comp.key)})
+    out = pd.DataFrame({"cell": labels(comp)})
     out["A ms"], out["B ms"] = cells["median_a"].map(_num), cells["median_b"].map(_num)
     out["B/A"] = cells["ratio"].map(lambda r: _num(r) + "×" if pd.notna(r) else "")
     out["p10-p90"] = [
@@ -279,6 +279,12 @@ def common(comp: Comparison) -> str:
         c for c in comp.key if c not in _varying(comp.cells, comp.key) and c not in ("variant", "options")
     ]
     return " ".join(f"{_symbol(c)}={comp.cells[c].iloc[0]}" for c in shared if comp.cells[c].iloc[0] != "")
+
+
+def labels(comp: Comparison) -> pd.Series:
+    """cell_labels of every cell of `comp`, indexed as `comp.cells` (select rows after, not before:
+    which key columns vary is a property of the whole comparison)."""
+    return pd.Series(cell_labels(comp.cells, comp.key), index=comp.cells.index)
 
 
 def cell_labels(cells: pd.DataFrame, key: list[str]) -> list[str]:

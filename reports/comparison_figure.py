@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .comparison import ALPHA, THRESHOLD, Comparison, cell_labels, common, compare
+from .comparison import ALPHA, THRESHOLD, Comparison, common, compare, labels
 from .style import FAIL_COLOR, empty_note
 
 VERDICT_COLORS = {"slower": FAIL_COLOR, "faster": "#1e8449", "same": "#555555", "undecided": "#aaaaaa"}
@@ -39,7 +39,7 @@ def ratio_figure(sweep: pd.DataFrame, threshold: float = THRESHOLD, alpha: float
 
 
 def _panel(ax, comp: Comparison) -> None:
-    labels = pd.Series(cell_labels(comp.cells, comp.key), index=comp.cells.index)
+    names = labels(comp)
     cells = comp.cells[comp.cells["ratio"].notna()].sort_values("ratio", kind="stable")
     y = np.arange(len(cells))  # the largest ratio (slowest in B) at the top
     ax.axvspan(
@@ -54,7 +54,7 @@ def _panel(ax, comp: Comparison) -> None:
         lo, hi = part["ratio"] - part["ratio_p10"], part["ratio_p90"] - part["ratio"]
         err = np.vstack([lo.fillna(0), hi.fillna(0)])
         ax.errorbar(part["ratio"], y[rows], xerr=err, fmt="o", ms=4, color=color, capsize=2, label=verdict)
-    ax.set_yticks(y, labels[cells.index], fontsize=7)
+    ax.set_yticks(y, names[cells.index], fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(f"B/A median latency (<1: {comp.b} faster), bootstrap p10-p90")
     left = len(comp.cells) - len(cells)
