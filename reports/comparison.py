@@ -231,7 +231,7 @@ def _environment(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, tuple[str, str]]
 def header(comp: Comparison) -> list[str]:
     """The lines above the table: what A and B are, the rule, and what differs besides the code."""
     lines = [
-        f"A = {comp.a}, B = {comp.b}: B/A of the median latency (<1: B faster), bootstrap p10-p90; "
+        f"A = {comp.a}, B = {comp.b}. B/A: median latency ratio (<1: B faster), p10-p90 by bootstrap; "
         f"slower/faster: beyond ±{comp.threshold:g} and Mann-Whitney U p < {comp.alpha:g}."
     ]
     if comp.settings:
@@ -239,7 +239,7 @@ def header(comp: Comparison) -> list[str]:
         lines.append(f"compared across runs (not matched on): {across}.")
     if comp.environment:
         env = "; ".join(f"{c} {a} vs {b}" for c, (a, b) in comp.environment.items())
-        lines.append(f"different machines or software: {env}; the ratios include that, not only the code.")
+        lines.append(f"environments differ: {env}; the ratios include that, not only the code.")
     if comp.one_sided:
         only = ", ".join(f"{c} (only {run})" for c, run in comp.one_sided.items())
         lines.append(f"key columns in one run only, not matched on: {only}.")
@@ -311,4 +311,7 @@ def _symbol(column: str) -> str:
 
 
 def _num(value: object) -> str:
-    return "" if pd.isna(value) else f"{value:.3g}"
+    """3 significant digits, but 1810 rather than 1.81e+03."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"

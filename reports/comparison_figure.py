@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .comparison import ALPHA, THRESHOLD, Comparison, common, compare, labels
-from .style import FAIL_COLOR, empty_note
+from .style import FAIL_COLOR, _PlainLog, empty_note
 
 VERDICT_COLORS = {"slower": FAIL_COLOR, "faster": "#1e8449", "same": "#555555", "undecided": "#aaaaaa"}
 ROW_IN = 0.22  # inches per cell: labels stay readable with a hundred cells
@@ -55,7 +55,10 @@ def _panel(ax, comp: Comparison) -> None:
         err = np.vstack([lo.fillna(0), hi.fillna(0)])
         ax.errorbar(part["ratio"], y[rows], xerr=err, fmt="o", ms=4, color=color, capsize=2, label=verdict)
     ax.set_yticks(y, names[cells.index], fontsize=7)
-    ax.set_xscale("log")
+    ax.set_xscale("log")  # 2x slower and 2x faster lie equally far from 1
+    ax.xaxis.set_major_formatter(_PlainLog())
+    ax.xaxis.set_minor_formatter(_PlainLog(minor_thresholds=(1.5, 0.6)))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(f"B/A median latency (<1: {comp.b} faster), bootstrap p10-p90")
     left = len(comp.cells) - len(cells)
     title = f"{comp.b} / {comp.a}" + (f"  ({common(comp)})" if common(comp) else "")

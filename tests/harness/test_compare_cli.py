@@ -26,12 +26,12 @@ def test_prints_the_table_and_exits_0_with_a_slower_cell(runs):
     result = invoke(*runs)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("A = run-a, B = run-b: B/A of the median latency")
+    assert lines[0].startswith("A = run-a, B = run-b. B/A: median latency ratio")
     slow = next(line for line in lines if "gqa fwd n=256 g=2 " in line)
     assert "slower" in slow and "1.5×" in slow
     assert "faster" in next(line for line in lines if "mqa decode n=128 g=1 " in line)
     assert "1 slower, 1 faster, 30 same, 4 not run." in result.output
-    assert "different machines" not in result.output
+    assert "environments differ" not in result.output
 
 
 def test_fail_on_slower_exits_1_naming_the_cell(runs):
@@ -57,10 +57,10 @@ def test_different_environment_is_one_header_line(tmp_path):
     b = b.assign(threads=1, torch_version="2.14.0")
     result = invoke(*write_pair(tmp_path, a, b))
     assert result.exit_code == 0
-    env = [line for line in result.output.splitlines() if "different machines" in line]
+    env = [line for line in result.output.splitlines() if "environments differ" in line]
     assert env == [
-        "different machines or software: torch_version 2.13.0 vs 2.14.0; threads 2 vs 1; the ratios "
-        "include that, not only the code."
+        "environments differ: torch_version 2.13.0 vs 2.14.0; threads 2 vs 1; the ratios include that, "
+        "not only the code."
     ]
     assert "slower" in result.output  # ratios and verdicts are still shown
 
