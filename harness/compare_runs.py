@@ -57,8 +57,9 @@ def main(
     a, b, labels = load_pair(run_a, run_b)
     comp = comparison.compare(a, b, labels=(labels[0], labels[1]), threshold=threshold, alpha=alpha)
     lines = comparison.header(comp)
-    console.print(escape(lines[0]), highlight=False)
-    for line in lines[1:]:
+    for line in lines[:2]:
+        console.print(escape(line), highlight=False)
+    for line in lines[2:]:
         console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False)
     if comparison.common(comp):
         console.print(f"every cell: {escape(comparison.common(comp))}", highlight=False)

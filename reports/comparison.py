@@ -231,8 +231,9 @@ def _environment(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, tuple[str, str]]
 def header(comp: Comparison) -> list[str]:
     """The lines above the table: what A and B are, the rule, and what differs besides the code."""
     lines = [
-        f"A = {comp.a}, B = {comp.b}. B/A: median latency ratio (<1: B faster), p10-p90 by bootstrap; "
-        f"slower/faster: beyond ±{comp.threshold:g} and Mann-Whitney U p < {comp.alpha:g}."
+        f"A = {comp.a}, B = {comp.b}.",
+        f"B/A: median latency ratio (<1: B faster), p10-p90 by bootstrap; "
+        f"slower/faster: beyond ±{comp.threshold:g} and Mann-Whitney U p < {comp.alpha:g}.",
     ]
     if comp.settings:
         across = "; ".join(f"{c} {a} vs {b}" for c, (a, b) in comp.settings.items())

@@ -26,7 +26,7 @@ def test_prints_the_table_and_exits_0_with_a_slower_cell(runs):
     result = invoke(*runs)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("A = run-a, B = run-b. B/A: median latency ratio")
+    assert lines[0] == "A = run-a, B = run-b." and lines[1].startswith("B/A: median latency ratio")
     slow = next(line for line in lines if "gqa fwd n=256 g=2 " in line)
     assert "slower" in slow and "1.5×" in slow
     assert "faster" in next(line for line in lines if "mqa decode n=128 g=1 " in line)
