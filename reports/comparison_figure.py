@@ -20,9 +20,11 @@ def run_pairs(sweep: pd.DataFrame, threshold: float = THRESHOLD, alpha: float = 
     runs = list(dict.fromkeys(sweep["run"]))
     if len(runs) < 2:
         raise ValueError(f"a comparison needs two runs; the sweep table holds {runs}")
-    first = sweep[sweep["run"] == runs[0]]
+    # Stacking runs fills a column one run lacks with NaN: drop it again, so a key column that
+    # only the newer run has is reported as such (not compared across as '' against a value).
+    parts = {run: sweep[sweep["run"] == run].dropna(axis=1, how="all") for run in runs}
     return [
-        compare(first, sweep[sweep["run"] == run], labels=(runs[0], run), threshold=threshold, alpha=alpha)
+        compare(parts[runs[0]], parts[run], labels=(runs[0], run), threshold=threshold, alpha=alpha)
         for run in runs[1:]
     ]
 

@@ -117,6 +117,8 @@ def test_new_key_column_joins_the_key_and_duplicates_are_refused(ab):
     assert "backend" in comp.key and verdict_of(comp, SLOWER)["verdict"] == "slower"
     one = cmp.compare(a, b.assign(backend="sdpa"))
     assert one.one_sided == {"backend": "B"} and "backend (only B)" in " ".join(cmp.header(one))
+    stacked = pd.concat([a.assign(run="A"), b.assign(run="B", backend="sdpa")])  # as the report stacks runs
+    assert run_pairs(stacked)[0].one_sided == {"backend": "B"}
     both = pd.concat([b.assign(backend="sdpa"), b.assign(backend="eager")])
     with pytest.raises(ValueError, match="rows sharing a cell key.*backend"):
         cmp.compare(a, both)
