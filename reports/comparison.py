@@ -44,7 +44,7 @@ SETTING_COLUMNS = ("device", "dtype", "backend", "compile", "layout")
 # The machine and software: a difference is one line of the header, the ratios are still shown.
 ENV_COLUMNS = ("device_name", "torch_version", "threads")
 SAMPLES = "latency_ms_samples"
-MEASURED = ("status", "latency_ms_median", SAMPLES, "peak_mem_bytes", "flops")  # read from each run
+MEASURED = ("status", "latency_ms_median", SAMPLES, "peak_mem_bytes", "flops", "sdpa_backend")  # per run
 THRESHOLD, ALPHA = 0.05, 0.01  # defaults of `attnbench compare` and of the multi-run report
 RESAMPLES, SEED = 2000, 0
 VERDICTS = ("slower", "faster", "same", "undecided", "not run", "only in A", "only in B")
@@ -152,16 +152,26 @@ def _cell(row: dict, threshold: float, alpha: float, resamples: int, seed: int) 
     if out["status_a"] != "ok" or out["status_b"] != "ok":
         return out | dict(verdict="not run", note=f"A {out['status_a']}, B {out['status_b']}")
     sa, sb = parse_samples(row.get(f"{SAMPLES}_a")), parse_samples(row.get(f"{SAMPLES}_b"))
-    out |= dict(n_a=len(sa), n_b=len(sb), ratio=out["median_b"] / out["median_a"])
+    out |= dict(n_a=len(sa), n_b=len(sb), ratio=out["median_b"] / out["median_a"], note=_kernels(row))
     if min(len(sa), len(sb)) == 0 or smallest_p(len(sb), len(sa)) >= alpha:
         why = "no stored samples" if min(len(sa), len(sb)) == 0 else f"{len(sa)} and {len(sb)} samples"
-        return out | dict(verdict="undecided", note=f"{why} cannot reach alpha={alpha}")
+        note = "; ".join(filter(None, [f"{why} cannot reach alpha={alpha}", out["note"]]))
+        return out | dict(verdict="undecided", note=note)
     d = decide(sb.tolist(), sa.tolist(), tolerance=threshold, alpha=alpha)
     p10, p90 = bootstrap_ratio(sa, sb, resamples=resamples, seed=seed)
     verdict = {"REGRESSED": "slower", "improved": "faster"}.get(d.verdict, "same")
     return out | dict(
         ratio=d.median / d.baseline, ratio_p10=p10, ratio_p90=p90, p_value=d.p_value, verdict=verdict
     )
+
+
+def _kernels(row: dict) -> str:
+    """'SDPA kernel flash_cpu vs math' where the runs recorded different kernels for the cell: the
+    ratio then compares kernels as much as code (as the speedup table's star says)."""
+    a, b = (row.get(f"sdpa_backend_{side}") for side in ("a", "b"))
+    if pd.isna(a) or pd.isna(b) or str(a) == str(b):
+        return ""
+    return f"SDPA kernel {a} vs {b}"
 
 
 def _changed(row: dict, column: str) -> float:

@@ -135,6 +135,15 @@ def test_memory_and_flops_changes_show_only_where_they_differ(ab):
     assert "peak mem B/A" not in cmp.table(cmp.compare(a, a)).columns
 
 
+def test_a_different_sdpa_kernel_is_noted(ab):
+    a, b = ab
+    b = b.copy()
+    b.loc[cell_mask(b, SLOWER), "sdpa_backend"] = "flash_cpu"
+    comp = cmp.compare(a, b)
+    assert verdict_of(comp, SLOWER)["note"] == "SDPA kernel math vs flash_cpu"
+    assert (comp.cells["note"] == "SDPA kernel math vs flash_cpu").sum() == 1
+
+
 def test_a_cell_that_stops_running_is_not_run_and_counts_against_b(ab):
     a, b = ab
     b = b.copy()
