@@ -68,37 +68,47 @@ class MultiModalCausalAttention(GroupedQueryAttention):
     ) -> Tensor:
         GroupedQueryAttention._check_input(self, x, n_visual)  # the values are checked below, with the cache
         layout.check_call(x, n_visual, modality)
-        past = self._past(cache, x)  # (b, s0) ids of the cached tokens, or None
-        m = self._prefix_length(x, n_visual, modality, past, cache)  # checks everything before any append
-        b, n = x.shape[:2]
-        ids = modality.long() if modality is not None else layout.prefix(b, n, n_visual, x.device)  # (b, n)
+        past = None if modality is None else self._past(cache, x)  # (b, s0) ids, to check the new ones
+        m = self._prefix_length(n_visual, modality, past, cache)  # every check before any append
         q, k, v = self.project(x)
         if cache is not None:
             k, v = cache.update(k, v)  # (b, g, s, e)
-            (ids,) = cache.append(1, modality=ids)  # (b, s)
-            cache.n_visual = m
+            ids = self._remember(cache, x, modality, m)  # (b, s), or None for the prefix layout
+        else:
+            ids = None if m is not None else self._new_ids(x, modality)  # (b, n)
         return self.merge(self.attend(q, k, v, n_visual=m, cache=cache, modality=ids))
 
-    def _past(self, cache: KVCache | None, x: Tensor) -> Tensor | None:
+    @staticmethod
+    def _new_ids(x: Tensor, modality: Tensor | None) -> Tensor:
+        """This call's ids (b, n) for the general path: given, or text (a text chunk after images)."""
+        return modality.long() if modality is not None else x.new_zeros(x.shape[:2], dtype=torch.long)
+
+    @staticmethod
+    def _past(cache: KVCache | None, x: Tensor) -> Tensor | None:
+        """The cached tokens' ids (b, s0), or None for an empty cache. A prefix layout is not
+        stored (`cache.n_visual` and the length say it exactly, truncated or not): it is
+        rebuilt here, so a decode step of the prefix layout costs nothing extra."""
         if cache is None or not cache.length:
             return None
         past = cache.get("modality")
-        if past is None:
+        if past is not None:
+            return past
+        if cache.n_visual is None:
             raise ValueError(
                 f"the cache holds {cache.length} tokens but no modality ids (filled by another variant?)"
             )
-        return past
+        return layout.prefix(x.shape[0], cache.length, cache.n_visual, x.device)
 
     def _prefix_length(
-        self, x: Tensor, n_visual: int, modality: Tensor | None, past: Tensor | None, cache: KVCache | None
+        self, n_visual: int, modality: Tensor | None, past: Tensor | None, cache: KVCache | None
     ) -> int | None:
         """m when the whole sequence (cached + new) is the prefix layout, else None (after checks)."""
         if modality is None:
-            if past is None:
+            if cache is None or not cache.length:
                 return n_visual
             if n_visual:
                 raise ValueError(
-                    f"n_visual={n_visual} with a KV cache already holding {past.shape[1]} tokens: n_visual "
+                    f"n_visual={n_visual} with a KV cache already holding {cache.length} tokens: n_visual "
                     "means the leading tokens of the sequence; give a later image as modality= ids"
                 )
             return cache.n_visual  # text appended to a prefix layout keeps it one
@@ -106,6 +116,20 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         if not layout.concrete(full):
             return None  # fake or traced: the general path, right for every layout
         return layout.check_values(full, modality.shape[1], whole_images=self.visual_attention == "full")
+
+    def _remember(self, cache: KVCache, x: Tensor, modality: Tensor | None, m: int | None) -> Tensor | None:
+        """Keep the ids in the cache's "modality" field (b, s), token axis 1, once the layout
+        is not the prefix one (m is None): then return every key's ids, else None."""
+        stored, before = "modality" in cache, cache.n_visual
+        cache.n_visual = m
+        if m is not None and not stored:
+            return None  # the prefix layout: the hint and the length say it all
+        new = self._new_ids(x, modality)  # (b, n)
+        b, n = new.shape
+        if not stored and cache.length > n:  # the prefix layout so far, written out once
+            new = torch.cat([layout.prefix(b, cache.length - n, before, x.device), new], dim=1)  # (b, s)
+        (ids,) = cache.append(1, modality=new)  # (b, s)
+        return ids if m is None else None
 
     def attend(
         self,
