@@ -188,24 +188,40 @@ class MultiModalCausalAttention(GroupedQueryAttention):
     def _interleaved(self, q: Tensor, k: Tensor, v: Tensor, ids: Tensor) -> Tensor:
         """Any layout, ids (b, s): two SDPA calls with boolean (b, 1, n, s) masks, summed.
 
-        The first holds each row's own group (text: text keys j <= i; image k: image k), the
-        second text -> image keys j <= i. A row with no image key yet would be all-masked (NaN in
-        SDPA): it gets every key instead and its output is replaced by 0, the empty branch."""
+        The first softmax holds each row's own group (text: text keys j <= i; image k: image k,
+        or itself for "self"), the second text -> image keys j <= i. A row with no image key yet
+        would be all-masked (NaN in SDPA): it gets every key and its output is replaced by 0,
+        the empty branch. Masks come from per-token bounds, three (b, n, s) comparisons."""
         n, s = q.shape[2], k.shape[2]
-        pos = torch.arange(s, device=q.device)  # (s,) key positions; query i sits at s - n + i
-        q_ids, k_ids = ids[:, s - n :, None], ids[:, None, :]  # (b, n, 1), (b, 1, s)
-        text_q, text_k = q_ids == 0, k_ids == 0  # (b, n, 1), (b, 1, s)
-        seen = pos <= pos[s - n :, None] if self.spec.causal else torch.ones_like(text_k)  # (n, s)
-        same_image = (q_ids == k_ids) & ~text_q  # (b, n, s)
-        if self.visual_attention == "self":
-            same_image = same_image & (pos == pos[s - n :, None])  # only itself
-        own = (text_q & text_k & seen) | same_image  # (b, n, s), never an empty row
-        cross = text_q & ~text_k & seen  # (b, n, s)
-        has_cross = cross.any(dim=-1, keepdim=True)  # (b, n, 1)
+        own, cross, has_cross = self._masks(ids, n)  # (b, n, s), (b, n, s), (b, n)
         p = self.dropout_p
         out = self.backend(q, k, v, causal=False, dropout_p=p, mask=own[:, None])  # (b, h, n, e)
-        image = self.backend(q, k, v, causal=False, dropout_p=p, mask=(cross | ~has_cross)[:, None])
-        return out + torch.where(has_cross[:, None], image, 0.0)  # (b, h, n, e)
+        image = self.backend(q, k, v, causal=False, dropout_p=p, mask=cross[:, None])  # (b, h, n, e)
+        return out + torch.where(has_cross[:, None, :, None], image, 0.0)  # (b, h, n, e)
+
+    def _masks(self, ids: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """ids (b, s) of every key, the queries the last n -> own (b, n, s), cross (b, n, s), has_cross (b, n)."""
+        s = ids.shape[1]
+        pos = torch.arange(s, device=ids.device)  # (s,) key positions; query i sits at s - n + i
+        q_pos, q_ids = pos[s - n :], ids[:, s - n :]  # (n,), (b, n)
+        text_q = q_ids == 0  # (b, n)
+        last = q_pos if self.spec.causal else torch.full_like(q_pos, s - 1)  # (n,) a text row's last key
+        # Own group: key code id * s + position orders keys by (image, position), so a row's keys
+        # are one code range [lo, hi]: its text up to `last`, its image, or (for "self") itself.
+        code = ids * s + pos  # (b, s)
+        whole = self.visual_attention == "full"
+        lo = q_ids * s + torch.where(text_q | whole, 0, q_pos)  # (b, n)
+        hi = q_ids * s + torch.where(text_q, last, s - 1 if whole else q_pos)  # (b, n)
+        own = (code[:, None, :] >= lo[:, :, None]) & (code[:, None, :] <= hi[:, :, None])  # (b, n, s)
+        # Cross: image keys j <= last for text rows (rank = position for image keys, s for text).
+        rank = torch.where(ids > 0, pos, s)  # (b, s)
+        first_image = rank.min(dim=1, keepdim=True).values  # (b, 1)
+        has_cross = text_q & (first_image <= last)  # (b, n)
+        # A row without image keys (image rows, text before any image) would be all-masked, NaN
+        # in SDPA: it takes every key (rank <= s) instead, and its output is zeroed by the caller.
+        limit = torch.where(has_cross, last, s)  # (b, n)
+        cross = rank[:, None, :] <= limit[:, :, None]  # (b, n, s)
+        return own, cross, has_cross
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, visual_attention={self.visual_attention}"

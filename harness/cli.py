@@ -129,6 +129,13 @@ def sweep_command(
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
     visual_frac: Annotated[float | None, typer.Option(help="Multimodal variants: visual share of n.")] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Multimodal variants: prefix (one image first) or interleaved (images between text)."
+        ),
+    ] = None,
+    images: Annotated[int | None, typer.Option(help="Images of the interleaved layout.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     executor: Annotated[
@@ -168,6 +175,8 @@ def sweep_command(
         warmup=warmup,
         threads=threads,
         visual_frac=visual_frac,
+        layout=layout,
+        images=images,
         seed=seed,
         out=out,
         executor=executor,
