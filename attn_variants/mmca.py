@@ -192,15 +192,14 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         or itself for "self"), the second text -> image keys j <= i. A row with no image key yet
         would be all-masked (NaN in SDPA): it gets every key and its output is replaced by 0,
         the empty branch. Masks come from per-token bounds, three (b, n, s) comparisons."""
-        n, s = q.shape[2], k.shape[2]
-        own, cross, has_cross = self._masks(ids, n)  # (b, n, s), (b, n, s), (b, n)
+        own, cross, has_cross = self._masks(ids, q.shape[2])  # (b, n, s), (b, n, s), (b, n)
         p = self.dropout_p
         out = self.backend(q, k, v, causal=False, dropout_p=p, mask=own[:, None])  # (b, h, n, e)
         image = self.backend(q, k, v, causal=False, dropout_p=p, mask=cross[:, None])  # (b, h, n, e)
         return out + torch.where(has_cross[:, None, :, None], image, 0.0)  # (b, h, n, e)
 
     def _masks(self, ids: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """ids (b, s) of every key, the queries the last n -> own (b, n, s), cross (b, n, s), has_cross (b, n)."""
+        """ids (b, s), the queries the last n -> own (b, n, s), cross (b, n, s), has_cross (b, n)."""
         s = ids.shape[1]
         pos = torch.arange(s, device=ids.device)  # (s,) key positions; query i sits at s - n + i
         q_pos, q_ids = pos[s - n :], ids[:, s - n :]  # (n,), (b, n)

@@ -16,7 +16,6 @@ from torch import nn
 import attn_variants as av
 from attn_variants.registry import MODES
 
-
 LAYOUTS = ("prefix", "interleaved")  # where a multimodal workload's image tokens sit
 
 
