@@ -234,7 +234,7 @@ def accuracy_command(
         str | None,
         typer.Option(help="Comma-separated names, 'all', or name:key=value:... (gqa:backend=eager)."),
     ] = None,
-    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions, pairs.")] = None,
     seeds: Annotated[
         str | None, typer.Option(help="Seeds, e.g. 0,1,2 (summary: mean ± std over them).")
     ] = None,
