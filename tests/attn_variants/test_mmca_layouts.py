@@ -305,3 +305,16 @@ def test_unimodal_variants_ignore_a_valid_modality():
     for name in ("gqa", "concat", "kdgqa", "dgqa"):  # pgqa is random in eval
         module = make(spec, name=name).eval()
         assert torch.equal(module(x, modality=ids), module(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("visual_attention", VISUAL)
+def test_interleaved_runs_on_device(device, dtype, visual_attention):
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-4)
+    ref = make(av.AttnSpec(64, 8, 2), visual_attention)
+    fast = av.create("mmca", av.AttnSpec(64, 8, 2), visual_attention=visual_attention).to(device, dtype)
+    fast.load_state_dict(ref.state_dict())
+    ids = batch_ids(3, 21, seed=4)
+    x = x_of(3, 21)
+    out = fast(x.to(device, dtype), modality=ids.to(device))
+    assert_close(out.double().cpu(), reference(ref, x, modality=ids), **tol)
