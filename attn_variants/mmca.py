@@ -71,12 +71,16 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         past = None if modality is None else self._past(cache, x)  # (b, s0) ids, to check the new ones
         m = self._prefix_length(n_visual, modality, past, cache)  # every check before any append
         q, k, v = self.project(x)
+        cached = cache.length if cache is not None else 0
+        # The prefix slices hold image queries only without a cache (an image continued from the
+        # cache, "self", takes the masked path).
+        fast = m is not None and (cached == 0 or m <= cached)
         if cache is not None:
             k, v = cache.update(k, v)  # (b, g, s, e)
-            ids = self._remember(cache, x, modality, m)  # (b, s), or None for the prefix layout
+            ids = self._remember(cache, x, modality, m, need=not fast)  # (b, s), or None
         else:
-            ids = None if m is not None else self._new_ids(x, modality)  # (b, n)
-        return self.merge(self.attend(q, k, v, n_visual=m, cache=cache, modality=ids))
+            ids = None if fast else self._new_ids(x, modality)  # (b, n)
+        return self.merge(self.attend(q, k, v, n_visual=m if fast else None, cache=cache, modality=ids))
 
     @staticmethod
     def _new_ids(x: Tensor, modality: Tensor | None) -> Tensor:
@@ -117,19 +121,21 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             return None  # fake or traced: the general path, right for every layout
         return layout.check_values(full, modality.shape[1], whole_images=self.visual_attention == "full")
 
-    def _remember(self, cache: KVCache, x: Tensor, modality: Tensor | None, m: int | None) -> Tensor | None:
-        """Keep the ids in the cache's "modality" field (b, s), token axis 1, once the layout
-        is not the prefix one (m is None): then return every key's ids, else None."""
+    def _remember(
+        self, cache: KVCache, x: Tensor, modality: Tensor | None, m: int | None, *, need: bool
+    ) -> Tensor | None:
+        """Keep the ids in the cache's "modality" field (b, s), token axis 1, once the masked
+        path needs them (`need`) and from then on; return every key's ids then, else None."""
         stored, before = "modality" in cache, cache.n_visual
         cache.n_visual = m
-        if m is not None and not stored:
+        if not stored and not need:
             return None  # the prefix layout: the hint and the length say it all
         new = self._new_ids(x, modality)  # (b, n)
         b, n = new.shape
         if not stored and cache.length > n:  # the prefix layout so far, written out once
             new = torch.cat([layout.prefix(b, cache.length - n, before, x.device), new], dim=1)  # (b, s)
         (ids,) = cache.append(1, modality=new)  # (b, s)
-        return ids if m is None else None
+        return ids
 
     def attend(
         self,
@@ -148,6 +154,8 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         n, s = q.shape[2], k.shape[2]
         if n_visual is not None and (s == n or n_visual <= s - n):  # image queries only without a cache
             return self._prefix(q, k, v, n_visual)
+        if n_visual is not None and modality is None:
+            modality = layout.prefix(q.shape[0], s, n_visual, q.device)  # (b, s)
         if modality is None:
             raise ValueError("attend needs modality ids (b, s) when the keys are not the prefix layout")
         return self._interleaved(q, k, v, modality)

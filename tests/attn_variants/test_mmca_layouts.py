@@ -247,6 +247,21 @@ def test_prefix_prefill_then_a_new_image_leaves_the_prefix_fast_path():
     assert_close(torch.cat(outs, dim=1), module(x, modality=ids))
 
 
+def test_an_image_continued_from_a_prefix_prefill_equals_the_full_forward():
+    module = make(av.AttnSpec(64, 8, 2), "self").eval()
+    ids = torch.tensor([segments((1, 5), (0, 3))] * 2)
+    x = x_of(2, 8)
+    cache = av.KVCache()
+    with torch.no_grad():
+        outs = [
+            module(x[:, :2], n_visual=2, cache=cache),
+            module(x[:, 2:6], modality=ids[:, 2:6], cache=cache),
+        ]
+        assert cache.n_visual == 5  # still the prefix layout
+        outs.append(module(x[:, 6:], cache=cache))
+    assert_close(torch.cat(outs, dim=1), module(x, n_visual=5))
+
+
 def test_works_under_fake_tensors():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
