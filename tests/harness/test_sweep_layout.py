@@ -63,3 +63,15 @@ def test_interleaved_forward_is_mmca_on_those_ids():
     x = torch.randn(2, 20, 32)
     with torch.no_grad():
         assert_close(w.module(x, modality=ids), av.mmca.reference(w.module, x, modality=ids))
+
+
+def test_cli_refuses_a_bad_layout_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    result = CliRunner().invoke(
+        app, ["sweep", "--profile", "ci", "--layout", "zigzag", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: [sweep] layout='zigzag' is not one of ['prefix', 'interleaved']"
