@@ -112,7 +112,9 @@ class TinyTransformer(nn.Module):
                 xs.append(self.patch_embed(t))  # (b, m, d)
             else:
                 xs.append(self.tok_embed(t))  # (b, t, d)
-            ids.append(torch.full(t.shape[:2], image if kind == "image" else 0, dtype=torch.long))
+            ids.append(
+                torch.full(t.shape[:2], image if kind == "image" else 0, dtype=torch.long, device=t.device)
+            )
         x = torch.cat(xs, dim=1)  # (b, n, d)
         if x.shape[1] > self.cfg.max_len:
             raise ValueError(f"sequence of {x.shape[1]} tokens exceeds max_len={self.cfg.max_len}")

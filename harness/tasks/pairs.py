@@ -57,7 +57,7 @@ def decode(tokens: Tensor) -> list[str | None]:
 def sequence(model: TinyTransformer, first: Tensor, second: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
     """Patches (b, m, p) x 2 and text ids (b, k) -> x (b, 2m + 2 + k, d) and modality (b, n)."""
     b = text.shape[0]
-    look, and_ = torch.full((b, 1), LOOK), torch.full((b, 1), AND)
+    look, and_ = (torch.full((b, 1), tok, device=text.device) for tok in (LOOK, AND))  # (b, 1) each
     parts = [("text", look), ("image", first), ("text", and_), ("image", second), ("text", text)]
     return model.embed_parts(parts)
 
@@ -91,27 +91,28 @@ class Pairs:
         model_cfg = job.model_config(
             n_out=VOCAB, max_len=self.seq_len(c), vocab=VOCAB, patch_dim=c.pairs_patch**2
         )
-        model = build(model_cfg, job.seed)
+        model = build(model_cfg, job.seed, job.device)
         order = torch.Generator().manual_seed(job.seed)
 
         def step_loss(step: int) -> Tensor:
             (img_a, a), (img_b, b) = (sample(train, c.batch, order, c.shift) for _ in range(2))
-            inputs, targets = encode(a, b)  # (b, t) each
-            logits = logits_of(model, patchify(img_a, c.pairs_patch), patchify(img_b, c.pairs_patch), inputs)
+            inputs, targets = (t.to(job.device) for t in encode(a, b))  # (b, t) each
+            first, second = (patchify(i, c.pairs_patch).to(job.device) for i in (img_a, img_b))  # (b, m, p*p)
+            logits = logits_of(model, first, second, inputs)  # (b, t, vocab)
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
         loss = fit(model, step_loss, c.pairs_steps, c.pairs_lr)
         # Test pairs: held-out image i first, a shuffled held-out partner second.
         partner = torch.randperm(len(test_labels), generator=torch.Generator().manual_seed(job.seed + 1))
         keep, second = slice(0, c.pairs_test), partner[: c.pairs_test]
-        first_p, second_p = (patchify(test_images[i], c.pairs_patch) for i in (keep, second))
+        first_p, second_p = (patchify(test_images[i], c.pairs_patch).to(job.device) for i in (keep, second))
         accuracy = exact_match(model, first_p, second_p, test_labels[keep], test_labels[second])
         return outcome(model, accuracy, loss, c.pairs_steps, self.seq_len(c), self.n_visual(c))
 
 
 def generate(model: TinyTransformer, first: Tensor, second: Tensor) -> Tensor:
     """Greedy decoding from BOS for TEXT_LEN steps -> generated ids (N, TEXT_LEN)."""
-    text = torch.full((first.shape[0], 1), BOS)  # (N, 1)
+    text = torch.full((first.shape[0], 1), BOS, device=first.device)  # (N, 1)
     with torch.no_grad():
         for _ in range(TEXT_LEN):
             logits = logits_of(model, first, second, text)[:, -1]  # (N, vocab)

@@ -10,7 +10,7 @@ from harness import sweep, workload
 
 def tiny_config(tmp_path, **kw):
     base = dict(seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd", "decode"), batch=2, head_dim=8,
-                repeats=2, warmup=0, threads=1, device="cpu", out=str(tmp_path),
+                repeats=2, warmup=0, threads=1, device="cpu", dtype="float32", out=str(tmp_path),
                 reference="none")  # fmt: skip
     return sweep.SweepConfig(**{**base, **kw})
 
