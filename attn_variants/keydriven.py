@@ -9,9 +9,11 @@ next a_1 read KV head 1, ...), and a KV head may get none.
 - DGQA: the same allocation from norms tracked over training in a buffer `norm_cache`.
 
 Fast path: the allocation, the head -> KV index and the K/V gather all stay on the device (no
-host sync, no Python loop over groups), then ONE call of the backend with h KV heads; a
-single new token (decode) instead meets every KV head with all h query heads in one call and
-keeps the row of its own KV head, so the cache is not copied h/g times. The reference path
+host sync, no Python loop over groups), then ONE call of the backend with h KV heads. With a
+KV cache the norms come from running statistics kept in the cache (prefix sums of squared key
+norms, `KEY_STATS`), so a step reads only its new keys to allocate; a single new token
+(decode) packs each KV head's query heads as its rows and meets every KV head in one call, so
+the cache is neither read twice nor copied h/g times. The reference path
 (`reference_forward`) is the paper's loop over groups with a Python-side allocation; the
 tests check one against the other.
 
@@ -50,10 +52,55 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
 def key_norms(k: Tensor) -> Tensor:
     """k (b, g, s, e) -> (b, g): each example's Frobenius norm per KV head, in >= float32.
 
-    Detached: the allocation is an integer choice, no gradient flows through it (as in the
-    paper, whose `.round().int()` cuts the graph)."""
-    k = k.detach().to(torch.promote_types(k.dtype, torch.float32))
-    return torch.linalg.vector_norm(k, dim=(2, 3))  # (b, g)
+    ||k_j||_F = sqrt(sum over tokens of ||k_jt||^2), summed in float64 as the cache's running
+    statistics are (`cached_key_norms`), so decode and a full recomputation agree to float64
+    rounding before the cast. Detached: the allocation is an integer choice, no gradient flows
+    through it (as in the paper, whose `.round().int()` cuts the graph)."""
+    return token_sq_norms(k).sum(-1).sqrt().to(norm_dtype(k))  # (b, g)
+
+
+def norm_dtype(k: Tensor) -> torch.dtype:
+    """The dtype the allocation reads norms in: k's, at least float32 (DGQA's `norm_cache`)."""
+    return torch.promote_types(k.dtype, torch.float32)
+
+
+def token_sq_norms(k: Tensor) -> Tensor:
+    """k (b, g, s, e) -> (b, g, s) float64: each key's squared norm (a float32 square is exact
+    in float64, so only the sum over e rounds)."""
+    k = k.detach().to(torch.float64)
+    return (k * k).sum(-1)  # (b, g, s)
+
+
+# --- running key statistics in the KV cache ------------------------------------------------
+
+KEY_STATS = "key_sq_prefix"  # cache field (b, g, s) float64: entry t = sum_{t' <= t} ||k_t'||^2
+
+
+def cached_key_norms(k: Tensor, cache: KVCache | None) -> Tensor:
+    """k (b, g, s, e), every key the step attends to -> (b, g) Frobenius norms, as `key_norms`.
+
+    With a cache, ||k_j||_F^2 is the last entry of the prefix sums it keeps: O(1) to read, and
+    the keys not yet counted (this step's, or those a variant without statistics appended,
+    e.g. a gqa prefill) are added first. A prefix sum at position t depends only on tokens
+    up to t, so `truncate` keeps it exact."""
+    if cache is None:
+        return key_norms(k)
+    return key_sq_prefix(cache, k)[..., -1].sqrt().to(norm_dtype(k))  # (b, g)
+
+
+def key_sq_prefix(cache: KVCache, k: Tensor) -> Tensor:
+    """The cache's prefix sums (b, g, s), brought up to the s cached keys k (b, g, s, e) by
+    counting only k[:, :, counted:]."""
+    prefix = cache.get(KEY_STATS)
+    counted = 0 if prefix is None else prefix.shape[-1]
+    if counted > k.shape[2]:
+        raise ValueError(f"cache field {KEY_STATS!r} counts {counted} keys but the cache holds {k.shape[2]}")
+    if counted == k.shape[2]:
+        return prefix
+    new = token_sq_norms(k[:, :, counted:]).cumsum(-1)  # (b, g, s - counted)
+    if prefix is not None and counted:
+        new = new + prefix[..., -1:]
+    return cache.append(2, **{KEY_STATS: new})[0]
 
 
 def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
@@ -63,8 +110,8 @@ def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
     scores, all-zero or non-finite sums) gives the uniform GQA split h/g each, never NaN."""
     g = scores.shape[-1]
     if min_max:
-        lo = scores.amin(-1, keepdim=True)  # (..., 1)
-        span = scores.amax(-1, keepdim=True) - lo
+        lo, hi = torch.aminmax(scores, dim=-1, keepdim=True)  # (..., 1)
+        span = hi - lo
         scores = (scores - lo) / torch.where(span > 0, span, 1)  # equal scores -> all 0
     total = scores.sum(-1, keepdim=True)  # (..., 1)
     ok = (total > 0) & total.isfinite()  # False for 0, NaN and inf: fall back to uniform
@@ -83,9 +130,8 @@ def repair(a: Tensor, h: int) -> Tensor:
     heads = torch.arange(g, device=a.device)  # (g,); a comparison, not F.one_hot, which may check on host
     for _ in range(g // 2):
         excess = a.sum(-1, keepdim=True) - h  # (..., 1)
-        down = (heads == a.argmax(-1, keepdim=True)) & (excess > 0)  # (..., g)
-        up = (heads == a.argmin(-1, keepdim=True)) & (excess < 0)
-        a = a - down.long() + up.long()
+        at = torch.where(excess > 0, a.argmax(-1, keepdim=True), a.argmin(-1, keepdim=True))  # (..., 1)
+        a = a - (heads == at) * excess.sign()  # -1 at argmax if above, +1 at argmin if below
     return a
 
 
@@ -108,36 +154,57 @@ def gather_heads(t: Tensor, index: Tensor) -> Tensor:
 
 
 class _KeyAllocatedGQA(GroupedQueryAttention):
-    """GQA whose query -> KV assignment comes from `allocate(k)`; shared by KDGQA and DGQA."""
+    """GQA whose query -> KV assignment comes from `allocate(norms)`; shared by KDGQA and DGQA."""
 
-    def allocate(self, k: Tensor) -> Tensor:
-        """k (b, g, s, e) -> allocation (g,) or (b, g). Subclasses define it."""
+    def allocate(self, norms: Tensor) -> Tensor:
+        """Key norms (b, g) -> allocation (g,) or (b, g). Subclasses define it."""
         raise NotImplementedError
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, cache: KVCache | None) -> Tensor:
         """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e): gather K/V to h heads, one call.
 
-        With a KV cache, k holds every cached key, so decode allocates from all of them."""
-        index = kv_index(self.allocate(k), self.spec.n_heads)  # (h,) or (b, h)
+        With a KV cache, k holds every cached key, so decode allocates from all of them (their
+        norms read from the cache's running statistics)."""
+        a = self.allocate(cached_key_norms(k, cache))  # (g,) or (b, g)
         if q.shape[2] == 1:
-            return self._attend_one_query(q, k, v, index)
+            return self._attend_one_query(q, k, v, a)
+        index = kv_index(a, self.spec.n_heads)  # (h,) or (b, h)
         k_h, v_h = gather_heads(k, index), gather_heads(v, index)  # (b, h, s, e)
         return self.backend(q, k_h, v_h, causal=self.spec.causal, dropout_p=self.dropout_p)
 
-    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, index: Tensor) -> Tensor:
-        """Decode (n = 1) without copying the cache h/g times: each KV head attends with all h
-        query heads as its "tokens", then each query head keeps its own KV head's row.
+    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor) -> Tensor:
+        """Decode (n = 1) without copying the cache h/g times: KV head j gets its a_j query
+        heads as `rows` query "tokens" (padded), one backend call over (b, g, rows, e) reads
+        K/V once, and each query head takes back its own row.
 
-        g times the (tiny) compute, but K/V are read once and nothing of size s is allocated;
-        the gather path copied 2*b*h*s*e floats per step (at b=2, h=16, g=4, s=4096, e=64 on
-        one CPU thread: 34 ms against 1.8 ms for this and 1.2 ms for plain GQA). The single
-        query sees every key, so no causal mask. q (b, h, 1, e) -> (b, h, 1, e)."""
+        The gather path copied 2*b*h*s*e floats per step (b=2, h=16, g=4, s=4096, e=32, one
+        CPU thread: 34 ms against 1.2 ms for plain GQA). The single query sees every key, so
+        no causal mask. q (b, h, 1, e), a (g,) or (b, g) -> (b, h, 1, e)."""
         b, h, _, e = q.shape
         g = k.shape[1]
-        q_all = q.transpose(1, 2).expand(b, g, h, e)  # (b, g, h, e): h query "tokens" per KV head
-        o = self.backend(q_all, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, h, e)
-        rows = index.expand(b, h)[:, None, :, None].expand(b, 1, h, e)  # (b, 1, h, e)
-        return o.gather(1, rows).transpose(1, 2)  # (b, 1, h, e) -> (b, h, 1, e)
+        a = a.expand(b, g)
+        rows = group_rows(a, h)
+        starts = a.cumsum(-1) - a  # (b, g): group j's first query head
+        heads = starts[..., None] + torch.arange(rows, device=a.device)  # (b, g, rows): padding is clamped
+        take = heads.view(b, g * rows, 1).clamp(max=h - 1).expand(b, g * rows, e)
+        q_rows = q.reshape(b, h, e).gather(1, take).view(b, g, rows, e)  # (b, g, rows, e)
+        o = self.backend(q_rows, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, rows, e)
+        index = kv_index(a, h)  # (b, h): query head i's KV head ...
+        slot = index * rows + torch.arange(h, device=a.device) - starts.gather(1, index)  # ... and row
+        back = slot[..., None].expand(b, h, e)
+        return o.reshape(b, g * rows, e).gather(1, back).view(b, h, 1, e)  # (b, h, e) -> (b, h, 1, e)
+
+
+def group_rows(a: Tensor, h: int) -> int:
+    """Query rows per KV head in a decode call, for allocation a (b, g) summing to h.
+
+    On the CPU, eager, the largest group: the tensor is already in host memory, so reading it
+    costs nothing, and padding to h would do up to g times GQA's arithmetic. On an accelerator
+    (or under torch.compile) h, a static shape: reading `a` would stall the queue (a host
+    sync), and the padding rows cost arithmetic, not memory traffic, which bounds decode there."""
+    if a.device.type == "cpu" and not torch.compiler.is_compiling():
+        return int(a.max())
+    return h
 
 
 @register(
@@ -159,9 +226,8 @@ class KeyDrivenGQA(_KeyAllocatedGQA):
         super().__init__(spec, backend=backend)
         self.scope = scope
 
-    def allocate(self, k: Tensor) -> Tensor:
-        """k (b, g, s, e) -> (g,) for scope="batch", (b, g) for scope="sample"."""
-        norms = key_norms(k)  # (b, g)
+    def allocate(self, norms: Tensor) -> Tensor:
+        """Key norms (b, g) -> (g,) for scope="batch", (b, g) for scope="sample"."""
         scores = norms.sum(0) if self.scope == "batch" else norms  # (g,) or (b, g)
         return allocate_heads(scores, self.spec.n_heads, min_max=True)
 
@@ -201,9 +267,9 @@ class DynamicKeyDrivenGQA(_KeyAllocatedGQA):
         self.register_buffer("allocation", torch.full((g,), h // g, dtype=torch.long))  # (g,)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def allocate(self, k: Tensor) -> Tensor:
-        """k (b, g, s, e) -> (g,). Updates the buffers; decisions stay on the device."""
-        s = key_norms(k).sum(0)  # (g,)
+    def allocate(self, norms: Tensor) -> Tensor:
+        """Key norms (b, g) -> (g,). Updates the buffers; decisions stay on the device."""
+        s = norms.sum(0)  # (g,)
         cache = self.norm_cache.to(s.dtype)
         if self.kind == "ema":
             avg = EMA_BETA * s + (1 - EMA_BETA) * cache
