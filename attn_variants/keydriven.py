@@ -111,11 +111,10 @@ def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
     g = scores.shape[-1]
     if min_max:
         lo, hi = torch.aminmax(scores, dim=-1, keepdim=True)  # (..., 1)
-        span = hi - lo
-        scores = (scores - lo) / torch.where(span > 0, span, 1)  # equal scores -> all 0
+        scores = (scores - lo) / (hi - lo)  # equal scores: 0 / 0 = NaN, so no preference below
     total = scores.sum(-1, keepdim=True)  # (..., 1)
-    ok = (total > 0) & total.isfinite()  # False for 0, NaN and inf: fall back to uniform
-    share = scores / torch.where(ok, total, 1) * h  # the paper's order: (s / sum s) * h
+    ok = (total > 0) & (total < float("inf"))  # False for 0, NaN and inf: fall back to uniform
+    share = scores / total * h  # the paper's order: (s / sum s) * h; NaN/inf where not ok
     a = torch.where(ok, share.round(), h // g).long()  # round half to even, as torch and Python
     return repair(a, h)
 
@@ -125,13 +124,14 @@ def repair(a: Tensor, h: int) -> Tensor:
 
     Each a_j = round(x_j) with sum x = h is off by at most 1/2, so |sum a - h| <= g // 2 and
     g // 2 masked steps do the paper's while-loops without reading the sum on the host.
-    argmax/argmin take the first index on ties, as the paper's `torch.argmax` does."""
-    g = a.shape[-1]
-    heads = torch.arange(g, device=a.device)  # (g,); a comparison, not F.one_hot, which may check on host
-    for _ in range(g // 2):
-        excess = a.sum(-1, keepdim=True) - h  # (..., 1)
-        at = torch.where(excess > 0, a.argmax(-1, keepdim=True), a.argmin(-1, keepdim=True))  # (..., 1)
-        a = a - (heads == at) * excess.sign()  # -1 at argmax if above, +1 at argmin if below
+    argmax/argmin take the first index on ties, as the paper's `torch.argmax` does: with
+    u = sign(h - sum a), argmin(a * u) is the first argmax of a when above (u = -1), the first
+    argmin when below (u = +1), and a no-op step (adding u = 0) when the sum is right."""
+    deficit = h - a.sum(-1, keepdim=True)  # (..., 1)
+    for _ in range(a.shape[-1] // 2):
+        u = deficit.sign()  # (..., 1)
+        a = a.scatter_add(-1, (a * u).argmin(-1, keepdim=True), u)
+        deficit = deficit - u
     return a
 
 
@@ -140,9 +140,14 @@ def kv_index(a: Tensor, h: int) -> Tensor:
     if a.dim() == 1:
         heads = torch.arange(a.shape[0], device=a.device)  # (g,)
         return torch.repeat_interleave(heads, a, output_size=h)  # (h,), no host sync
-    ends = a.cumsum(-1)  # (b, g): query head i reads the first KV head whose end is > i
-    queries = torch.arange(h, device=a.device).repeat(a.shape[0], 1)  # (b, h)
-    return torch.searchsorted(ends, queries, right=True)  # (b, h)
+    return kv_index_from_ends(a.cumsum(-1), h)
+
+
+def kv_index_from_ends(ends: Tensor, h: int) -> Tensor:
+    """ends (b, g), the cumulative allocation -> (b, h): query head i reads the first KV head
+    whose end is > i."""
+    queries = torch.arange(h, device=ends.device)[:, None]  # (h, 1)
+    return (queries >= ends[:, None, :]).sum(-1)  # (b, h, g) -> (b, h): ends at or before i
 
 
 def gather_heads(t: Tensor, index: Tensor) -> Tensor:
@@ -184,15 +189,16 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         g = k.shape[1]
         a = a.expand(b, g)
         rows = group_rows(a, h)
-        starts = a.cumsum(-1) - a  # (b, g): group j's first query head
-        heads = starts[..., None] + torch.arange(rows, device=a.device)  # (b, g, rows): padding is clamped
-        take = heads.view(b, g * rows, 1).clamp(max=h - 1).expand(b, g * rows, e)
-        q_rows = q.reshape(b, h, e).gather(1, take).view(b, g, rows, e)  # (b, g, rows, e)
+        ends = a.cumsum(-1)  # (b, g)
+        starts = ends - a  # (b, g): group j's first query head
+        batch = torch.arange(b, device=a.device)[:, None]  # (b, 1)
+        heads = starts[..., None] + torch.arange(rows, device=a.device)  # (b, g, rows), padding past a_j
+        heads = heads.clamp(max=h - 1)  # a padding row takes any query head; its output is dropped
+        q_rows = q.reshape(b, h, e)[batch[..., None], heads]  # (b, g, rows, e)
         o = self.backend(q_rows, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, rows, e)
-        index = kv_index(a, h)  # (b, h): query head i's KV head ...
-        slot = index * rows + torch.arange(h, device=a.device) - starts.gather(1, index)  # ... and row
-        back = slot[..., None].expand(b, h, e)
-        return o.reshape(b, g * rows, e).gather(1, back).view(b, h, 1, e)  # (b, h, e) -> (b, h, 1, e)
+        index = kv_index_from_ends(ends, h)  # (b, h): query head i's KV head ...
+        row = torch.arange(h, device=a.device) - starts.gather(1, index)  # ... and its row there
+        return o[batch, index, row].view(b, h, 1, e)  # (b, h, e) -> (b, h, 1, e)
 
 
 def group_rows(a: Tensor, h: int) -> int:

@@ -76,7 +76,9 @@ def decode(rounds: int) -> None:
     fns = {name: build(name, "decode", S).step for name in ("gqa", *VARIANTS, "mha")}
     fns["kdgqa_rows_h"] = padded_to_h(build("kdgqa", "decode", S).step)
     samples = compare.interleaved(fns, rounds=rounds, warmup=3)
-    compare.print_table(samples, "gqa", f"\ndecode, one token against a cache of {S}, {rounds} rounds, 1 thread")
+    compare.print_table(
+        samples, "gqa", f"\ndecode, one token against a cache of {S}, {rounds} rounds, 1 thread"
+    )
     for name, (op, goal) in DECODE_GOALS.items():
         report(samples, name, "gqa", op, goal)
 
@@ -116,7 +118,9 @@ def import_base(rev: str):
     """The attn_variants package as of git revision `rev`, importable as attn_variants_base."""
     folder = Path(tempfile.mkdtemp(prefix="attn_variants_base_"))
     root = Path(__file__).resolve().parents[2]
-    tar = subprocess.run(["git", "-C", str(root), "archive", rev, "attn_variants"], check=True, capture_output=True)
+    tar = subprocess.run(
+        ["git", "-C", str(root), "archive", rev, "attn_variants"], check=True, capture_output=True
+    )
     subprocess.run(["tar", "-x", "-C", str(folder)], input=tar.stdout, check=True)
     (folder / "attn_variants").rename(folder / "attn_variants_base")
     sys.path.insert(0, str(folder))
@@ -141,7 +145,8 @@ def report(samples: dict[str, list[float]], name: str, reference: str, op: str, 
     if goal is not None:
         met = r.median <= goal if op == "<=" else r.median >= goal
         verdict = f" (goal {op} {goal}: {'met' if met else 'MISSED'})"
-    print(f"{name} / {reference}: {r.median:.3f}x [p10 {r.p10:.3f}, p90 {r.p90:.3f}], p10 times {quiet:.3f}x{verdict}")
+    spread = f"[p10 {r.p10:.3f}, p90 {r.p90:.3f}]"
+    print(f"{name} / {reference}: {r.median:.3f}x {spread}, p10 times {quiet:.3f}x{verdict}")
 
 
 if __name__ == "__main__":
