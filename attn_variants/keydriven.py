@@ -28,9 +28,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import keydecode
 from .backends import causal_mask
 from .cache import KVCache
 from .grouped import GroupedQueryAttention
+from .keydecode import KEY_STATS, key_norms, kv_index_from_ends
 from .registry import register
 from .spec import AttnSpec
 
@@ -49,60 +51,6 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
 # --- fast path: allocation and head index on the device ------------------------------------
 
 
-def key_norms(k: Tensor) -> Tensor:
-    """k (b, g, s, e) -> (b, g): each example's Frobenius norm per KV head, in >= float32.
-
-    ||k_j||_F = sqrt(sum over tokens of ||k_jt||^2), summed in float64 as the cache's running
-    statistics are (`cached_key_norms`), so decode and a full recomputation agree to float64
-    rounding before the cast. Detached: the allocation is an integer choice, no gradient flows
-    through it (as in the paper, whose `.round().int()` cuts the graph)."""
-    return token_sq_norms(k).sum(-1).sqrt().to(norm_dtype(k))  # (b, g)
-
-
-def norm_dtype(k: Tensor) -> torch.dtype:
-    """The dtype the allocation reads norms in: k's, at least float32 (DGQA's `norm_cache`)."""
-    return torch.promote_types(k.dtype, torch.float32)
-
-
-def token_sq_norms(k: Tensor) -> Tensor:
-    """k (b, g, s, e) -> (b, g, s) float64: each key's squared norm (a float32 square is exact
-    in float64, so only the sum over e rounds)."""
-    k = k.detach().to(torch.float64)
-    return (k * k).sum(-1)  # (b, g, s)
-
-
-# --- running key statistics in the KV cache ------------------------------------------------
-
-KEY_STATS = "key_sq_prefix"  # cache field (b, g, s) float64: entry t = sum_{t' <= t} ||k_t'||^2
-
-
-def cached_key_norms(k: Tensor, cache: KVCache | None) -> Tensor:
-    """k (b, g, s, e), every key the step attends to -> (b, g) Frobenius norms, as `key_norms`.
-
-    With a cache, ||k_j||_F^2 is the last entry of the prefix sums it keeps: O(1) to read, and
-    the keys not yet counted (this step's, or those a variant without statistics appended,
-    e.g. a gqa prefill) are added first. A prefix sum at position t depends only on tokens
-    up to t, so `truncate` keeps it exact."""
-    if cache is None:
-        return key_norms(k)
-    return key_sq_prefix(cache, k)[..., -1].sqrt().to(norm_dtype(k))  # (b, g)
-
-
-def key_sq_prefix(cache: KVCache, k: Tensor) -> Tensor:
-    """The cache's prefix sums (b, g, s), brought up to the s cached keys k (b, g, s, e) by
-    counting only k[:, :, counted:]."""
-    prefix = cache.get(KEY_STATS)
-    counted = 0 if prefix is None else prefix.shape[-1]
-    if counted > k.shape[2]:
-        raise ValueError(f"cache field {KEY_STATS!r} counts {counted} keys but the cache holds {k.shape[2]}")
-    if counted == k.shape[2]:
-        return prefix
-    new = token_sq_norms(k[:, :, counted:]).cumsum(-1)  # (b, g, s - counted)
-    if prefix is not None and counted:
-        new = new + prefix[..., -1:]
-    return cache.append(2, **{KEY_STATS: new})[0]
-
-
 def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
     """scores (..., g) -> query heads per KV head (..., g), int64, >= 0, summing to h.
 
@@ -113,10 +61,30 @@ def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
         lo, hi = torch.aminmax(scores, dim=-1, keepdim=True)  # (..., 1)
         scores = (scores - lo) / (hi - lo)  # equal scores: 0 / 0 = NaN, so no preference below
     total = scores.sum(-1, keepdim=True)  # (..., 1)
+    share = (scores / total * h).round()  # the paper's order, (s / sum s) * h; half to even
+    if keydecode.on_host(share):  # integer decisions in Python: fewer small ops, the same numbers
+        rows = [repair_list(a, h) for a in host_split(share.view(-1, g).tolist(), total.view(-1).tolist(), h)]
+        return torch.tensor(rows).view(share.shape)
     ok = (total > 0) & (total < float("inf"))  # False for 0, NaN and inf: fall back to uniform
-    share = scores / total * h  # the paper's order: (s / sum s) * h; NaN/inf where not ok
-    a = torch.where(ok, share.round(), h // g).long()  # round half to even, as torch and Python
-    return repair(a, h)
+    return repair(torch.where(ok, share, h // g).long(), h)
+
+
+def host_split(shares: list[list[float]], totals: list[float], h: int) -> list[list[int]]:
+    """Rounded shares as ints, or the uniform split where the total is 0, NaN or inf."""
+    g = len(shares[0])
+    return [
+        [int(x) for x in a] if 0 < t < float("inf") else [h // g] * g
+        for a, t in zip(shares, totals, strict=True)
+    ]
+
+
+def repair_list(a: list[int], h: int) -> list[int]:
+    """`repair` on the host: the paper's while-loops (first index on ties, as list.index)."""
+    while sum(a) > h:
+        a[a.index(max(a))] -= 1
+    while sum(a) < h:
+        a[a.index(min(a))] += 1
+    return a
 
 
 def repair(a: Tensor, h: int) -> Tensor:
@@ -143,13 +111,6 @@ def kv_index(a: Tensor, h: int) -> Tensor:
     return kv_index_from_ends(a.cumsum(-1), h)
 
 
-def kv_index_from_ends(ends: Tensor, h: int) -> Tensor:
-    """ends (b, g), the cumulative allocation -> (b, h): query head i reads the first KV head
-    whose end is > i."""
-    queries = torch.arange(h, device=ends.device)[:, None]  # (h, 1)
-    return (queries >= ends[:, None, :]).sum(-1)  # (b, h, g) -> (b, h): ends at or before i
-
-
 def gather_heads(t: Tensor, index: Tensor) -> Tensor:
     """t (b, g, s, e), index (h,) or (b, h) -> (b, h, s, e) with head i = t[:, index[i]]."""
     if index.dim() == 1:
@@ -170,7 +131,7 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
 
         With a KV cache, k holds every cached key, so decode allocates from all of them (their
         norms read from the cache's running statistics)."""
-        a = self.allocate(cached_key_norms(k, cache))  # (g,) or (b, g)
+        a = self.allocate(keydecode.cached_key_norms(k, cache))  # (g,) or (b, g)
         if q.shape[2] == 1:
             return self._attend_one_query(q, k, v, a)
         index = kv_index(a, self.spec.n_heads)  # (h,) or (b, h)
@@ -187,30 +148,10 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         no causal mask. q (b, h, 1, e), a (g,) or (b, g) -> (b, h, 1, e)."""
         b, h, _, e = q.shape
         g = k.shape[1]
-        a = a.expand(b, g)
-        rows = group_rows(a, h)
-        ends = a.cumsum(-1)  # (b, g)
-        starts = ends - a  # (b, g): group j's first query head
-        batch = torch.arange(b, device=a.device)[:, None]  # (b, 1)
-        heads = starts[..., None] + torch.arange(rows, device=a.device)  # (b, g, rows), padding past a_j
-        heads = heads.clamp(max=h - 1)  # a padding row takes any query head; its output is dropped
-        q_rows = q.reshape(b, h, e)[batch[..., None], heads]  # (b, g, rows, e)
+        take, back, rows = keydecode.decode_layout(a.expand(b, g), h)
+        q_rows = q.reshape(b * h, e).index_select(0, take).view(b, g, rows, e)  # (b, g, rows, e)
         o = self.backend(q_rows, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, rows, e)
-        index = kv_index_from_ends(ends, h)  # (b, h): query head i's KV head ...
-        row = torch.arange(h, device=a.device) - starts.gather(1, index)  # ... and its row there
-        return o[batch, index, row].view(b, h, 1, e)  # (b, h, e) -> (b, h, 1, e)
-
-
-def group_rows(a: Tensor, h: int) -> int:
-    """Query rows per KV head in a decode call, for allocation a (b, g) summing to h.
-
-    On the CPU, eager, the largest group: the tensor is already in host memory, so reading it
-    costs nothing, and padding to h would do up to g times GQA's arithmetic. On an accelerator
-    (or under torch.compile) h, a static shape: reading `a` would stall the queue (a host
-    sync), and the padding rows cost arithmetic, not memory traffic, which bounds decode there."""
-    if a.device.type == "cpu" and not torch.compiler.is_compiling():
-        return int(a.max())
-    return h
+        return o.reshape(b * g * rows, e).index_select(0, back).view(b, h, 1, e)  # (b*h, e) -> (b, h, 1, e)
 
 
 @register(
@@ -383,9 +324,11 @@ def reference_forward(module: _KeyAllocatedGQA, x: Tensor) -> Tensor:
 
 
 __all__ = [
+    "KEY_STATS",
     "DynamicKeyDrivenGQA",
     "KeyDrivenGQA",
     "allocate_heads",
+    "key_norms",
     "kv_index",
     "reference_allocation",
     "reference_forward",

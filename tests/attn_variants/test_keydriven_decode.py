@@ -11,6 +11,7 @@ import torch
 from torch.testing import assert_close
 
 import attn_variants as av
+from attn_variants import keydecode as kdd
 from attn_variants import keydriven as kd
 
 SPECS = [(64, 8, 4), (60, 12, 6), (24, 6, 3), (32, 4, 1), (40, 5, 5), (48, 16, 8)]  # (d, h, g)
@@ -50,16 +51,15 @@ def check_step(module, cache, seq, new):
     assert_close(out, kd.reference_forward(ref, seq)[:, -c:])
     for name, buffer in module.named_buffers():  # DGQA's eval state: set from all cached keys
         assert_close(buffer, dict(twin.named_buffers())[name])
-    assert_close(cache.get(kd.KEY_STATS), prefix_sums(cache.keys), rtol=1e-12, atol=1e-12)
+    assert_close(cache.get(kdd.KEY_STATS), prefix_sums(cache.keys), rtol=1e-12, atol=1e-12)
     return seq
 
 
-@pytest.mark.parametrize("rows", ["largest", "h"])  # the CPU's decode call and the accelerator's
+@pytest.mark.parametrize("host", [True, False])  # the CPU's path, and the accelerator's (no reads)
 @pytest.mark.parametrize("name, opts", VARIANTS)
 @pytest.mark.parametrize("d, h, g", SPECS)
-def test_decode_equals_the_full_recomputation_over_random_caches(d, h, g, name, opts, rows, monkeypatch):
-    if rows == "h":
-        monkeypatch.setattr(kd, "group_rows", lambda a, h: h)
+def test_decode_equals_the_full_recomputation_over_random_caches(d, h, g, name, opts, host, monkeypatch):
+    monkeypatch.setattr(kdd, "on_host", lambda t: host)
     rng, gen = random.Random(d * h + g), torch.Generator().manual_seed(d + h * g)
     module = make(name, av.AttnSpec(d, h, g, bias=True), **opts)
     b = rng.choice([1, 2, 3])
@@ -67,7 +67,7 @@ def test_decode_equals_the_full_recomputation_over_random_caches(d, h, g, name, 
     cache = av.KVCache()
     with torch.no_grad():
         module(seq, cache=cache)  # prefill: fills the statistics too
-    assert_close(cache.get(kd.KEY_STATS), prefix_sums(cache.keys), rtol=1e-12, atol=1e-12)
+    assert_close(cache.get(kdd.KEY_STATS), prefix_sums(cache.keys), rtol=1e-12, atol=1e-12)
     for _ in range(6):
         if rng.random() < 0.4:  # forget a random tail, then decode other tokens there
             keep = rng.randint(1, cache.length)
@@ -84,16 +84,16 @@ def test_a_step_reads_only_its_new_keys_to_allocate(name, opts, monkeypatch):
     with torch.no_grad():
         module(x[:, :20], cache=cache)
         counted = []
-        token_sq_norms = kd.token_sq_norms
-        monkeypatch.setattr(kd, "token_sq_norms", lambda k: counted.append(k.shape[2]) or token_sq_norms(k))
+        token_sq_norms = kdd.token_sq_norms
+        monkeypatch.setattr(kdd, "token_sq_norms", lambda k: counted.append(k.shape[2]) or token_sq_norms(k))
         module(x[:, 20:21], cache=cache)
         module(x[:, 21:24], cache=cache)
         cache.truncate(22)
         module(x[:, 22:23], cache=cache)
     assert counted == [1, 3, 1]  # the new tokens only, never the 20+ cached ones
-    norms = kd.cached_key_norms(cache.keys, cache)
+    norms = kdd.cached_key_norms(cache.keys, cache)
     cache.keys.zero_()  # the live cached keys, overwritten in place: the statistics do not look
-    assert_close(kd.cached_key_norms(cache.keys, cache), norms)
+    assert_close(kdd.cached_key_norms(cache.keys, cache), norms)
 
 
 @pytest.mark.parametrize("scope", ["batch", "sample"])
@@ -109,12 +109,12 @@ def test_a_cache_filled_by_gqa_is_caught_up(scope):
     with torch.no_grad():
         gqa(x[:, :8], cache=mixed)
         module(x[:, :8], cache=pure)
-        assert kd.KEY_STATS not in mixed
+        assert kdd.KEY_STATS not in mixed
         for t in range(8, 14):
             step = gqa if t in (10, 11) else module  # gqa steps leave the statistics behind
             out = step(x[:, t : t + 1], cache=mixed)
             assert_close(out, (gqa if step is gqa else module)(x[:, t : t + 1], cache=pure))
-        assert_close(mixed.get(kd.KEY_STATS), prefix_sums(mixed.keys), rtol=1e-12, atol=1e-12)
+        assert_close(mixed.get(kdd.KEY_STATS), prefix_sums(mixed.keys), rtol=1e-12, atol=1e-12)
         assert_close(out, module(x)[:, -1:])
 
 
@@ -123,7 +123,7 @@ def test_statistics_counting_more_keys_than_the_cache_holds_are_a_value_error():
     cache = av.KVCache()
     with torch.no_grad():
         module(torch.randn(1, 5, 32, dtype=torch.float64), cache=cache)
-        cache.append(2, **{kd.KEY_STATS: torch.zeros(1, 2, 2, dtype=torch.float64)})  # 7 counted, 5 keys
+        cache.append(2, **{kdd.KEY_STATS: torch.zeros(1, 2, 2, dtype=torch.float64)})  # 7 counted, 5 keys
         with pytest.raises(ValueError, match=r"'key_sq_prefix' counts 7 keys but the cache holds 6"):
             module(torch.randn(1, 1, 32, dtype=torch.float64), cache=cache)
 
@@ -133,14 +133,14 @@ def test_statistics_stay_float64_and_are_counted_in_nbytes():
     cache = av.KVCache()
     with torch.no_grad():
         module(torch.randn(2, 9, 64, dtype=torch.bfloat16), cache=cache)
-    stats = cache.get(kd.KEY_STATS)
+    stats = cache.get(kdd.KEY_STATS)
     assert stats.dtype == torch.float64 and stats.shape == (2, 4, 9)
     assert cache.nbytes == av.KVCache.bytes_for(2, 4, 9, 8, torch.bfloat16) + 2 * 4 * 9 * 8
 
 
 @pytest.mark.parametrize("name, opts", VARIANTS)
 def test_decode_step_runs_on_device_without_host_sync(device, name, opts):
-    """On CUDA the whole decode step (statistics, allocation, repair, index, packing) runs
+    """On CUDA the whole decode step (statistics, allocation, repair, layout, attention) runs
     under sync debug mode "error": any host sync raises. On CPU the same step runs as is."""
     spec = av.AttnSpec(64, 8, 4)
     ref = make(name, spec, **opts)
@@ -162,3 +162,44 @@ def test_decode_step_runs_on_device_without_host_sync(device, name, opts):
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
     assert_close(out.double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_host_and_device_layouts_pick_the_same_rows():
+    """Decode's layouts: the host's (rows = the largest group, built in Python) and the
+    device's (rows = h, tensor ops) send every query head to its own KV head's row."""
+    gen = torch.Generator().manual_seed(0)
+    for h, g in [(8, 4), (12, 6), (5, 5), (16, 4), (6, 1)]:
+        for _ in range(20):
+            scores = torch.rand(3, g, generator=gen) * torch.rand(g, generator=gen)
+            a = kd.allocate_heads(scores, h, min_max=True)  # (3, g)
+            q = torch.randn(3 * h, 2, generator=gen)  # (b*h, e): one value pair per query head
+            host = kdd._host_layout(tuple(map(tuple, a.tolist())), h)
+            for take, back, rows in (host, kdd._device_layout(a, h)):
+                q_rows = q[take].view(3, g, rows, 2)  # (b, g, rows, e)
+                kv = torch.arange(g).view(1, g, 1, 1).expand(3, g, rows, 1)  # each row's KV head
+                o = torch.cat([q_rows, kv.to(q.dtype)], dim=-1).view(-1, 3)[back]  # (b*h, e + 1)
+                assert torch.equal(o[:, :2], q), (a, rows)  # every query head back in its place ...
+                assert (
+                    o[:, 2].view(3, h).long().tolist() == kd.kv_index(a, h).tolist()
+                )  # ... from its KV head
+
+
+@pytest.mark.parametrize("min_max", [True, False])
+def test_the_host_and_device_allocations_agree(min_max, monkeypatch):
+    """allocate_heads on the host (integer decisions in Python) and on a device (tensor ops,
+    no reads) give the same allocation, ties, halves, zeros and non-finite sums included."""
+    rng = random.Random(1)
+    cases = []
+    for _ in range(300):
+        g = rng.choice([1, 2, 3, 4, 5, 8, 16])
+        h = g * rng.choice([1, 2, 3, 4])
+        pool = [0.0, 0.5, 1.5, 2.5, 3.0, rng.random() * 10, float("nan"), float("inf")]
+        weights = [3, 3, 3, 3, 1, 8, 0.2, 0.2]
+        rows = [[rng.choices(pool, weights)[0] for _ in range(g)] for _ in range(rng.choice([1, 3]))]
+        cases.append((torch.tensor(rows, dtype=rng.choice([torch.float32, torch.float64])), h))
+    host = [kd.allocate_heads(s, h, min_max=min_max) for s, h in cases]
+    monkeypatch.setattr(kdd, "on_host", lambda t: False)
+    device = [kd.allocate_heads(s, h, min_max=min_max) for s, h in cases]
+    for (s, h), a, b in zip(cases, host, device, strict=True):
+        assert a.tolist() == b.tolist(), (s, h)
+        assert (a.sum(-1) == h).all() and (a >= 0).all()

@@ -8,8 +8,8 @@ one process, 1 thread, CPU):
    (goal >= 2).
 2. Decode, one new token against a KV cache of S=4096, same shape (issue 18): kdgqa / gqa and
    dgqa / gqa (goal <= 1.15), pgqa / gqa (goal <= 1.10). For information: mha, and kdgqa with
-   the decode call padded to h query rows per KV head (what an accelerator runs, see
-   `keydriven.group_rows`).
+   the accelerator's decode path (rows = h, no reads of device values, see
+   `keydecode.decode_layout`).
 3. Before / after (issue 18): with `--base REV` (default: the first commit of this work's
    parent, ad57e94), the package as it was at REV is extracted from git into a temporary
    folder and imported beside this one; every variant runs in fwd, fwd_bwd and decode at both
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import attn_variants as av
-from attn_variants import keydriven
+from attn_variants import keydecode, keydriven
 from harness import compare, workload
 from harness.timing import summarize
 
@@ -87,12 +87,12 @@ def padded_to_h(step):
     """kdgqa's decode step with h query rows per KV head, as on an accelerator."""
 
     def run() -> object:
-        chosen = keydriven.group_rows
-        keydriven.group_rows = lambda a, h: h
+        chosen = keydecode.on_host
+        keydecode.on_host = lambda t: False
         try:
             return step()
         finally:
-            keydriven.group_rows = chosen
+            keydecode.on_host = chosen
 
     return run
 
