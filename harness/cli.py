@@ -118,7 +118,10 @@ def sweep_command(
     modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size b.")] = None,
     head_dim: Annotated[int | None, typer.Option(help="Head dim e (d = h * e).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float64, float16 or bfloat16.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, float64, float16 or bfloat16."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed calls per cell.")] = None,
     min_time_s: Annotated[
@@ -243,6 +246,7 @@ def accuracy_command(
     threads: Annotated[
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
     config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
@@ -264,6 +268,7 @@ def accuracy_command(
         batch=batch,
         ablate=ablate,
         threads=threads,
+        device=device,
         out=out,
     )
     cfg = load_config(accuracy.AccuracyConfig, "accuracy", path=config, profile=profile, overrides=overrides)
@@ -309,6 +314,41 @@ def check_command(
     )
     cfg = load_config(check.CheckConfig, "check", path=config, profile=profile, overrides=overrides)
     raise typer.Exit(check_view.main(cfg, update=update_baseline, console=Console(width=160)))
+
+
+# --- compare (issue 19): two finished runs, cell by cell: ratio, interval, significance --------
+
+
+@app.command("compare")
+@fail_cleanly
+def compare_command(
+    run_a: Annotated[Path, typer.Argument(help="The run compared against (its folder, holding sweep.csv).")],
+    run_b: Annotated[Path, typer.Argument(help="The run compared (B/A < 1: B is faster).")],
+    threshold: Annotated[
+        float, typer.Option(help="A change smaller than this share is 'same' however significant.")
+    ] = 0.05,
+    alpha: Annotated[
+        float, typer.Option(help="Significance level of the per-cell Mann-Whitney U test.")
+    ] = 0.01,
+    fail_on_slower: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-slower", help="Exit 1 if a cell is significantly slower in B or stopped running."
+        ),
+    ] = False,
+) -> None:
+    """B/A of the median latency per matched cell, its bootstrap p10-p90, p-value and verdict."""
+    from . import compare_runs
+
+    code = compare_runs.main(
+        run_a,
+        run_b,
+        threshold=threshold,
+        alpha=alpha,
+        fail_on_slower=fail_on_slower,
+        console=Console(width=160),
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:
