@@ -9,11 +9,13 @@ next a_1 read KV head 1, ...), and a KV head may get none.
 - DGQA: the same allocation from norms tracked over training in a buffer `norm_cache`.
 
 Fast path: the allocation, the head -> KV index and the K/V gather all stay on the device (no
-host sync, no Python loop over groups), then ONE call of the backend with h KV heads. With a
-KV cache the norms come from running statistics kept in the cache (prefix sums of squared key
-norms, `KEY_STATS`), so a step reads only its new keys to allocate; a single new token
-(decode) packs each KV head's query heads as its rows and meets every KV head in one call, so
-the cache is neither read twice nor copied h/g times. The reference path
+host sync, no Python loop over groups), then ONE call of the backend with h KV heads; only on
+the CPU, eager, where reading a small tensor is free, do the integer steps run in Python
+(`keydecode.on_host`). With a KV cache the norms come from running statistics kept in the
+cache (prefix sums of squared key norms, `KEY_STATS`), so a step reads only its new keys to
+allocate; a single new token (decode) packs each KV head's query heads as its rows and meets
+every KV head in one call, so the cache is neither read twice nor copied h/g times
+(`attn_variants/keydecode.py`). The reference path
 (`reference_forward`) is the paper's loop over groups with a Python-side allocation; the
 tests check one against the other.
 
