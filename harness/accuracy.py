@@ -66,7 +66,7 @@ class AccuracyRow:
     dim: int  # d
     layers: int
     seq_len: int  # n of the task's sequences
-    n_visual: int  # m, leading visual tokens (captions), else 0
+    n_visual: int  # m, image tokens (captions: leading; pairs: both images), else 0
     seed: int
     steps: int | None = None  # optimizer steps behind the evaluated weights
     accuracy: float | None = None  # held-out: fraction of answers / images / exact names right

@@ -12,8 +12,8 @@ from typing import Literal
 
 from .model import ABLATIONS, Ablate
 
-TaskName = Literal["mqar", "digits", "captions"]
-TASK_NAMES: tuple[TaskName, ...] = ("mqar", "digits", "captions")
+TaskName = Literal["mqar", "digits", "captions", "pairs"]
+TASK_NAMES: tuple[TaskName, ...] = ("mqar", "digits", "captions", "pairs")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,11 @@ class AccuracyConfig:
     captions_steps: int = 500
     captions_lr: float = 3e-3
     captions_patch: int = 2
-    shift: int = 0  # > 0: digits and captions training images move by up to this many pixels
+    pairs_steps: int = 600  # two images between text, both named in order (issue 17)
+    pairs_lr: float = 3e-3
+    pairs_patch: int = 4  # 4 patches of 4x4 pixels per image: n = 2*4 + 2 + 12 = 22
+    pairs_test: int = 359  # held-out pairs (each held-out image first once), at most 359
+    shift: int = 0  # > 0: digits, captions and pairs training images move by up to this many pixels
     ablate: Ablate = "none"  # zero-attention: attention outputs replaced by zeros (a control)
     threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
@@ -59,6 +63,9 @@ class AccuracyConfig:
         positive += [
             "digits_patch",
             "captions_patch",
+            "pairs_patch",
+            "pairs_lr",
+            "pairs_test",
             "mqar_lr",
             "digits_lr",
             "digits_finetune_lr",
@@ -67,7 +74,15 @@ class AccuracyConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        counts = ("shift", "mqar_steps", "digits_steps", "digits_finetune_steps", "captions_steps", "threads")
+        counts = (
+            "shift",
+            "mqar_steps",
+            "digits_steps",
+            "digits_finetune_steps",
+            "captions_steps",
+            "pairs_steps",
+        )
+        counts += ("threads",)
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")

@@ -5,6 +5,7 @@ Every CLI test here runs from an empty temporary folder (`monkeypatch.chdir`), a
 pip-installed `attnbench` would; none passes --config unless it tests --config.
 """
 
+import ast
 import csv
 import json
 import subprocess
@@ -267,10 +268,14 @@ def test_a_variant_refused_at_some_shapes_only_becomes_invalid_rows(empty):
 
 
 def test_tasks_do_not_import_the_accuracy_runner():
-    """harness/tasks read AccuracyConfig from harness/accuracy_config.py: no import circle."""
+    """harness/tasks read AccuracyConfig from harness/accuracy_config.py: no import circle, not
+    even one hidden behind `if TYPE_CHECKING:` (read from the source, every task module)."""
     code = "import sys, harness.tasks; print('harness.accuracy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
+    for path in (REPO / "harness" / "tasks").glob("*.py"):
+        imports = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)]
+        assert not [n.module for n in imports if n.level == 2 and n.module == "accuracy"], path.name
 
 
 def test_task_names_match_the_task_table():
