@@ -59,7 +59,8 @@ def split_csv(value: str | None) -> list[str] | None:
 def variant_table() -> Table:
     """The registry as a rich table: what `attnbench list` prints."""
     table = Table(title="attention variants", show_lines=False)
-    for column in ("name", "description", "paper", "modes", "multimodal", "causal-safe", "options"):
+    columns = ("name", "description", "paper", "modes", "multimodal", "causal-safe", "kv-heads", "options")
+    for column in columns:
         table.add_column(column, overflow="fold")
     for name in av.names():
         entry = av.info(name)
@@ -71,6 +72,7 @@ def variant_table() -> Table:
             ",".join(entry.modes),
             "yes" if entry.multimodal else "no",
             "yes" if entry.causal_safe else "NO (reads later tokens)",
+            "n_kv_heads" if entry.uses_kv_heads else "ignored (caches a latent)",
             options,
         )
         table.add_row(*map(escape, cells))  # registry text is plain: "[visual; text]" is not markup
