@@ -137,8 +137,10 @@ class MultiHeadLatentAttention(nn.Module):
             raise ValueError("mla has no biases (as DeepSeek's MLA); got bias=True")
         if absorb not in ABSORB:
             raise ValueError(f"absorb={absorb!r} is not one of {list(ABSORB)}")
-        options = dict(kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, qk_nope_head_dim=qk_nope_head_dim,
-                       qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim, rope_theta=rope_theta)  # fmt: skip
+        options = dict(
+            kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, qk_nope_head_dim=qk_nope_head_dim,
+            qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim, rope_theta=rope_theta,
+        )  # fmt: skip
         self.spec, self.absorb, self.backend_name = spec, absorb, backend
         self.backend = get_backend(backend)
         self.dims = t = MLADims.resolve(spec, options)
@@ -226,8 +228,9 @@ class MultiHeadLatentAttention(nn.Module):
     def extra_repr(self) -> str:
         t = self.dims
         return (
-            f"h={self.spec.n_heads}, kv_lora={t.kv_lora_rank}, q_lora={t.q_lora_rank}, nope={t.qk_nope_head_dim}, "
-            f"rope={t.qk_rope_head_dim}, v={t.v_head_dim}, absorb={self.absorb}, backend={self.backend_name}"
+            f"h={self.spec.n_heads}, kv_lora={t.kv_lora_rank}, q_lora={t.q_lora_rank}, "
+            f"nope={t.qk_nope_head_dim}, rope={t.qk_rope_head_dim}, v={t.v_head_dim}, "
+            f"absorb={self.absorb}, backend={self.backend_name}"
         )
 
 

@@ -177,7 +177,8 @@ class MixtureOfHeadsAttention(GroupedQueryAttention):
         return self.merge(torch.cat(heads, dim=1))  # (b, h, n, e) -> (b, n, d)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, shared={self.shared_heads}, routed={self.routed_heads}, router={self.router}"
+        routing = f"shared={self.shared_heads}, routed={self.routed_heads}, router={self.router}"
+        return f"{super().extra_repr()}, {routing}"
 
 
 def official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
