@@ -16,8 +16,11 @@ Two forms compute the same function (paper eq. 9-11 and its "absorb" remark):
   into the output, so attention runs on the latent itself: an MQA (g = 1) whose key is
   [c; k_pe] and whose value is c. Decode then reads kv_lora + rope numbers per cached token.
 Option `absorb`: "decode" (default: naive for prefill, absorbed when the call continues a
-cache), "always" or "never". Both forms run through the variant's backend (sdpa or eager),
-so `backend="eager", absorb="never"` is the plain reference path.
+cache), "always" or "never". The naive form runs through the variant's backend (sdpa or
+eager: `backend="eager", absorb="never"` is the plain reference path); the absorbed form is
+the official code's einsums (scores = q~ c + q_pe k_pe, then p c W_UV^T), which read the
+cached latent in place: an SDPA call would need [c; k_pe] concatenated, a copy of the whole
+cache at every decode step, and (value width kv_lora != key width) the math kernel on CPU.
 
 Departures from the official code, and why:
 - RoPE is the official convention (consecutive pairs (2i, 2i+1) rotated by p*theta_i,
@@ -26,9 +29,10 @@ Departures from the official code, and why:
   under FakeTensorMode and torch.compile without complex tensors. Angles are computed in
   float32, or float64 for float64 inputs (official: always float32), so float64 checks are exact.
 - No YaRN (rope_factor, mscale): the context here never exceeds the original length.
-- The absorbed form pre-scales the query by sqrt(kv_lora + rope)/sqrt(nope + rope) so that the
-  backend's default scale gives (nope + rope)^-1/2 (the backends take no scale argument).
-- Softmax runs in the backend's dtype (official: float32 then cast back).
+- The naive form pads v with zero columns to the query width for the fused SDPA kernels and
+  slices the output back (as HF's DeepSeek-V2 port does for flash-attn).
+- The naive form's softmax runs in the backend (official: float32 then cast back; the
+  absorbed form keeps the official float32 softmax, float64 for float64 inputs).
 - No fp8 weights (`scale`, `weight_dequant`), no tensor parallelism, no fixed-size buffers:
   the cache is the harness's `KVCache` with fields "kv" (b, s, kv_lora) and "pe" (b, s, rope).
 - The naive form caches the latent too (official naive mode caches full k and v): one cache
@@ -42,9 +46,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backends import get_backend
+from .backends import causal_mask, get_backend
 from .cache import KVCache
 from .registry import register, with_kv_heads
 from .spec import AttnSpec
@@ -191,34 +196,36 @@ class MultiHeadLatentAttention(nn.Module):
         return self.kv_norm(c), apply_rotary_emb(k_pe, positions, t.rope_theta)
 
     def attend_naive(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
-        """Decompress every key and value per head, then attention with scale (nope+rope)^-1/2."""
+        """Decompress every key and value per head, then the backend, scale (nope+rope)^-1/2."""
         t, h = self.dims, self.spec.n_heads
         b, s, _ = c.shape
-        kv = (
-            self.wkv_b(c).view(b, s, h, t.qk_nope_head_dim + t.v_head_dim).transpose(1, 2)
-        )  # (b, h, s, nope+v)
+        kv = self.wkv_b(c).view(b, s, h, -1).transpose(1, 2)  # (b, h, s, nope+v)
         k_nope, v = kv.split([t.qk_nope_head_dim, t.v_head_dim], dim=-1)  # (b, h, s, nope), (b, h, s, v)
-        k = torch.cat(
-            [k_nope, k_pe[:, None].expand(b, h, s, t.qk_rope_head_dim)], dim=-1
-        )  # (b, h, s, nope+rope)
+        k_pe = k_pe[:, None].expand(b, h, s, t.qk_rope_head_dim)  # (b, h, s, rope): one for all heads
+        k = torch.cat([k_nope, k_pe], dim=-1)  # (b, h, s, nope+rope)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (b, h, n, nope+rope)
-        return self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)  # (b, h, n, v)
+        # Fused kernels (CPU flash, CUDA flash) need v as wide as q and k; without this SDPA falls
+        # back to its math kernel. Zero columns change nothing (HF's DeepSeek-V2 pads the same way).
+        pad = max(0, t.qk_head_dim - t.v_head_dim)
+        v = F.pad(v, (0, pad)) if pad else v  # (b, h, s, max(v, nope+rope))
+        o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
+        return o[..., : t.v_head_dim]  # (b, h, n, v)
 
     def attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
-        """Attention on the latent: an MQA with key [c; k_pe] and value c, W_UK/W_UV absorbed."""
+        """Attention on the latent, W_UK folded into the query and W_UV into the output, written
+        as the official einsums: no per-head key or value, no copy of the cache."""
         t, h = self.dims, self.spec.n_heads
-        w = self.wkv_b.weight.view(
-            h, t.qk_nope_head_dim + t.v_head_dim, t.kv_lora_rank
-        )  # (h, nope+v, kv_lora)
+        w = self.wkv_b.weight.view(h, -1, t.kv_lora_rank)  # (h, nope+v, kv_lora)
         w_uk, w_uv = w.split([t.qk_nope_head_dim, t.v_head_dim], dim=1)  # (h, nope, c), (h, v, c)
         q_lat = torch.einsum("bhnd,hdc->bhnc", q_nope, w_uk)  # (b, h, n, kv_lora)
-        # The backend scales by (kv_lora+rope)^-1/2; MLA's scale is (nope+rope)^-1/2.
-        rescale = (t.cache_per_token / t.qk_head_dim) ** 0.5
-        q = torch.cat([q_lat, q_pe], dim=-1) * rescale  # (b, h, n, kv_lora+rope)
-        k = torch.cat([c, k_pe], dim=-1)[:, None]  # (b, 1, s, kv_lora+rope)
-        o_lat = self.backend(
-            q, k, c[:, None], causal=self.spec.causal, dropout_p=self.dropout_p
-        )  # (b, h, n, c)
+        scores = torch.einsum("bhnc,bsc->bhns", q_lat, c) + torch.einsum("bhnr,bsr->bhns", q_pe, k_pe)
+        scores = scores * t.qk_head_dim**-0.5  # (b, h, n, s)
+        n, s = scores.shape[-2:]
+        if self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
+            scores = scores.masked_fill(~causal_mask(n, s, scores.device), float("-inf"))
+        probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h, n, s)
+        o_lat = torch.einsum("bhns,bsc->bhnc", probs, c)  # (b, h, n, kv_lora)
         return torch.einsum("bhnc,hvc->bhnv", o_lat, w_uv)  # (b, h, n, v)
 
     @property
@@ -241,7 +248,10 @@ def cache_per_token(spec: AttnSpec, options: Mapping[str, Any]) -> int:
 
 register(
     "mla",
-    description="Multi-head latent attention (DeepSeek-V2): caches a shared latent and rope key, not K/V.",
+    description=(
+        "Multi-head latent attention (DeepSeek-V2): caches a shared latent and rope key, not K/V. "
+        "Sizes left None follow DeepSeek's proportions: kv_lora=4e, nope=v=e, rope=e/2."
+    ),
     paper=PAPER,
     options=dict(
         kv_lora_rank=None,

@@ -200,7 +200,10 @@ def official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 register(
     "moh",
-    description="Mixture-of-Head attention: shared heads plus top-K routed heads per token, outputs gated.",
+    description=(
+        "Mixture-of-Head attention: shared heads plus top-K routed heads per token, outputs gated. "
+        "None: shared_heads=h/2, routed_heads=h/4 (MoH-LLaMA3, 75% active)."
+    ),
     paper=PAPER,
     options=dict(shared_heads=None, routed_heads=None, router="learned", aux_loss_coef=0.01),
 )(MixtureOfHeadsAttention)

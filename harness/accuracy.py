@@ -136,7 +136,7 @@ class AccuracyRow:
     chance: float | None = None  # the accuracy of guessing (mqar 1/(vocab/2), digits and captions 1/10)
     loss: float | None = None  # mean training loss over the last 10% of steps
     wall_s: float | None = None  # seconds of the run (build, train, test)
-    kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1: L*2*g*n*e*itemsize
+    kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1 (GQA: L*2*g*n*e*itemsize)
     status: str = "ok"  # ok | unsupported | invalid | error
     error: str = ""
     ablate: str = "none"
@@ -160,7 +160,8 @@ def cells(cfg: AccuracyConfig) -> list[Cell]:
                     spec = av.info(choice.name).resolve(av.AttnSpec(cfg.heads * 16, cfg.heads, g))
                     why = tasks.unsupported(task_name, choice.name)
                     for init in ("scratch",) if why else task.inits(choice.name, cfg):
-                        cell = Cell(task_name, choice, cfg.heads, spec.n_kv_heads, seed, init, why)
+                        why_init = why or tasks.unsupported(task_name, choice.name, init)
+                        cell = Cell(task_name, choice, cfg.heads, spec.n_kv_heads, seed, init, why_init)
                         found.setdefault((task_name, choice, spec.n_kv_heads, seed, init), cell)
     # Scratch runs first within a task and seed, so digits' MHA source is trained (and timed)
     # in its own row, not inside the first uptrained one.

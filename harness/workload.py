@@ -28,7 +28,7 @@ class Workload:
     module: nn.Module
     spec: av.AttnSpec  # the spec the variant runs with (presets resolved)
     step: Callable[[], object]
-    kv_cache_bytes: int  # analytic 2*b*g*n*e*itemsize at this shape
+    kv_cache_bytes: int  # analytic b*n*(cache elements per token)*itemsize; GQA family: 2*b*g*n*e*itemsize
 
 
 def build(
@@ -62,7 +62,7 @@ def build(
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
     x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
     step = make(module, x, n_visual, gen)
-    kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
+    kv_bytes = entry.kv_cache_bytes(resolved, options, batch, seq_len, dtype)
     return Workload(module, resolved, step, kv_bytes)
 
 

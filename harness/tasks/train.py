@@ -14,6 +14,9 @@ IGNORE = -100  # label of positions that carry no loss (F.cross_entropy's ignore
 def fit(model: nn.Module, step_loss: Callable[[int], Tensor], steps: int, lr: float) -> float:
     """Run `steps` optimizer steps on `step_loss(step)`; return the mean loss of the last 10%.
 
+    A model with `aux_loss()` (TinyTransformer: MoH's load-balance loss, coef x mean over
+    layers) has it added to the task loss for the gradient; the returned loss is the task's.
+
     Warm-up is the first 10% of the steps, then cosine decay to 10% of `lr` (nanoGPT's schedule).
     A loss that goes NaN raises (the cell becomes an error row, the run goes on).
     """
@@ -27,8 +30,9 @@ def fit(model: nn.Module, step_loss: Callable[[int], Tensor], steps: int, lr: fl
         loss = step_loss(step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        aux = model.aux_loss() if hasattr(model, "aux_loss") else None  # MoH's load balance
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if aux is None else loss + aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step >= steps - max(1, steps // 10):
