@@ -137,6 +137,7 @@ class AccuracyRow:
     loss: float | None = None  # mean training loss over the last 10% of steps
     wall_s: float | None = None  # seconds of the run (build, train, test)
     kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1 (GQA: L*2*g*n*e*itemsize)
+    kv_heads_equiv: float | None = None  # the g of a GQA with this cache (mla: (kv_lora + rope) / 2e)
     status: str = "ok"  # ok | unsupported | invalid | error
     error: str = ""
     ablate: str = "none"
@@ -216,6 +217,8 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
                         dict(cell.choice.options))  # fmt: skip
         try:
             status, error, fields = "ok", "", dataclasses.asdict(task.run(job, context))
+            spec = av.AttnSpec(cfg.dim, cell.n_heads, cell.n_kv_heads)
+            fields["kv_heads_equiv"] = av.info(cell.choice.name).kv_heads_equiv(spec, job.options)
         except Exception as err:  # noqa: BLE001 (any failure is recorded, the run goes on)
             status = "invalid" if isinstance(err, ValueError) else "error"
             error = f"{type(err).__name__}: {err}"[:500]
