@@ -167,7 +167,8 @@ class MultiHeadLatentAttention(nn.Module):
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (b, n, d={self.spec.dim})")
         if not 0 <= n_visual <= x.shape[1]:
             raise ValueError(f"n_visual={n_visual} must be in [0, n={x.shape[1]}]")
-        start = cache.length if cache is not None else 0  # host-side count, no device sync
+        cached = cache.get("kv") if cache is not None else None
+        start = 0 if cached is None else cached.shape[1]  # tokens already cached: a shape, no sync
         positions = torch.arange(start, start + x.shape[1], device=x.device)  # (n,)
         q_nope, q_pe = self.queries(x, positions)  # (b, h, n, nope), (b, h, n, rope)
         c, k_pe = self.latent(x, positions)  # (b, n, kv_lora), (b, n, rope)

@@ -209,3 +209,14 @@ def test_rope_is_relative():
     assert_close(score(5, 2), score(103, 100))
     assert not math.isclose(score(5, 2).item(), score(5, 4).item())
     assert_close(av.mla.apply_rotary_emb(q, torch.tensor([0]), 1e4), q)
+
+
+def test_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) captures an absorbed decode step (cache read, RoPE at the
+    cached position, latent attention) whole."""
+    m = av.create("mla", av.AttnSpec(32, 2)).eval()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x, step, cache = torch.randn(1, 5, 32), torch.randn(1, 1, 32), av.KVCache()
+    with torch.no_grad():
+        m(x, cache=cache)
+        assert_close(compiled(step, cache=cache)[:, -1], m(torch.cat([x, step], 1))[:, -1])

@@ -199,3 +199,12 @@ def test_runs_on_meta_and_fake_tensors(router):
         cache = av.KVCache()
         m(torch.randn(2, 5, 64), cache=cache)
         assert m(torch.randn(2, 1, 64), cache=cache).shape == (2, 1, 64)
+
+
+def test_compiles_without_graph_breaks_in_training():
+    """torch.compile(fullgraph=True) captures the router, the aux loss and the gating whole."""
+    m = av.create("moh", av.AttnSpec(64, 8, 2)).train()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 6, 64)
+    assert_close(compiled(x), m(x))
+    assert m.aux_loss is not None and m.active_head_frac is not None
