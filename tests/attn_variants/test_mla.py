@@ -220,3 +220,13 @@ def test_compiles_without_graph_breaks():
     with torch.no_grad():
         m(x, cache=cache)
         assert_close(compiled(step, cache=cache)[:, -1], m(torch.cat([x, step], 1))[:, -1])
+
+
+def test_forms_agree_on_device(device):
+    """float32 on CPU, or CUDA where there is one (skipped without): naive sdpa == absorbed."""
+    naive = av.create("mla", av.AttnSpec(128, 4), absorb="never").to(device)
+    absorbed = av.create("mla", av.AttnSpec(128, 4), absorb="always").to(device)
+    absorbed.load_state_dict(naive.state_dict())
+    x = torch.randn(2, 33, 128, device=device)
+    with torch.no_grad():
+        assert_close(absorbed(x), naive(x), atol=1e-4, rtol=1e-3)

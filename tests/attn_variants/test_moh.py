@@ -208,3 +208,11 @@ def test_compiles_without_graph_breaks_in_training():
     x = torch.randn(2, 6, 64)
     assert_close(compiled(x), m(x))
     assert m.aux_loss is not None and m.active_head_frac is not None
+
+
+def test_fast_path_matches_loop_on_device(device):
+    """float32 on CPU, or CUDA where there is one (skipped without)."""
+    m = av.create("moh", av.AttnSpec(128, 8, 2)).to(device).eval()
+    x = torch.randn(2, 33, 128, device=device)
+    with torch.no_grad():
+        assert_close(m(x), m.reference_forward(x), atol=1e-4, rtol=1e-3)
