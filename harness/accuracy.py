@@ -217,12 +217,11 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
                         dict(cell.choice.options))  # fmt: skip
         try:
             status, error, fields = "ok", "", dataclasses.asdict(task.run(job, context))
-            spec = av.AttnSpec(cfg.dim, cell.n_heads, cell.n_kv_heads)
-            fields["kv_heads_equiv"] = av.info(cell.choice.name).kv_heads_equiv(spec, job.options)
         except Exception as err:  # noqa: BLE001 (any failure is recorded, the run goes on)
             status = "invalid" if isinstance(err, ValueError) else "error"
             error = f"{type(err).__name__}: {err}"[:500]
     return AccuracyRow(
+        kv_heads_equiv=kv_heads_equiv(cell, cfg),
         run_id=run_id,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         task=cell.task,
@@ -244,6 +243,15 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
         git_commit=env["git_commit"],
         **fields,
     )
+
+
+def kv_heads_equiv(cell: Cell, cfg: AccuracyConfig) -> float | None:
+    """The g of a GQA with this cell's cache (mla: (kv_lora + rope) / 2e); None for bad options."""
+    spec = av.AttnSpec(cfg.dim, cell.n_heads, cell.n_kv_heads)
+    try:
+        return av.info(cell.choice.name).kv_heads_equiv(spec, dict(cell.choice.options))
+    except ValueError:
+        return None
 
 
 def load(csv_path: Path) -> pd.DataFrame:
