@@ -214,9 +214,9 @@ def report(
     ] = None,
 ) -> None:
     """Redraw every figure, index.html and summary.md from the runs' CSVs (several runs are compared)."""
-    import reports  # here, so other commands do not pay for matplotlib's import
+    from reports.render import render  # here, so other commands do not pay for matplotlib's import
 
-    written = reports.render(run_dirs, out, seq_len=seq_len)
+    written = render(run_dirs, out, seq_len=seq_len)
     typer.echo(f"wrote {len(written)} files; open {next(p for p in written if p.name == 'index.html')}")
 
 
