@@ -349,10 +349,11 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         options=dict(cell.choice.options),
         seed=cfg.seed,
     )
-    flops = measure.count_flops(w.step)  # untimed, math backend
+    flops, attention_flops = measure.count_flops_detail(w.step)  # untimed, math backend
     for _ in range(cfg.warmup):
         w.step()
     probe = measure.probe(w.step, device)  # untimed, the backend the timed calls use
+    heads = measure.active_heads(w.module, flops, attention_flops)  # MoH's gates of that call
     samples = timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
     while sum(samples) < cfg.min_time_s:  # batches of `repeats` (timing.summarize keeps them all)
         samples += timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
@@ -365,7 +366,9 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
         peak_mem_bytes=probe.peak_mem_bytes,
         kv_cache_bytes=w.kv_cache_bytes,
+        kv_heads_equiv=av.info(cell.choice.name).kv_heads_equiv(w.spec, dict(cell.choice.options)),
         flops=flops,
+        **heads,
         tflops=flops / t.median / 1e12,
         sdpa_backend=probe.sdpa_backend,
         timed_s=sum(samples),

@@ -30,7 +30,7 @@ class Workload:
     module: nn.Module
     spec: av.AttnSpec  # the spec the variant runs with (presets resolved)
     step: Callable[[], object]
-    kv_cache_bytes: int  # analytic 2*b*g*n*e*itemsize at this shape
+    kv_cache_bytes: int  # analytic b*n*(cache elements per token)*itemsize; GQA family: 2*b*g*n*e*itemsize
 
 
 def build(
@@ -70,7 +70,7 @@ def build(
     x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
     layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
     step = make(module, x, layout_kw, gen)
-    kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
+    kv_bytes = entry.kv_cache_bytes(resolved, options, batch, seq_len, dtype)
     return Workload(module, resolved, step, kv_bytes)
 
 
