@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,6 +126,19 @@ def read_frame(path: Path, text_columns: tuple[str, ...]) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str))
     df[list(text_columns)] = df[list(text_columns)].fillna("")
     return df
+
+
+def check_writable(folder: Path) -> None:
+    """Make `folder` and write a scratch file in it; ValueError naming it if either fails.
+
+    Called after every other input check, just before the first cell, so a bad --out is one
+    line and exit 2 rather than a traceback after the work has started."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {str(folder)!r} is not writable: {err.strerror or err}") from None
 
 
 def write_run_json(run_dir: Path, config: Any, env: dict, cells: int, **extra: Any) -> None:

@@ -33,9 +33,9 @@ import attn_variants as av
 from attn_variants.registry import Mode
 
 from . import config as config_mod
-from . import executors, measure, timing, workload
-from .records import CsvSink, Row, read_frame, read_rows, write_run_json
-from .variant_choice import VariantChoice, parse_variants
+from . import dashboard, executors, measure, timing, workload
+from .records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
+from .variant_choice import VariantChoice, check_builds, parse_variants
 
 TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend")
 
@@ -194,11 +194,31 @@ def resume_config(run_dir: Path) -> SweepConfig:
     return config_mod.build(SweepConfig, json.loads(path.read_text())["config"], where=str(path))
 
 
-def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | None = None) -> pd.DataFrame:
+def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell], list[tuple[int, int]]]:
+    """`grid(cfg)`, with every input checked before any cell runs (ValueError): each distinct
+    variant built once (its options), the device, then the output folder made and written to."""
+    cells, skipped = grid(cfg)
+    check_builds((c.choice, c.spec) for c in cells)
+    if cfg.executor == "local":  # a Ray cluster's devices are its workers' (executors.py)
+        measure.resolve_device(cfg.device)  # 'cuda' without a GPU
+    check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
+    return cells, skipped
+
+
+def run(
+    cfg: SweepConfig,
+    *,
+    run_dir: Path | None = None,
+    observer: Observer | None = None,
+    settings: dict | None = None,
+) -> pd.DataFrame:
     """Measure every cell of `cfg`'s grid not already in `run_dir`/sweep.csv; return all rows.
 
+    `settings` (`config.Settings.record()`: which file the config came from) goes to run.json.
     The frame's `attrs` hold run_dir, csv, skipped pairs, and this session's wall and timed seconds.
+    At the end, benchmark.json beside the CSV holds every ok row as dashboard records (dashboard.py).
     """
+    preflight(cfg, run_dir)  # before Ray starts or any cell runs
     pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads)
     device = pool.device(cfg.device)
     cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # run.json and rows: the real one
@@ -212,7 +232,7 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
         env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
-        _write_run_json(run_dir, cfg, env, skipped, len(cells))
+        _write_run_json(run_dir, cfg, env, skipped, len(cells), settings)
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
         task = functools.partial(
@@ -227,6 +247,8 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
                 if observer:
                     observer.cell(cell, row)
     df = load(csv_path)
+    records = dashboard.sweep_records(dashboard.read_csv(csv_path), dashboard.metric_columns(Row))
+    dashboard.write(run_dir / dashboard.FILE, records)
     df.attrs.update(
         run_dir=str(run_dir),
         csv=str(csv_path),
@@ -250,10 +272,12 @@ def load(csv_path: Path) -> pd.DataFrame:
     return read_frame(csv_path, TEXT_COLUMNS)
 
 
-def _write_run_json(run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int) -> None:
+def _write_run_json(
+    run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int, settings: dict | None
+) -> None:
     if (run_dir / "run.json").exists():  # resuming: the first session's record stays unchanged
         return
-    write_run_json(run_dir, cfg, env, cells, skipped_pairs=[list(p) for p in skipped])
+    write_run_json(run_dir, cfg, env, cells, skipped_pairs=[list(p) for p in skipped], settings=settings)
 
 
 def measure_cell(
