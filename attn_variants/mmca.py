@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import flex
 from .backends import causal_mask
 from .cache import KVCache
 from .grouped import GQA_PAPER, GroupedQueryAttention
@@ -67,6 +68,10 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         if cache is not None and k.shape[2] == q.shape[2]:  # the prefill: remember m for decode
             cache.n_visual = n_visual
         m_k = cache.n_visual if cache is not None else n_visual  # leading visual keys
+        if self.backend_name == "flex" and k.shape[2] == q.shape[2]:  # block masks, whole sequence
+            return flex.mmca(
+                q, k, v, n_visual=n_visual, visual_attention=self.visual_attention, causal=self.spec.causal
+            )
         if n_visual == 0:
             return self._text(q, k, v, m_k)  # (b, h, n, e)
         visual = self._visual(q[:, :, :n_visual], k[:, :, :n_visual], v[:, :, :n_visual])  # (b, h, m, e)
