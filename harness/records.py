@@ -57,7 +57,7 @@ class Row:
     # the work a causal kernel actually needs is about half of the attention part.
     flops: int | None = None
     tflops: float | None = None  # flops / latency median / 1e12 (causal counted as full, see flops)
-    sdpa_backend: str = ""  # kernel(s) torch ran, from profiler op names: flash_cpu, flash, math, flex...
+    sdpa_backend: str = ""  # kernel(s) torch ran (profiler op names): flash_cpu, flash, math, flex; inductor
     backend: str = ""  # the kernel asked for, the variant's `backend` option: sdpa, sdpa_math, eager, flex...
     compile: str = "off"  # torch.compile mode (fullgraph=True): off, default, max-autotune
     compile_s: float | None = None  # wall seconds of the first compiled call; never in the latency
