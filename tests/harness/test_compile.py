@@ -175,3 +175,29 @@ def test_grid_crosses_backends_and_compile_modes_and_keeps_the_reference_plain()
     assert VariantChoice("gqa", (("backend", "flex"),)) in {c.choice for c in cells}
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         sweep.SweepConfig(backend=("fast",))
+
+
+def test_sweep_rows_for_the_kernel_axis(tmp_path):
+    """Each backend a row: flex with its mask build time and the FLOPs of the same math, the
+    kernels a CPU lacks (and flex training on CPU) as unsupported rows saying why."""
+    cfg = sweep.SweepConfig(
+        variants=("gqa",), reference="none", seq_len=(16,), heads=(4,), kv_heads=(2,),
+        modes=("fwd", "fwd_bwd"), batch=1, head_dim=8, repeats=2, warmup=0, threads=1, device="cpu",
+        out=str(tmp_path),
+        backend=("sdpa", "sdpa_math", "sdpa_efficient", "sdpa_cudnn", "flex"),
+    )  # fmt: skip
+    df = sweep.run(cfg)
+    row = {(r.backend, r.mode): r for r in df.itertuples()}
+    assert row["flex", "fwd"].status == "ok" and row["flex", "fwd"].sdpa_backend == "flex"
+    assert row["flex", "fwd"].setup_s > 0 and row["sdpa", "fwd"].setup_s == 0
+    assert row["flex", "fwd"].flops == row["sdpa", "fwd"].flops > 0
+    assert (
+        row["sdpa_math", "fwd_bwd"].sdpa_backend == "math" and row["sdpa", "fwd"].sdpa_backend == "flash_cpu"
+    )
+    for key, why in [
+        (("sdpa_efficient", "fwd"), "no CPU kernel for EFFICIENT_ATTENTION"),
+        (("sdpa_cudnn", "fwd_bwd"), "no CPU kernel for CUDNN_ATTENTION"),
+        (("flex", "fwd_bwd"), "FlexAttention does not support backward on CPU"),
+    ]:
+        assert row[key].status == "unsupported" and why in row[key].error
+    assert set(df["compile"]) == {"off"} and df["compile_s"].isna().all()
