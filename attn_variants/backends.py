@@ -95,9 +95,10 @@ def eager(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0
     return weights @ v  # (b, h, n, e)
 
 
-# Forced kernels. Flash and math take `enable_gqa`; the memory-efficient and cuDNN kernels do
-# not accept it (torch 2.13 sdp_utils: GQA is checked for flash and math only), so for them
-# K/V are expanded to h heads first, as HF transformers' `repeat_kv` does.
+# Forced kernels. Flash and math take `enable_gqa`. Memory-efficient does not (see
+# `no_fused_gqa`), and cuDNN's GQA support depends on the torch/cuDNN build, so both get K/V
+# expanded to h heads first, as HF transformers' `repeat_kv` does: the forced kernel then
+# runs wherever its dtype and shape rules allow, and the repeat is part of the timed call.
 FORCED: dict[str, tuple[SDPBackend, bool]] = {
     "sdpa_flash": (SDPBackend.FLASH_ATTENTION, True),
     "sdpa_efficient": (SDPBackend.EFFICIENT_ATTENTION, False),

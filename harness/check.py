@@ -29,8 +29,8 @@ from attn_variants.backends import is_unavailable
 from attn_variants.registry import Mode
 
 from . import compare, measure, stats, timing, workload
-from .sweep import Cell, CompileMode, cell_at, with_backends
-from .variant_choice import parse_variants
+from .sweep import Cell, CompileMode, cell_at
+from .variant_choice import parse_variants, with_backends
 
 
 @dataclass(frozen=True)

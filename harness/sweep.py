@@ -40,7 +40,7 @@ from attn_variants.registry import Mode
 from . import config as config_mod
 from . import executors, measure, timing, workload
 from .records import CsvSink, Row, read_frame, read_rows, write_run_json
-from .variant_choice import VariantChoice, parse_one, parse_variants
+from .variant_choice import VariantChoice, parse_one, parse_variants, with_backends
 
 TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile")
 CompileMode = Literal["off", "default", "max-autotune"]
@@ -158,19 +158,6 @@ def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
             f"kv_heads={cfg.kv_heads} (n_heads must be divisible by n_kv_heads)"
         )
     return _by_shape(cells.values()), skipped
-
-
-def with_backends(choices: Sequence[VariantChoice], backends: Sequence[str]) -> list[VariantChoice]:
-    """Each choice once per backend, as its `backend` option (left out for the registry
-    default, so default rows keep options ''); a choice that names a backend keeps it."""
-    out: list[VariantChoice] = []
-    for choice in choices:
-        given = dict(choice.options)
-        for backend in [given["backend"]] if "backend" in given else backends:
-            default = av.info(choice.name).options["backend"]
-            options = {**given, "backend": backend} if backend != default else given
-            out.append(VariantChoice(choice.name, tuple(sorted(options.items()))))
-    return list(dict.fromkeys(out))
 
 
 def cell_at(
