@@ -5,7 +5,9 @@
 One variant (gqa, or mmca with m = n/4 visual tokens) at b=1, n=512, d=512, h=8, g=2 through
 sdpa, eager and flex, each uncompiled and under torch.compile (mode "default", fullgraph),
 timed round by round against uncompiled sdpa. Compile times (first compiled call) and flex's
-block-mask build times are printed apart: they are never in the latency samples.
+block-mask build times are printed apart: they are never in the latency samples. Each
+compiled build resets dynamo (workload.build), so a step compiled earlier recompiles once, in
+the untimed warm-up (from Inductor's caches), before the timed rounds.
 """
 
 import sys
