@@ -334,6 +334,41 @@ def check_command(
     raise typer.Exit(check_view.main(cfg, update=update_baseline, console=Console(width=160)))
 
 
+# --- compare (issue 19): two finished runs, cell by cell: ratio, interval, significance --------
+
+
+@app.command("compare")
+@fail_cleanly
+def compare_command(
+    run_a: Annotated[Path, typer.Argument(help="The run compared against (its folder, holding sweep.csv).")],
+    run_b: Annotated[Path, typer.Argument(help="The run compared (B/A < 1: B is faster).")],
+    threshold: Annotated[
+        float, typer.Option(help="A change smaller than this share is 'same' however significant.")
+    ] = 0.05,
+    alpha: Annotated[
+        float, typer.Option(help="Significance level of the per-cell Mann-Whitney U test.")
+    ] = 0.01,
+    fail_on_slower: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-slower", help="Exit 1 if a cell is significantly slower in B or stopped running."
+        ),
+    ] = False,
+) -> None:
+    """B/A of the median latency per matched cell, its bootstrap p10-p90, p-value and verdict."""
+    from . import compare_runs
+
+    code = compare_runs.main(
+        run_a,
+        run_b,
+        threshold=threshold,
+        alpha=alpha,
+        fail_on_slower=fail_on_slower,
+        console=Console(width=160),
+    )
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 
