@@ -36,12 +36,13 @@ class KVCache:
     not a copy of the whole cache (gpt-fast preallocates for the same reason). It is an inference
     cache: use it under `torch.no_grad()`.
 
-    `n_visual` remembers the leading visual tokens of the prefix layout (mmca).
+    `n_visual` is mmca's fast-path hint: m when the tokens held are the prefix layout (m image
+    tokens, then text), None for any other layout; the truth is the "modality" field (b, s).
     """
 
     def __init__(self) -> None:
         self._fields: dict[str, _Field] = {}
-        self.n_visual = 0
+        self.n_visual: int | None = 0
 
     # --- generic fields --------------------------------------------------------------------
 
@@ -128,7 +129,8 @@ class KVCache:
             raise ValueError(f"length={length} must be in [0, {self.length}]")
         for f in self._fields.values():
             f.length = min(f.length, length)
-        self.n_visual = min(self.n_visual, length)  # forgotten visual tokens are not visual keys
+        if self.n_visual is not None:  # a prefix layout cut short is still one
+            self.n_visual = min(self.n_visual, length)  # forgotten visual tokens are not visual keys
 
     @property
     def nbytes(self) -> int:

@@ -101,10 +101,20 @@ def _real_buffers(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tens
     return q, k, v
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0) -> Tensor:
-    """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Query i sits at position s - n + i."""
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0, mask: Tensor | None = None
+) -> Tensor:
+    """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Query i sits at position s - n + i.
+
+    `mask` (b or 1, 1, n, s) bool, with causal=False: a layout the data decides (interleaved
+    MMCA's modality ids), so its block mask is built in this call, not cached, and its build
+    time is part of the latency. A row it leaves empty comes out 0."""
     _check(q, k, dropout_p)
     n, s = q.shape[2], k.shape[2]
+    if mask is not None:
+        if causal:
+            raise ValueError("mask with causal=True: the mask must say everything (causal=False)")
+        return _run(q, k, v, dense_block_mask(mask.expand(q.shape[0], 1, n, s)))
     if not causal or n == 1:  # one query at the end sees every key: no mask
         return _run(q, k, v, None)
     offset = s - n
@@ -113,6 +123,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 
         return kv_idx <= q_idx + offset
 
     return _run(q, k, v, MASKS.get(("causal", n, s, q.device), bottom_right, n, s, q.device))
+
+
+def dense_block_mask(mask: Tensor) -> BlockMask:
+    """A BlockMask from a dense bool mask (b, 1, n, s), by indexing it in the mask_mod."""
+    b, _, n, s = mask.shape
+
+    def lookup(b_idx: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return mask[b_idx, 0, q_idx, kv_idx]
+
+    return create_block_mask(lookup, b, None, n, s, device=mask.device)
 
 
 def mmca(q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, visual_attention: str, causal: bool) -> Tensor:

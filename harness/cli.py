@@ -139,6 +139,13 @@ def sweep_command(
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
     visual_frac: Annotated[float | None, typer.Option(help="Multimodal variants: visual share of n.")] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Multimodal variants: prefix (one image first) or interleaved (images between text)."
+        ),
+    ] = None,
+    images: Annotated[int | None, typer.Option(help="Images of the interleaved layout.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     executor: Annotated[
@@ -180,6 +187,8 @@ def sweep_command(
         warmup=warmup,
         threads=threads,
         visual_frac=visual_frac,
+        layout=layout,
+        images=images,
         seed=seed,
         out=out,
         executor=executor,
@@ -221,9 +230,9 @@ def report(
     ] = None,
 ) -> None:
     """Redraw every figure, index.html and summary.md from the runs' CSVs (several runs are compared)."""
-    import reports  # here, so other commands do not pay for matplotlib's import
+    from reports.render import render  # here, so other commands do not pay for matplotlib's import
 
-    written = reports.render(run_dirs, out, seq_len=seq_len)
+    written = render(run_dirs, out, seq_len=seq_len)
     typer.echo(f"wrote {len(written)} files; open {next(p for p in written if p.name == 'index.html')}")
 
 
@@ -237,7 +246,7 @@ def accuracy_command(
         str | None,
         typer.Option(help="Comma-separated names, 'all', or name:key=value:... (gqa:backend=eager)."),
     ] = None,
-    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions, pairs.")] = None,
     seeds: Annotated[
         str | None, typer.Option(help="Seeds, e.g. 0,1,2 (summary: mean ± std over them).")
     ] = None,

@@ -2,7 +2,7 @@
 
 (Not harness/compare.py, which times callables interleaved in one process.) The statistics
 are reports/comparison.py's, the same table the multi-run report shows; the decision is
-benchstats', the one `attnbench check` makes. This module only loads, prints and picks the
+reports.stats', the one `attnbench check` makes. This module only loads, prints and picks the
 exit code.
 """
 

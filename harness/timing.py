@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
-# Median and p10/p90 of samples: one definition, shared with reports/ (benchstats imports no torch).
-from benchstats.decision import Summary, summarize
+# Median and p10/p90 of samples: one definition, shared with reports/ (reports.stats imports no torch).
+from reports.stats import Summary, summarize
 
 __all__ = ["Summary", "sample", "summarize", "threads", "time_call"]
 

@@ -28,6 +28,7 @@ from attn_variants.registry import MODES
 
 COMPILE_MODES = ("off", "default", "max-autotune")
 Step = Callable[[], object]
+LAYOUTS = ("prefix", "interleaved")  # where a multimodal workload's image tokens sit
 
 
 class UnsupportedMode(ValueError):
@@ -73,6 +74,8 @@ def build(
     batch: int,
     seq_len: int,
     n_visual: int = 0,
+    layout: str = "prefix",
+    images: int = 1,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     options: Mapping[str, Any] | None = None,
@@ -85,7 +88,10 @@ def build(
     `compile`: "off", or a `torch.compile` mode ("default", "max-autotune"), always with
     fullgraph=True: a graph break is an error, not a silently slower cell. `compiler` is
     torch.compile's backend (the tests capture graphs with "aot_eager", which skips codegen).
-    A backend the device cannot run raises UnsupportedMode saying why."""
+    A backend the device cannot run raises UnsupportedMode saying why.
+
+    n_visual image tokens sit as `layout` says: "prefix", one image first (n_visual=m);
+    "interleaved", `images` images between text (`modality_ids`), as in multi-image chat."""
     entry = av.info(variant)
     _check_mode(variant, mode, entry.modes, compile)
     if batch <= 0 or seq_len <= 0:
@@ -101,9 +107,10 @@ def build(
     resolved = module.spec
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
     x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
+    layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
     kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
     masks_before, inputs = MASKS.seconds, gen.get_state()
-    eager_step = make(module, module, x, n_visual, gen)
+    eager_step = make(module, module, x, layout_kw, gen)
     backend = options.get("backend", entry.options["backend"])
     if compile == "off" and backend != "flex":
         return Workload(module, resolved, eager_step, kv_bytes)
@@ -115,7 +122,7 @@ def build(
     mode_arg = None if compile == "default" else compile
     compiled = torch.compile(module, mode=mode_arg, fullgraph=True, backend=compiler)
     gen.set_state(inputs)  # the same decode token / upstream gradient as the eager step
-    step = make(module, compiled, x, n_visual, gen)
+    step = make(module, compiled, x, layout_kw, gen)
     start = time.perf_counter()
     step()  # the first compiled call: tracing, compilation and one run
     _sync(device)
@@ -141,19 +148,49 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _forward(module: nn.Module, run: Callable, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Step:
+def layout_inputs(
+    batch: int, seq_len: int, n_visual: int, layout: str, images: int, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """The layout keyword of a forward call: {"n_visual": m} or {"modality": ids (b, n)}."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {list(LAYOUTS)}")
+    if layout == "prefix" or n_visual == 0:
+        return {"n_visual": n_visual}
+    return {"modality": modality_ids(batch, seq_len, n_visual, images).to(device)}
+
+
+def modality_ids(batch: int, seq_len: int, n_visual: int, images: int) -> torch.Tensor:
+    """(b, n) ids [text_0, image 1, text_1, ..., image k, text_k]: n_visual image tokens in
+    `images` images of near-equal size, the text split near-equally into the k + 1 gaps."""
+    if not 1 <= images <= n_visual:
+        raise ValueError(f"images={images} must be in [1, n_visual={n_visual}] (an image has >= 1 token)")
+    sizes, gaps = _split(n_visual, images), _split(seq_len - n_visual, images + 1)
+    ids = [0] * gaps[0]
+    for k, (size, gap) in enumerate(zip(sizes, gaps[1:], strict=True), start=1):
+        ids += [k] * size + [0] * gap
+    return torch.tensor(ids).expand(batch, seq_len)  # (b, n)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """`total` as `parts` near-equal counts, the larger first."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def _forward(
+    module: nn.Module, run: Callable, x: torch.Tensor, layout_kw: dict, gen: torch.Generator
+) -> Step:
     """`run` is the module or its compiled wrapper; `module` is the module itself."""
     module.eval()
 
     def step() -> object:
         with torch.no_grad():
-            return run(x, n_visual=n_visual)
+            return run(x, **layout_kw)
 
     return step
 
 
 def _forward_backward(
-    module: nn.Module, run: Callable, x: torch.Tensor, n_visual: int, gen: torch.Generator
+    module: nn.Module, run: Callable, x: torch.Tensor, layout_kw: dict, gen: torch.Generator
 ) -> Step:
     module.train()
     x = x.detach().requires_grad_(True)
@@ -162,20 +199,20 @@ def _forward_backward(
     def step() -> object:
         module.zero_grad(set_to_none=True)
         x.grad = None
-        run(x, n_visual=n_visual).backward(grad)
+        run(x, **layout_kw).backward(grad)
         return x.grad
 
     return step
 
 
-def _decode(module: nn.Module, run: Callable, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Step:
+def _decode(module: nn.Module, run: Callable, x: torch.Tensor, layout_kw: dict, gen: torch.Generator) -> Step:
     """Prefill a cache with all n tokens (untimed, uncompiled), then grow the cache's buffers
     with one untimed eager step; each step decodes one more text token with `run`."""
     module.eval()
     cache = av.KVCache()
     x_next = torch.randn(x.shape[0], 1, x.shape[2], generator=gen).to(x)  # (b, 1, d)
     with torch.no_grad():
-        module(x, n_visual=n_visual, cache=cache)
+        module(x, **layout_kw, cache=cache)
         prefill = cache.length
         module(x_next, cache=cache)  # the buffers double here, not inside the first timed step
         cache.truncate(prefill)

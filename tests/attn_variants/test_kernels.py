@@ -154,3 +154,15 @@ def test_forced_kernels_on_cuda_match_eager_or_refuse_cleanly(backend):
             assert backends.is_unavailable(err), err
             return
     assert_close(out, ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("visual_attention", ["self", "full"])
+def test_flex_interleaved_mmca_matches_eager(visual_attention):
+    """Interleaved images (modality ids): flex builds a block mask from the dense layout mask."""
+    modules = twins(
+        "mmca", av.AttnSpec(32, 4, 2), ["eager", "flex"], torch.float64, visual_attention=visual_attention
+    )
+    ids = workload.modality_ids(2, 40, 12, 3)  # (b, n): text, image 1, text, image 2, text, image 3, text
+    x = torch.randn(2, 40, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close(modules["flex"](x, modality=ids), modules["eager"](x, modality=ids))

@@ -1,8 +1,9 @@
 """The regression decision of `attnbench check` and `attnbench compare`, on two sets of samples.
 
-It lives outside harness/ and reports/ and imports neither (nor torch): the check (harness)
-and the run-against-run comparison (reports, which must not import harness) share this one
-decision. For `check` a sample is a per-round ratio; for `compare` a per-call latency.
+It lives in reports/ and imports no other module of the project (nor torch, nor matplotlib):
+the check (harness, which may import reports) and the run-against-run comparison (reports,
+which must not import harness) share this one decision. For `check` a sample is a per-round
+ratio; for `compare` a per-call latency.
 
 In `check` a sample is one round's ratio variant time / reference time, measured interleaved
 in one process (harness/compare.py), so machine-wide drift mostly cancels. The baseline CSV keeps
