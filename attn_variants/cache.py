@@ -6,7 +6,7 @@ fields, each a tensor that grows along its own token axis.
 - the GQA family stores "k" and "v", (b, g, s, e), token axis 2 (`update(k, v)`);
 - MLA stores its latent and rope key instead, e.g. "kv" (b, s, kv_lora) and "pe" (b, s, rope);
 - multimodal variants add per-token metadata, e.g. "modality" (b, s);
-- KDGQA/DGQA add exact running statistics, e.g. per-token squared key norms (b, g, s).
+- KDGQA/DGQA add exact running statistics: prefix sums of squared key norms "key_sq_prefix" (b, g, s).
 
 All fields hold the same tokens, so `truncate(length)` cuts every one of them and nothing
 goes stale. `nbytes` counts every live element of every field: it is what the cache really

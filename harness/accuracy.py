@@ -151,7 +151,8 @@ class AccuracyRow:
     chance: float | None = None  # the accuracy of guessing (mqar 1/(vocab/2), digits and captions 1/10)
     loss: float | None = None  # mean training loss over the last 10% of steps
     wall_s: float | None = None  # seconds of the run (build, train, test)
-    kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1: L*2*g*n*e*itemsize
+    kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1 (GQA: L*2*g*n*e*itemsize)
+    kv_heads_equiv: float | None = None  # the g of a GQA with this cache (mla: (kv_lora + rope) / 2e)
     status: str = "ok"  # ok | unsupported | invalid | error
     error: str = ""
     ablate: str = "none"
@@ -177,7 +178,8 @@ def cells(cfg: AccuracyConfig) -> list[Cell]:
                     spec = av.info(choice.name).resolve(av.AttnSpec(cfg.heads * 16, cfg.heads, g))
                     why = tasks.unsupported(task_name, choice.name)
                     for init in ("scratch",) if why else task.inits(choice.name, cfg):
-                        cell = Cell(task_name, choice, cfg.heads, spec.n_kv_heads, seed, init, why)
+                        why_init = why or tasks.unsupported(task_name, choice.name, init)
+                        cell = Cell(task_name, choice, cfg.heads, spec.n_kv_heads, seed, init, why_init)
                         found.setdefault((task_name, choice, spec.n_kv_heads, seed, init), cell)
     # Scratch runs first within a task and seed, so digits' MHA source is trained (and timed)
     # in its own row, not inside the first uptrained one.
@@ -238,6 +240,7 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
             status = "invalid" if isinstance(err, ValueError) else "error"
             error = f"{type(err).__name__}: {err}"[:500]
     return AccuracyRow(
+        kv_heads_equiv=kv_heads_equiv(cell, cfg),
         run_id=run_id,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         task=cell.task,
@@ -261,6 +264,15 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
         git_commit=env["git_commit"],
         **fields,
     )
+
+
+def kv_heads_equiv(cell: Cell, cfg: AccuracyConfig) -> float | None:
+    """The g of a GQA with this cell's cache (mla: (kv_lora + rope) / 2e); None for bad options."""
+    spec = av.AttnSpec(cfg.dim, cell.n_heads, cell.n_kv_heads)
+    try:
+        return av.info(cell.choice.name).kv_heads_equiv(spec, dict(cell.choice.options))
+    except ValueError:
+        return None
 
 
 def load(csv_path: Path) -> pd.DataFrame:

@@ -117,7 +117,7 @@ class Result:
 def cell_name(cell: Cell) -> str:
     """'gqa_g2 fwd n=128 h=8' ('... compile=default' when compiled): the label in the table, the
     messages and the baseline's `cell` column."""
-    name = f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
+    name = f"{cell.choice.label_for(cell.spec)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
     return name if cell.compile == "off" else f"{name} compile={cell.compile}"
 
 

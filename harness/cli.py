@@ -59,8 +59,9 @@ def split_csv(value: str | None) -> list[str] | None:
 def variant_table() -> Table:
     """The registry as a rich table: what `attnbench list` prints."""
     table = Table(title="attention variants", show_lines=False)
-    for column in ("name", "description", "paper", "modes", "multimodal", "causal-safe", "options"):
-        table.add_column(column, overflow="fold")
+    columns = ("name", "description", "paper", "modes", "multimodal", "causal-safe", "uses g", "options")
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column == "paper")
     for name in av.names():
         entry = av.info(name)
         options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
@@ -71,6 +72,7 @@ def variant_table() -> Table:
             ",".join(entry.modes),
             "yes" if entry.multimodal else "no",
             "yes" if entry.causal_safe else "NO (reads later tokens)",
+            "yes" if entry.uses_kv_heads else "no (latent)",
             options,
         )
         table.add_row(*map(escape, cells))  # registry text is plain: "[visual; text]" is not markup

@@ -53,11 +53,18 @@ class Row:
     # Measured peak allocated above the start of one call: CUDA allocator statistics, or on
     # CPU the peak running sum of torch.profiler's allocation events. Not a formula.
     peak_mem_bytes: int | None = None
-    kv_cache_bytes: int | None = None  # analytic 2*b*g*n*e*itemsize, separate from the measurement
+    # Analytic b*n*(cached elements per token)*itemsize, separate from the measurement: the GQA
+    # family's 2*b*g*n*e*itemsize; mla's b*n*(kv_lora + rope)*itemsize (registry cache hook).
+    kv_cache_bytes: int | None = None
+    kv_heads_equiv: float | None = None  # the g of a GQA with this cache: cached per token / 2e
     # FlopCounterMode count of one call under the math SDPA backend. Convention: causal
     # attention is counted as if full (all n*s scores), as FlopCounterMode does everywhere;
     # the work a causal kernel actually needs is about half of the attention part.
     flops: int | None = None
+    # MoH: the mean share of heads with a non-zero gate in one call, and `flops` with the
+    # attention core counted for those heads only (the official code computes every head).
+    active_head_frac: float | None = None
+    flops_active: int | None = None
     tflops: float | None = None  # flops / latency median / 1e12 (causal counted as full, see flops)
     sdpa_backend: str = ""  # kernel(s) torch ran (profiler op names): flash_cpu, flash, math, flex; inductor
     backend: str = ""  # the kernel asked for, the variant's `backend` option: sdpa, sdpa_math, eager, flex...

@@ -353,10 +353,12 @@ def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: 
 
 def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     w = _build(cell, cfg, device, dtype, dict(cell.choice.options), cell.compile)
-    flops = measure.count_flops(_flop_step(w, cell, cfg, device, dtype))  # untimed, math backend
+    flop_step = _flop_step(w, cell, cfg, device, dtype)
+    flops, attention_flops = measure.count_flops_detail(flop_step)  # untimed, math backend
     for _ in range(cfg.warmup):
         w.step()
     probe = measure.probe(w.step, device)  # untimed, the backend the timed calls use
+    heads = measure.active_heads(w.module, flops, attention_flops)  # MoH's gates of that call
     before = w.graphs_since_build()
     samples = timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
     while sum(samples) < cfg.min_time_s:  # batches of `repeats` (timing.summarize keeps them all)
@@ -371,7 +373,9 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
         peak_mem_bytes=probe.peak_mem_bytes,
         kv_cache_bytes=w.kv_cache_bytes,
+        kv_heads_equiv=av.info(cell.choice.name).kv_heads_equiv(w.spec, dict(cell.choice.options)),
         flops=flops,
+        **heads,
         tflops=flops / t.median / 1e12,
         sdpa_backend=_kernel_name(probe.sdpa_backend, cell.compile),
         timed_s=sum(samples),

@@ -34,9 +34,7 @@ class ProgressBar:
 
     def cell(self, cell: sweep.Cell, row: Row) -> None:
         compiled = "" if cell.compile == "off" else f" compile={cell.compile}"
-        what = (
-            f"{cell.choice.label(cell.spec.n_kv_heads)}{compiled} {cell.mode} n={cell.seq_len}: {row.status}"
-        )
+        what = f"{cell.choice.label_for(cell.spec)}{compiled} {cell.mode} n={cell.seq_len}: {row.status}"
         self.progress.update(self.task, advance=1, description=escape(what))
 
 
@@ -93,7 +91,9 @@ def summary_table(df: pd.DataFrame, reference: str) -> Table:
         ms = f"{at_max['latency_ms_median'].iloc[0]:.3f}" if len(at_max) else "-"
         mib = f"{at_max['peak_mem_bytes'].iloc[0] / 2**20:.1f}" if len(at_max) else "-"
         statuses = "" if len(ok) == len(rows) else " (" + ",".join(sorted(set(rows["status"]) - {"ok"})) + ")"
-        label = choice.label(int(g)) + ("" if comp in ("off", "") else f" compile={comp}")
+        equiv = rows["kv_heads_equiv"].dropna() if "kv_heads_equiv" in rows else rows["seq_len"][:0]
+        label = choice.label(int(g), float(equiv.iloc[0]) if len(equiv) else None)
+        label += "" if comp in ("off", "") else f" compile={comp}"
         table.add_row(escape(label), str(h), mode, f"{len(ok)}/{len(rows)}{statuses}", ms, mib, _speedup(ok))
     return table
 

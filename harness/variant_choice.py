@@ -27,10 +27,19 @@ class VariantChoice:
         """'key=value;...', the CSV `options` column ('' = registry defaults)."""
         return ";".join(f"{k}={format_value(v)}" for k, v in self.options)
 
-    def label(self, n_kv_heads: int) -> str:
-        """Names carry their parameters: 'gqa_g2', 'mmca_g2[visual_attention=full]'."""
+    def label(self, n_kv_heads: int, kv_heads_equiv: float | None = None) -> str:
+        """Names carry their parameters: 'gqa_g2', 'mmca_g2[visual_attention=full]'. A variant
+        that ignores n_kv_heads (mla) gives its cache as GQA heads instead: 'mla(≡2.25 KV heads)'."""
         suffix = f"[{self.options_text}]" if self.options else ""
-        return f"{self.name}_g{n_kv_heads}{suffix}"
+        if av.info(self.name).uses_kv_heads:
+            return f"{self.name}_g{n_kv_heads}{suffix}"
+        equiv = "" if kv_heads_equiv is None else f"(≡{kv_heads_equiv:.3g} KV heads)"
+        return f"{self.name}{equiv}{suffix}"
+
+    def label_for(self, spec: av.AttnSpec) -> str:
+        """`label` at a resolved spec, the cache equivalent taken from the registry."""
+        equiv = av.info(self.name).kv_heads_equiv(spec, dict(self.options))
+        return self.label(spec.n_kv_heads, equiv)
 
 
 def parse_variants(items: Iterable[str], reference: str = "none") -> list[VariantChoice]:

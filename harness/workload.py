@@ -42,7 +42,7 @@ class Workload:
     module: nn.Module
     spec: av.AttnSpec  # the spec the variant runs with (presets resolved)
     step: Step  # compiled when `compile` is not "off"
-    kv_cache_bytes: int  # analytic 2*b*g*n*e*itemsize at this shape
+    kv_cache_bytes: int  # analytic b*n*(cache elements per token)*itemsize; GQA family: 2*b*g*n*e*itemsize
     eager_step: Step | None = None  # the same step uncompiled (FLOP counting); None: `step` is
     compile: str = "off"
     compile_s: float | None = None  # wall seconds of the first compiled call (None: not compiled)
@@ -108,7 +108,7 @@ def build(
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
     x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
     layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
-    kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
+    kv_bytes = entry.kv_cache_bytes(resolved, options, batch, seq_len, dtype)
     masks_before, inputs = MASKS.seconds, gen.get_state()
     eager_step = make(module, module, x, layout_kw, gen)
     backend = options.get("backend", entry.options["backend"])
