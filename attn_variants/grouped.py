@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import modality as layout
 from .backends import get_backend
 from .cache import KVCache
-from .registry import create, register, with_kv_heads
+from .registry import create, info, register, with_kv_heads
 from .spec import AttnSpec
 
 GQA_PAPER = "https://arxiv.org/abs/2305.13245"
@@ -38,10 +39,13 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(d, g * e, bias=spec.bias)
         self.o_proj = nn.Linear(h * e, d, bias=spec.bias)
 
-    def forward(self, x: Tensor, *, n_visual: int = 0, cache: KVCache | None = None) -> Tensor:
-        """x (b, n, d) -> (b, n, d). A unimodal variant reads [visual; text] as one causal
-        stream, so `n_visual` only gets validated here (the "concat" baseline of MMCA)."""
-        self._check_input(x, n_visual)
+    def forward(
+        self, x: Tensor, *, n_visual: int = 0, modality: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """x (b, n, d) -> (b, n, d). A unimodal variant reads any layout of text and images as
+        one causal stream (the "concat" baseline of MMCA), so `n_visual` and `modality` (b, n)
+        are only validated here (attn_variants/modality.py)."""
+        self._check_input(x, n_visual, modality)
         q, k, v = self.project(x)
         if cache is not None:
             k, v = cache.update(k, v)  # (b, g, s, e), s = cached + n
@@ -70,11 +74,8 @@ class GroupedQueryAttention(nn.Module):
     def dropout_p(self) -> float:
         return self.spec.dropout if self.training else 0.0
 
-    def _check_input(self, x: Tensor, n_visual: int) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.spec.dim:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected (b, n, d={self.spec.dim})")
-        if not 0 <= n_visual <= x.shape[1]:
-            raise ValueError(f"n_visual={n_visual} must be in [0, n={x.shape[1]}]")
+    def _check_input(self, x: Tensor, n_visual: int, modality: Tensor | None = None) -> None:
+        layout.check_unimodal(x, self.spec.dim, n_visual, modality)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -109,11 +110,17 @@ def from_mha(mha: GroupedQueryAttention, n_kv_heads: int, variant: str = "gqa", 
     GQA paper section 2.1 (arXiv 2305.13245), also the KDGQA paper's protocol: each of the g
     new K/V projections is the mean of its h/g source heads (weights and biases); q_proj and
     o_proj are copied unchanged. `variant` may be any registered variant with these
-    projections (gqa, kdgqa, dgqa, pgqa, ...).
+    projections (gqa, kdgqa, dgqa, pgqa, moh, ...); weights it names in `fresh_on_uptrain`
+    (moh's router) keep their fresh initialisation.
     """
     spec = mha.spec
     if spec.n_kv_heads != spec.n_heads:
         raise ValueError(f"from_mha needs an MHA module (g = h = {spec.n_heads}); got g={spec.n_kv_heads}")
+    if not issubclass(info(variant).cls, GroupedQueryAttention):
+        raise ValueError(
+            f"variant {variant!r} cannot be uptrained from MHA: it has no q/k/v/o projections to copy "
+            "(from_mha supports the GQA family)"
+        )
     weight = mha.q_proj.weight
     target = create(variant, replace(spec, n_kv_heads=n_kv_heads), **options)
     target = target.to(device=weight.device, dtype=weight.dtype)
@@ -123,7 +130,13 @@ def from_mha(mha: GroupedQueryAttention, n_kv_heads: int, variant: str = "gqa", 
             key = f"{proj}.{kind}"
             if key in state:
                 state[key] = _mean_pool_heads(state[key], spec.n_heads, n_kv_heads)
-    target.load_state_dict(state)
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    fresh = tuple(f"{name}." for name in getattr(target, "fresh_on_uptrain", ()))
+    not_fresh = [k for k in missing if not k.startswith(fresh)]
+    if unexpected or not_fresh:
+        raise ValueError(
+            f"{variant!r} does not take MHA weights: missing {not_fresh}, unexpected {unexpected}"
+        )
     return target
 
 

@@ -4,7 +4,7 @@ Python API (the CLI is a thin layer over it):
 
     cfg = harness.config.load(CheckConfig, "check", profile="ci")
     results = harness.check.measure_all(cfg)        # per-round ratios of every cell
-    frame = harness.baseline.read(Path(cfg.baseline))   # refuses a missing file
+    frame = harness.baseline.read(harness.baseline.path_for(cfg.baseline, env))  # refuses a missing file
     decisions = harness.check.compare_all(results, harness.baseline.samples(frame), cfg)
 
 Absolute times do not carry over between runs of a shared CI machine, so each cell (variant x
@@ -21,16 +21,19 @@ import gc
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 
 import attn_variants as av
+from attn_variants.backends import is_unavailable
 from attn_variants.registry import Mode
 
 from . import compare, measure, stats, timing, workload
-from .sweep import Cell, cell_at
-from .variant_choice import parse_variants
+from .records import check_writable
+from .sweep import Cell, CompileMode, cell_at
+from .variant_choice import VariantChoice, check_builds, parse_variants, with_backends
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,11 @@ class CheckConfig:
     heads: tuple[int, ...] = (8,)
     kv_heads: tuple[int, ...] = (2,)  # g < h, so the grouped variants run grouped (mha/mqa fix g)
     modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
+    # Kernel and compilation axes, as in the sweep: every variant cell once per backend (a
+    # variant's own `backend` option wins) and per torch.compile mode. The reference stays
+    # mha through sdpa, uncompiled, so a compiled cell's ratio is against eager mha.
+    backend: tuple[str, ...] = ("sdpa",)
+    compile: tuple[CompileMode, ...] = ("off",)
     batch: int = 1
     head_dim: int = 32
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
@@ -59,8 +67,11 @@ class CheckConfig:
     visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
     tolerance: float = 0.15  # a ratio may grow this much before it counts (CI noise budget)
     alpha: float = 0.01  # significance level of the one-sided Mann-Whitney U test, per cell
-    baseline: str = "tests/bench/baselines/ci-cpu.csv"  # committed; rewrite with --update-baseline
+    # Committed; rewrite with --update-baseline. '{device_name}' in it becomes the slug of the
+    # device's name (gpu-{device_name}.csv -> gpu-nvidia-h100-80gb-hbm3.csv): one file per GPU model.
+    baseline: str = "tests/bench/baselines/ci-cpu.csv"
     seed: int = 0
+    out: str = "results"  # every run writes check.csv, run.json and benchmark.json to <out>/<run_id>/
     # "time": interleaved ratios to the reference (above). "instructions": each cell's
     # instruction count under callgrind against a committed count (harness/instructions.py);
     # deterministic to ~0.03%, so a 1% tolerance holds on a noisy machine.
@@ -73,9 +84,11 @@ class CheckConfig:
     plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
+        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile"):
             if not getattr(self, name):
                 raise ValueError(f"empty check grid: {name} has no values")
+        for name in self.backend:
+            av.get_backend(name)  # unknown names raise, listing the valid backends
         lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
         lows += (("instructions_calls", 1),)
         for name, low in lows + (("min_sample_s", 0),):
@@ -120,8 +133,10 @@ class Result:
 
 
 def cell_name(cell: Cell) -> str:
-    """'gqa_g2 fwd n=128 h=8': the label in the table, the messages and the baseline's `cell` column."""
-    return f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
+    """'gqa_g2 fwd n=128 h=8' ('... compile=default' when compiled): the label in the table, the
+    messages and the baseline's `cell` column."""
+    name = f"{cell.choice.label_for(cell.spec)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
+    return name if cell.compile == "off" else f"{name} compile={cell.compile}"
 
 
 def import_plugins(modules: Sequence[str]) -> None:
@@ -137,6 +152,8 @@ def cells(cfg: CheckConfig) -> list[Cell]:
     """variants x modes x seq_len x (h, g), deduplicated by resolved spec, the reference left out."""
     import_plugins(cfg.plugins)
     choices = [c for c in parse_variants(cfg.variants) if (c.name, c.options) != (cfg.reference, ())]
+    runs = [(c, comp) for c in with_backends(choices, cfg.backend) for comp in cfg.compile]
+    runs = [(c, comp) for c, comp in runs if (c.name, c.options, comp) != (cfg.reference, (), "off")]
     pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads if g <= h and h % g == 0]
     if not pairs:
         raise ValueError(f"no valid (h, g) pair in heads={cfg.heads}, kv_heads={cfg.kv_heads}")
@@ -144,10 +161,22 @@ def cells(cfg: CheckConfig) -> list[Cell]:
     for mode in cfg.modes:
         for n in cfg.seq_len:
             for h, g in pairs:
-                for choice in choices:
-                    cell = cell_at(choice, mode, n, h, g, cfg)
+                for choice, comp in runs:
+                    cell = cell_at(choice, mode, n, h, g, cfg, comp)
                     out.setdefault(cell.key(), cell)
     return list(out.values())
+
+
+def preflight(cfg: CheckConfig) -> list[Cell]:
+    """`cells(cfg)`, with every input checked before any timing (ValueError): each distinct
+    variant and the reference built once at their specs (options), then the output folder."""
+    todo = cells(cfg)
+    reference = VariantChoice(cfg.reference)
+    entry = av.info(cfg.reference)  # an unknown reference names the valid variants
+    ref_specs = [(reference, entry.resolve(av.AttnSpec(c.spec.dim, c.spec.n_heads))) for c in todo]
+    check_builds([*((c.choice, c.spec) for c in todo), *ref_specs])
+    check_writable(Path(cfg.out))
+    return todo
 
 
 def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = None) -> list[Result]:
@@ -197,11 +226,11 @@ def measure_cell(
     """The cell's ratios; a failure becomes status 'error' (or 'unsupported' per the registry)."""
     gc.collect()
     try:
-        step = _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device)
+        step = _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device, cell.compile)
         key = (cell.mode, cell.batch, cell.seq_len, cell.n_visual, cell.spec.n_heads, cell.spec.dim)
         if key not in references:  # one reference per shape, shared by the variants at that shape
             spec = av.info(cfg.reference).resolve(av.AttnSpec(cell.spec.dim, cell.spec.n_heads))
-            references[key] = _step(cfg.reference, {}, spec, cell, cfg, device)
+            references[key] = _step(cfg.reference, {}, spec, cell, cfg, device, "off")
         samples = compare.interleaved(
             {"variant": step, "reference": references[key]},
             device,
@@ -212,6 +241,9 @@ def measure_cell(
         times, ref_times = samples["variant"], samples["reference"]
     except workload.UnsupportedMode as err:
         return Result(cell, "unsupported", str(err))
+    except RuntimeError as err:
+        status = "unsupported" if is_unavailable(err) else "error"  # a forced kernel refused
+        return Result(cell, status, f"{type(err).__name__}: {err}"[:500])
     except Exception as err:  # noqa: BLE001 (a failing cell is reported and fails the check)
         return Result(cell, "error", f"{type(err).__name__}: {err}"[:500])
     ratios = tuple(a / b for a, b in zip(times, ref_times, strict=True))
@@ -224,7 +256,13 @@ def cell_step(cell: Cell, cfg: CheckConfig, device: torch.device) -> Callable[[]
 
 
 def _step(
-    variant: str, options: dict, spec: av.AttnSpec, cell: Cell, cfg: CheckConfig, device: torch.device
+    variant: str,
+    options: dict,
+    spec: av.AttnSpec,
+    cell: Cell,
+    cfg: CheckConfig,
+    device: torch.device,
+    compile: str,
 ) -> Callable[[], object]:
     return workload.build(
         variant,
@@ -237,6 +275,7 @@ def _step(
         device=device,
         options=options,
         seed=cfg.seed,
+        compile=compile,
     ).step
 
 

@@ -21,43 +21,69 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import baseline as time_baseline
-from . import instructions, measure
+from . import check, dashboard, instructions, measure
 from .check import CheckConfig
 from .instructions import Count
-from .sweep import row_key
+from .records import write_run_json
+from .sweep import new_run_dir, row_key
 
 KEY = time_baseline.KEY  # the cell's key columns, as in the time baseline
 ENVIRONMENT = ("torch_version", "python_version", "cpu_capability")  # refused across
 INFO = ("valgrind_version", "device_name", "git_commit", "host", "date")  # recorded, not compared
-COLUMNS = ("cell", *KEY, "instructions", "calls", "spread", "sdpa_backend", *ENVIRONMENT, *INFO)
+COLUMNS = ("cell", *KEY, "compile", "instructions", "calls", "spread", "sdpa_backend", *ENVIRONMENT, *INFO)
+RESULT_EXTRA = ("status", "error", "baseline", "ratio", "verdict")  # instructions.csv of every run
 STYLE = {"ok": "green", "REGRESSED": "bold red", "improved": "cyan", "new": "yellow"}
 
 
-def main(cfg: CheckConfig, *, update: bool, console: Console) -> int:
-    """Count every cell, then compare with (or, with `update`, rewrite) the baseline; the exit code."""
+def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | None = None) -> int:
+    """Count every cell, then compare with (or, with `update`, rewrite) the baseline; the exit code.
+    Every run also writes <out>/<run_id>/: run.json, instructions.csv and benchmark.json."""
     path = Path(cfg.instructions_baseline)
     instructions.valgrind()  # no valgrind: exit 2 before anything else
     old = None if update else read(path)
+    todo = check.preflight(cfg)  # bad option values or --out fail before valgrind starts
+    run_dir = new_run_dir(cfg)
+    run_dir.mkdir(parents=True)
+    env = _host()
+    write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update, settings=settings)
     t0 = time.perf_counter()
-    with console.status(f"counting instructions of {len(instructions.cells(cfg))} cell(s) under callgrind"):
-        counts, env = instructions.measure_all(cfg)
-    env = {**env, **_host()}
-    wall = time.perf_counter() - t0
+    with console.status(f"counting instructions of {len(todo)} cell(s) under callgrind"):
+        counts, counted_env = instructions.measure_all(cfg)
+    env, wall = {**counted_env, **env}, time.perf_counter() - t0
+    if not update:
+        refuse_if_incomparable(old, env, counts, path)
+    _write_results(run_dir, counts, old, env, cfg, console)
+    console.print(table(counts, old, cfg))
     if update:
         write(path, counts, env)
-        console.print(table(counts, None, cfg))
-        console.print(
-            f"wrote {sum(c.status == 'ok' for c in counts)} cell(s) to {path}; counted in {wall:.0f} s"
-        )
+        console.print(f"wrote {sum(c.status == 'ok' for c in counts)} cell(s) to {path}; {wall:.0f} s")
         return 1 if any(c.status == "error" for c in counts) else 0
-    refuse_if_incomparable(old, env, counts, path)
-    console.print(table(counts, old, cfg))
     return verdict(counts, old, cfg, console, wall)
+
+
+def _write_results(
+    run_dir: Path, counts: Sequence[Count], old: pd.DataFrame | None, env: Mapping[str, str],
+    cfg: CheckConfig, console: Console,
+) -> None:  # fmt: skip
+    """instructions.csv (every cell, its status, count, baseline and verdict) and benchmark.json."""
+    base, date = _baseline_counts(old), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for c in counts:
+        row = _row(c, {**env, "date": date}) if c.status == "ok" else _key(c, {**env, "date": date})
+        word, ratio = decide(c, base, cfg) if c.status == "ok" and old is not None else ("", None)
+        shown = "" if ratio is None else f"{ratio:.5f}"
+        row.update(status=c.status, error=c.error, verdict=word, ratio=shown)
+        row["baseline"] = str(base.get(c.cell.key(), ""))
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=[*COLUMNS, *RESULT_EXTRA], dtype=str).fillna("")
+    df.to_csv(run_dir / "instructions.csv", index=False)
+    dashboard.write(run_dir / dashboard.FILE, dashboard.instruction_records(df.to_dict("records")))
+    console.print(f"results: {escape(str(run_dir / 'instructions.csv'))} (and {dashboard.FILE} beside it)")
 
 
 def _host() -> dict[str, str]:
     env = measure.environment(measure.resolve_device("cpu"))
-    return {k: str(env[k]) for k in ("device_name", "git_commit", "host")}
+    return {k: str(env[k]) for k in ("device", "device_name", "torch_version", "git_commit", "host")}
 
 
 def read(path: Path) -> pd.DataFrame:
@@ -84,12 +110,19 @@ def write(path: Path, counts: Sequence[Count], env: Mapping[str, str]) -> pd.Dat
     return df
 
 
-def _row(c: Count, env: Mapping[str, str]) -> dict[str, str]:
-    key = dict(zip(KEY, c.cell.key(), strict=True))
-    calls = ";".join(str(x) for x in c.calls)
-    values = dict(cell=c.name, **key, instructions=c.instructions, calls=calls, spread=f"{c.spread:.6f}")
-    values.update(sdpa_backend=c.sdpa_backend, **{k: env[k] for k in ENVIRONMENT + INFO})
+def _key(c: Count, env: Mapping[str, str]) -> dict[str, str]:
+    """A cell's identity columns (its key, as the time baseline names them) and the environment."""
+    key = dict(zip(KEY, c.cell.key(), strict=False))  # a compiled cell's key has one more part
+    values = dict(cell=c.name, **key, compile=c.cell.compile)
+    values.update({k: env.get(k, "") for k in ENVIRONMENT + INFO})
     return {k: str(v) for k, v in values.items()}
+
+
+def _row(c: Count, env: Mapping[str, str]) -> dict[str, str]:
+    calls = ";".join(str(x) for x in c.calls)
+    values = dict(instructions=c.instructions, calls=calls, spread=f"{c.spread:.6f}")
+    values.update(sdpa_backend=c.sdpa_backend)
+    return {**_key(c, env), **{k: str(v) for k, v in values.items()}}
 
 
 def refuse_if_incomparable(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +38,8 @@ class Row:
     batch: int  # b
     seq_len: int  # n; in decode mode the KV cache length (one new token is decoded)
     n_visual: int  # m, leading visual tokens (multimodal variants: round(visual_frac * n), else 0)
+    layout: str  # where the n_visual image tokens sit: prefix (first, one image) or interleaved
+    n_images: int  # images among the n_visual tokens (0 when there are none)
     dim: int  # d = h * e
     n_heads: int  # h
     n_kv_heads: int  # g, after the variant's preset (mha: g = h, mqa: g = 1)
@@ -51,13 +54,25 @@ class Row:
     # Measured peak allocated above the start of one call: CUDA allocator statistics, or on
     # CPU the peak running sum of torch.profiler's allocation events. Not a formula.
     peak_mem_bytes: int | None = None
-    kv_cache_bytes: int | None = None  # analytic 2*b*g*n*e*itemsize, separate from the measurement
+    # Analytic b*n*(cached elements per token)*itemsize, separate from the measurement: the GQA
+    # family's 2*b*g*n*e*itemsize; mla's b*n*(kv_lora + rope)*itemsize (registry cache hook).
+    kv_cache_bytes: int | None = None
+    kv_heads_equiv: float | None = None  # the g of a GQA with this cache: cached per token / 2e
     # FlopCounterMode count of one call under the math SDPA backend. Convention: causal
     # attention is counted as if full (all n*s scores), as FlopCounterMode does everywhere;
     # the work a causal kernel actually needs is about half of the attention part.
     flops: int | None = None
+    # MoH: the mean share of heads with a non-zero gate in one call, and `flops` with the
+    # attention core counted for those heads only (the official code computes every head).
+    active_head_frac: float | None = None
+    flops_active: int | None = None
     tflops: float | None = None  # flops / latency median / 1e12 (causal counted as full, see flops)
-    sdpa_backend: str = ""  # SDPA kernel(s) torch ran, from profiler op names: flash_cpu, flash, math...
+    sdpa_backend: str = ""  # kernel(s) torch ran (profiler op names): flash_cpu, flash, math, flex; inductor
+    backend: str = ""  # the kernel asked for, the variant's `backend` option: sdpa, sdpa_math, eager, flex...
+    compile: str = "off"  # torch.compile mode (fullgraph=True): off, default, max-autotune
+    compile_s: float | None = None  # wall seconds of the first compiled call; never in the latency
+    setup_s: float | None = None  # seconds building flex block masks for this cell; never in the latency
+    recompiles: int | None = None  # graphs dynamo compiled during the timed calls (compiled cells)
     cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
     timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)
 
@@ -116,6 +131,19 @@ def read_frame(path: Path, text_columns: tuple[str, ...]) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str))
     df[list(text_columns)] = df[list(text_columns)].fillna("")
     return df
+
+
+def check_writable(folder: Path) -> None:
+    """Make `folder` and write a scratch file in it; ValueError naming it if either fails.
+
+    Called after every other input check, just before the first cell, so a bad --out is one
+    line and exit 2 rather than a traceback after the work has started."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {str(folder)!r} is not writable: {err.strerror or err}") from None
 
 
 def write_run_json(run_dir: Path, config: Any, env: dict, cells: int, **extra: Any) -> None:

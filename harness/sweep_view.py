@@ -33,23 +33,36 @@ class ProgressBar:
         self.task = self.progress.add_task("sweep", total=total, completed=done)
 
     def cell(self, cell: sweep.Cell, row: Row) -> None:
-        what = f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len}: {row.status}"
+        compiled = "" if cell.compile == "off" else f" compile={cell.compile}"
+        what = f"{cell.choice.label_for(cell.spec)}{compiled} {cell.mode} n={cell.seq_len}: {row.status}"
         self.progress.update(self.task, advance=1, description=escape(what))
 
 
-def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console, report: bool = True) -> int:
-    """Run the sweep with a progress bar, print the summary, CSV path and report; the exit code."""
+def main(
+    cfg: sweep.SweepConfig,
+    *,
+    resume: Path | None,
+    console: Console,
+    report: bool = True,
+    settings: dict | None = None,
+) -> int:
+    """Run the sweep with a progress bar, print the summary, CSV path and report; the exit code.
+    `settings` (which file the config came from) is recorded in run.json."""
+    sweep.preflight(cfg, resume)  # bad options or --out: one line and exit 2, before the progress bar
     run_dir = Path(resume) if resume is not None else sweep.new_run_dir(cfg)
     columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn())
     progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     try:
         with progress:
-            df = sweep.run(cfg, run_dir=run_dir, observer=ProgressBar(progress))
+            df = sweep.run(cfg, run_dir=run_dir, observer=ProgressBar(progress), settings=settings)
     except KeyboardInterrupt:
         console.print(f"interrupted: finished rows are kept in {run_dir / 'sweep.csv'}")
         console.print(f"finish the missing cells with: attnbench sweep --resume {run_dir}")
         return 130
     console.print(summary_table(df, cfg.reference))
+    note = kernel_note(df, cfg.reference)
+    if note:
+        console.print(f"[yellow]{escape(note)}[/]")
     console.print(footer(df))
     if report:
         draw_report(run_dir, console)
@@ -59,10 +72,10 @@ def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console, repor
 
 def draw_report(run_dir: Path, console: Console) -> None:
     """Draw the run's figures and index page (reports/); a drawing problem never loses the rows."""
-    import reports  # here: matplotlib's import is paid only when a report is drawn
+    from reports.render import render  # here: matplotlib's import is paid only when a report is drawn
 
     try:
-        written = reports.render([run_dir])
+        written = render([run_dir])
     except ValueError as err:
         console.print(f"report not drawn: {err} (redraw with: attnbench report {run_dir})")
         return
@@ -78,15 +91,18 @@ def summary_table(df: pd.DataFrame, reference: str) -> Table:
     for col in ("variant", "h", "mode", "ok/cells", f"ms @ n={n_max}", f"peak MiB @ n={n_max}"):
         table.add_column(col, justify="left" if col in ("variant", "mode") else "right")
     table.add_column(escape(f"speedup vs {reference}: geo-mean [min, max] over n"), justify="right")
-    keys = ["variant", "options", "n_heads", "n_kv_heads", "mode"]
-    for (variant, options, h, g, mode), rows in df.groupby(keys, sort=False):
+    df = df.assign(compile=df["compile"] if "compile" in df else "off")
+    keys = ["variant", "options", "compile", "n_heads", "n_kv_heads", "mode"]
+    for (variant, options, comp, h, g, mode), rows in df.groupby(keys, sort=False):
         choice = VariantChoice(variant, tuple(p.split("=", 1) for p in options.split(";") if p))
         ok = rows[rows["status"] == "ok"]
         at_max = ok[ok["seq_len"] == n_max]
         ms = f"{at_max['latency_ms_median'].iloc[0]:.3f}" if len(at_max) else "-"
         mib = f"{at_max['peak_mem_bytes'].iloc[0] / 2**20:.1f}" if len(at_max) else "-"
         statuses = "" if len(ok) == len(rows) else " (" + ",".join(sorted(set(rows["status"]) - {"ok"})) + ")"
-        label = choice.label(int(g))
+        equiv = rows["kv_heads_equiv"].dropna() if "kv_heads_equiv" in rows else rows["seq_len"][:0]
+        label = choice.label(int(g), float(equiv.iloc[0]) if len(equiv) else None)
+        label += "" if comp in ("off", "") else f" compile={comp}"
         table.add_row(escape(label), str(h), mode, f"{len(ok)}/{len(rows)}{statuses}", ms, mib, _speedup(ok))
     return table
 
@@ -96,7 +112,28 @@ def _speedup(ok: pd.DataFrame) -> str:
     if s.empty:
         return "-"
     geo = float(np.exp(np.log(s).mean()))
-    return f"{geo:.2f}x [{s.min():.2f}, {s.max():.2f}]"
+    mark = " *" if ok.get("kernels_differ", pd.Series(dtype=bool)).any() else ""
+    return f"{geo:.2f}x [{s.min():.2f}, {s.max():.2f}]{mark}"
+
+
+def kernel_note(df: pd.DataFrame, reference: str) -> str:
+    """The footnote of the summary's '*': the rows whose SDPA kernel is not the reference's at
+    the same shape, so that their speedup compares kernels, not variants ('' if none)."""
+    if reference == "none" or df.empty:
+        return ""
+    odd = sweep.with_speedup(df, reference)
+    odd = odd[odd["kernels_differ"]]
+    if odd.empty:
+        return ""
+    keys = ["variant", "options", "n_kv_heads", "mode", "sdpa_backend", "reference_sdpa_backend"]
+    parts = []
+    for (variant, options, g, mode, mine, theirs), _ in odd.groupby(keys, sort=False):
+        choice = VariantChoice(variant, tuple(p.split("=", 1) for p in options.split(";") if p))
+        parts.append(f"{choice.label(int(g))} {mode} ({mine} vs {theirs})")
+    return (
+        f"* that speedup compares kernels, not variants: sdpa_backend differs from {reference}'s "
+        f"at the same shape in {len(odd)} row(s): {', '.join(parts)}"
+    )
 
 
 def footer(df: pd.DataFrame) -> str:

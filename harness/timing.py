@@ -7,11 +7,15 @@ On CUDA, CUDA events bracket the call and the host waits for the end event; on C
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
+
+# Median and p10/p90 of samples: one definition, shared with reports/ (reports.stats imports no torch).
+from reports.stats import Summary, summarize
+
+__all__ = ["Summary", "sample", "summarize", "threads", "time_call"]
 
 
 def time_call(fn: Callable[[], object], device: torch.device) -> float:
@@ -37,25 +41,6 @@ def sample(fn: Callable[[], object], device: torch.device, *, warmup: int, repea
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return [time_call(fn, device) for _ in range(repeats)]
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Median and the p10/p90 spread of a set of samples (seconds)."""
-
-    median: float
-    p10: float
-    p90: float
-    n: int
-
-
-def summarize(samples: Sequence[float]) -> Summary:
-    """Median and p10/p90 of `samples` (linear interpolation, as numpy's default)."""
-    if not samples:
-        raise ValueError("no samples to summarize")
-    t = torch.tensor(samples, dtype=torch.float64)
-    p10, median, p90 = torch.quantile(t, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
-    return Summary(median=median, p10=p10, p90=p90, n=len(samples))
 
 
 @contextmanager

@@ -11,6 +11,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import accuracy_figures as af
+from . import comparison as cmp
+from . import comparison_figure as cf
+from . import kernel_figures as kf
 from . import sweep_figures as sf
 from . import tables
 from .load import Run, combined, load_runs
@@ -40,14 +43,34 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "Measured peak memory per mode; KV cache is 2*b*g*n*e*itemsize.", sf.memory_figure),
         FigureSpec("speedup_vs_mha", "sweep", ("n_heads", "n_kv_heads"), "Speedup against MHA",
                    "mha median / variant median at the same shape; n is the largest with a comparison "
-                   "unless --seq-len is given.", lambda df: sf.speedup_figure(df, seq_len)),
+                   "unless --seq-len is given. *: the cell ran another SDPA kernel than mha "
+                   "(sdpa_backend), so that speedup compares kernels, not variants.",
+                   lambda df: sf.speedup_figure(df, seq_len)),
         FigureSpec("tflops", "sweep", ("tflops",), "Achieved TFLOP/s",
                    "FLOPs counted by torch.utils.flop_counter over the median latency.", sf.tflops_figure),
+        FigureSpec("backend_compile", "sweep", ("backend", "compile"), "Kernels and compilation",
+                   "Median latency per backend and torch.compile mode at one shape (the largest n, or "
+                   "--seq-len); c: first compiled call (compile_s), m: block-mask build (setup_s), "
+                   "neither in the latency.", lambda df: kf.backend_compile_figure(df, seq_len)),
         FigureSpec("accuracy", "accuracy", (), "Accuracy per task",
                    "Mean over seeds with ±1 std; every seed is a dot.", af.accuracy_figure),
         FigureSpec("accuracy_vs_kv_cache", "accuracy", ("kv_cache_bytes",), "Accuracy against KV-cache size",
                    "The grouped-query trade-off: fewer KV heads, smaller cache.", af.tradeoff_figure),
     ]  # fmt: skip
+
+
+def _comparison_specs() -> list[FigureSpec]:
+    return [
+        FigureSpec("ratio", "sweep", ("latency_ms_median",), "Run against run, cell by cell",
+                   f"B/A of the median latency per cell (each later run over the first), bootstrap p10-p90 "
+                   f"interval, line at 1, grey band ±{cmp.THRESHOLD:g}; colour: the verdict (threshold and "
+                   f"Mann-Whitney U p < {cmp.ALPHA:g}); slowest at the top.", cf.ratio_figure),
+    ]  # fmt: skip
+
+
+def _compared(sweep: pd.DataFrame | None) -> bool:
+    """Two or more runs hold a sweep: each later one is compared with the first, cell by cell."""
+    return sweep is not None and sweep["run"].nunique() > 1
 
 
 def default_out(run_dirs: list[Path]) -> Path:
@@ -67,6 +90,8 @@ def _why_not(spec: FigureSpec, df: pd.DataFrame | None) -> str | None:
     missing = [c for c in spec.needs if c not in df.columns or df[c].isna().all()]
     if missing:
         return f"{spec.name}: {spec.table}.csv has no values in {missing}"
+    if spec.name == "backend_compile" and not kf.has_axes(df):
+        return f"{spec.name}: one backend and one compile mode only"
     if spec.name == "speedup_vs_mha" and not (df["variant"] == "mha").any():
         return f"{spec.name}: no mha rows to compare against"
     if spec.name == "speedup_vs_mha" and not (df["variant"] != "mha").any():
@@ -88,12 +113,13 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len) -> list[tuple[str, pd.Dat
             ("Latency", tables.latency_table(sweep), "Median latency in ms; failed cells show status.")
         )
         if _why_not(_specs(seq_len)[2], sweep) is None:
-            out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), ">1: faster than mha."))
-        compare = tables.run_comparison_table(sweep) if len(runs) > 1 else pd.DataFrame()
-        if not compare.empty:
-            out.append(
-                ("Run against run", compare, "Median latency of each run over the first (<1: faster).")
+            note = ">1: faster than mha. *: another SDPA kernel than mha's; compares kernels, not variants."
+            out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), note))
+        for comp in cf.run_pairs(sweep) if _compared(sweep) else []:
+            caption = " ".join([*cmp.header(comp), cmp.counts(comp) + "."]) + (
+                f" Every cell: {cmp.common(comp)}." if cmp.common(comp) else ""
             )
+            out.append((f"{comp.b} against {comp.a}", cmp.table(comp), caption))
     if accuracy is not None:
         out.append(("Accuracy", tables.accuracy_table(accuracy), "Mean ± sample std over finished seeds."))
     return out
@@ -110,7 +136,7 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
     out.mkdir(parents=True, exist_ok=True)
     frames = {"sweep": combined(runs, "sweep"), "accuracy": combined(runs, "accuracy")}
     written, entries, skipped = [], [], []
-    for spec in _specs(seq_len):
+    for spec in _specs(seq_len) + (_comparison_specs() if _compared(frames["sweep"]) else []):
         reason = _why_not(spec, frames[spec.table])
         if reason is not None:
             skipped.append(reason)

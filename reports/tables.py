@@ -36,13 +36,20 @@ def speedup_table(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
     """The heatmap cells as rows: speedup against MHA (>1: faster than MHA), or why there is none."""
     cells = speedup_cells(sweep, seq_len)
     text = [
-        _num(s) + "×" if pd.notna(s) else note
-        for s, note in zip(cells["speedup"], cells["note"], strict=True)
+        _num(s) + "×" + ("*" if odd else "") if pd.notna(s) else note
+        for s, note, odd in zip(cells["speedup"], cells["note"], cells["kernels_differ"], strict=True)
     ]
     out = pd.DataFrame(
         {"mode": cells["mode"], "series": cells["label"], "n_heads": cells["n_heads"]}
         | {"n_kv_heads": cells["n_kv_heads"], "seq_len": cells["seq_len"], "speedup vs mha": text}
     )
+    if cells["kernels_differ"].any():  # * : the speedup compares kernels, not variants
+        out["sdpa kernels"] = [
+            f"{mine} vs mha's {theirs}: compares kernels, not variants" if odd else ""
+            for mine, theirs, odd in zip(
+                cells["sdpa_backend"], cells["mha_sdpa_backend"], cells["kernels_differ"], strict=True
+            )
+        ]
     if cells["run"].nunique() > 1:
         out.insert(0, "run", cells["run"])
     out["_rank"] = out["mode"].map({m: i for i, m in enumerate(modes(cells))})
@@ -110,30 +117,6 @@ def failures_table(runs: list[Run]) -> pd.DataFrame:
     out = failed[keys].map(_display).join(failed[list(listed)[:-1]]).groupby(keys, sort=False).agg(**listed)
     out = out.reset_index().rename(columns={"seq_len": "seq_lens", "seed": "seeds"})
     return out[[*keys[:-2], *[c for c in ("seq_lens", "seeds") if c in out], "cells", *keys[-2:]]]
-
-
-def run_comparison_table(sweep: pd.DataFrame) -> pd.DataFrame:
-    """With several runs: each later run's median latency over the first run's, per matched cell."""
-    runs = list(dict.fromkeys(sweep["run"]))
-    key = [
-        c
-        for c in ("mode", "variant", "options", "batch", "seq_len", "dim", "n_heads", "n_kv_heads")
-        if c in sweep
-    ]
-    key += [c for c in ("n_visual", "dtype") if c in sweep]
-    ok = (
-        sweep[sweep["status"] == "ok"]
-        .groupby(["run", *key], dropna=False)["latency_ms_median"]
-        .median()
-        .unstack("run")
-    )
-    if len(runs) < 2 or ok.empty:
-        return pd.DataFrame()
-    for run in runs[1:]:
-        ok[f"{run} / {runs[0]}"] = (ok[run] / ok[runs[0]]).map(lambda r: _num(r) + "×" if pd.notna(r) else "")
-    out = ok.drop(columns=runs).reset_index()
-    out = out[[c for c in out.columns if c not in key or out[c].nunique(dropna=False) > 1 or c == "variant"]]
-    return out.astype(object).where(out.notna(), "")
 
 
 def flatten(meta: dict[str, Any], prefix: str = "") -> dict[str, str]:

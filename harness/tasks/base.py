@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
+from ..accuracy_config import AccuracyConfig
+from ..measure import resolve_device
 from ..model import ModelConfig, TinyTransformer
-
-if TYPE_CHECKING:
-    from ..accuracy import AccuracyConfig
 
 Init = Literal["scratch", "uptrained"]
 
@@ -26,6 +25,12 @@ class Job:
     cfg: AccuracyConfig
     init: Init = "scratch"  # uptrained: from an MHA model through from_mha (digits)
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model trains: the config's device ('auto' resolved; `accuracy.run` resolves
+        it once, so every job of a run agrees)."""
+        return resolve_device(self.cfg.device)
 
     def model_config(self, **task_fields: Any) -> ModelConfig:
         """The tiny transformer for this job: shared sizes from the config, the rest from the task."""
@@ -48,10 +53,11 @@ class Outcome:
     kv_cache_bytes: int  # every layer's KV cache for one sequence of seq_len tokens
 
 
-def build(model_cfg: ModelConfig, seed: int) -> TinyTransformer:
-    """A freshly initialised model: the same seed gives the same weights."""
+def build(model_cfg: ModelConfig, seed: int, device: torch.device) -> TinyTransformer:
+    """A freshly initialised model on `device`: the same seed gives the same weights on every
+    device (they are drawn on the CPU, then moved)."""
     torch.manual_seed(seed)
-    return TinyTransformer(model_cfg)
+    return TinyTransformer(model_cfg).to(device)
 
 
 def outcome(

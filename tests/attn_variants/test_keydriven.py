@@ -65,7 +65,7 @@ def test_a_kv_head_with_zero_queries(scope):
     module = make("kdgqa", av.AttnSpec(128, 16, 4), scope=scope)
     scale_key_heads(module, [1.0, 2.0, 3.0, 6.0])  # s' = [0, .2, .4, 1] -> 16 * s'/1.6
     x = torch.randn(2, 11, 128, dtype=torch.float64)
-    allocation = module.allocate(module.project(x)[1])
+    allocation = module.allocate(kd.key_norms(module.project(x)[1]))
     expected = torch.tensor([0, 2, 4, 10])
     assert (allocation == (expected if scope == "batch" else expected.expand(2, 4))).all(), allocation
     assert_close(module(x), kd.reference_forward(module, x))
@@ -174,7 +174,7 @@ def test_equal_key_norms_give_the_gqa_result(name):
     buffers = kd.DynamicKeyDrivenGQA.BUFFERS  # dgqa's state: gqa has no such entries
     gqa.load_state_dict({k: v for k, v in module.state_dict().items() if k not in buffers})
     x = torch.randn(2, 10, 64, dtype=torch.float64)
-    assert module.allocate(module.project(x)[1]).tolist() == [2, 2, 2, 2]
+    assert module.allocate(kd.key_norms(module.project(x)[1])).tolist() == [2, 2, 2, 2]
     assert_close(module.eval()(x), gqa(x))
     assert torch.isfinite(module(torch.zeros(2, 3, 64, dtype=torch.float64))).all()  # zero norms
 
@@ -201,8 +201,8 @@ def test_scope_batch_depends_on_the_other_examples():
     block_keys(module)
     mild, strong = two_example_batch(1.0), two_example_batch(10.0)
     strong[0] = mild[0]
-    assert module.allocate(module.project(mild)[1]).tolist() == [4, 0]
-    assert module.allocate(module.project(strong)[1]).tolist() == [0, 4]
+    assert module.allocate(kd.key_norms(module.project(mild)[1])).tolist() == [4, 0]
+    assert module.allocate(kd.key_norms(module.project(strong)[1])).tolist() == [0, 4]
     assert not torch.allclose(module(mild)[0], module(strong)[0])
 
 
@@ -358,3 +358,54 @@ def test_runs_on_device_without_host_sync(device, name, opts):
 def test_bad_options_name_the_value(name, opts, message):
     with pytest.raises(ValueError, match=message):
         av.create(name, av.AttnSpec(32, 4, 2), **opts)
+
+
+# --- DGQA state stays float32 in a low-precision module (issue 20, item 5) ----------------------
+
+CASTS = {
+    "to(bfloat16)": lambda m: m.to(torch.bfloat16),
+    "bfloat16()": lambda m: m.bfloat16(),
+    "half()": lambda m: m.half(),
+    "to(device, dtype)": lambda m: m.to("cpu", torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("cast", list(CASTS))
+def test_dgqa_norm_cache_stays_float32_through_casts(cast):
+    module = av.create("dgqa", av.AttnSpec(32 * 4, 32, 8), kind="diff").eval()
+    block_keys(module)
+    module = CASTS[cast](module)
+    assert module.norm_cache.dtype == torch.float32
+    assert module.q_proj.weight.dtype != torch.float32  # the rest of the module was cast
+    dtype = module.q_proj.weight.dtype
+    x = scaled_input(2, 16, 32 * 4, 4, [4.0, 1.0, 2.0, 0.5, 3.0, 1.0, 2.0, 1.0]).to(dtype)
+    module(x)
+    assert module.allocation.tolist() != [4] * 8  # |0 - s| = s: driven by the norms
+    module(x)  # the same keys again: |cache - s| = 0 exactly, no preference -> uniform
+    assert module.allocation.tolist() == [4] * 8
+    assert module.norm_cache.dtype == torch.float32
+
+
+def test_dgqa_norm_cache_stays_float32_through_state_dict_round_trips():
+    spec = av.AttnSpec(32 * 4, 32, 8)
+    trained = av.create("dgqa", spec).bfloat16().eval()
+    trained(torch.randn(2, 16, 32 * 4, dtype=torch.bfloat16))
+    state = trained.state_dict()
+    assert state["norm_cache"].dtype == torch.float32
+    fresh = av.create("dgqa", spec).bfloat16()
+    fresh.load_state_dict(state)
+    assert fresh.norm_cache.dtype == torch.float32
+    assert torch.equal(fresh.norm_cache, trained.norm_cache)
+    # A checkpoint whose cache was saved in bf16 (by older code) is widened, also with assign=True.
+    old = {**state, "norm_cache": state["norm_cache"].bfloat16()}
+    for assign in (False, True):
+        loaded = av.create("dgqa", spec).bfloat16()
+        loaded.load_state_dict(dict(old), assign=assign)
+        assert loaded.norm_cache.dtype == torch.float32, assign
+        assert torch.equal(loaded.norm_cache, old["norm_cache"].float())
+
+
+def test_dgqa_norm_cache_follows_a_float64_module_and_back():
+    module = av.create("dgqa", av.AttnSpec(32, 8, 4)).double()
+    assert module.norm_cache.dtype == torch.float64  # the float64 reference checks keep full precision
+    assert module.float().norm_cache.dtype == torch.float32
