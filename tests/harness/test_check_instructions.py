@@ -5,6 +5,7 @@ valgrind loading torch is most of it. They are what proves the metric: counts of
 code agree across two processes, and a variant made to do twice the work is the only one named.
 """
 
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ head_dim = 32
 warmup = 3
 threads = 1
 instructions_baseline = "{baseline}"
+out = "{out}"
 """
 
 # Injected into the callgrind child as a plugin: mmca's forward runs twice, nothing else changes.
@@ -57,7 +59,7 @@ mm.MultiModalCausalAttention.forward = forward
 
 
 def _config(tmp_path, name: str = "counts.csv", **extra) -> str:
-    text = TINY.format(baseline=tmp_path / name)
+    text = TINY.format(baseline=tmp_path / name, out=tmp_path / "runs")
     text += "".join(f"{k} = {v}\n" for k, v in extra.items())
     path = tmp_path / name.replace(".csv", ".toml")
     path.write_text(text)
@@ -117,10 +119,17 @@ def test_a_doubled_forward_is_the_only_cell_named_regressed(two_runs, monkeypatc
         return [Count(c, "ok", "", calls[c], r["sdpa_backend"]) for c, r in rows.items()], env
 
     monkeypatch.setattr(instructions, "measure_all", recorded)
-    result = _check(str(cfg_text))
+    result = _check(str(cfg_text), "--out", str(tmp / "verdict"))
     assert result.exit_code == 1, result.output
     assert "REGRESSED mmca_g2 fwd n=128 h=8" in result.output
     assert "REGRESSED gqa" not in result.output and "1 over the 1.0% tolerance" in result.output
+    (run,) = (tmp / "verdict").iterdir()
+    rows = pd.read_csv(run / "instructions.csv", dtype=str, keep_default_na=False)
+    assert dict(zip(rows["variant"], rows["verdict"], strict=True)) == {"gqa": "ok", "mmca": "REGRESSED"}
+    records = json.loads((run / "benchmark.json").read_text())
+    names = {r["model"]["name"]: r["metric"]["name"] for r in records}
+    assert names == {"gqa": "instructions", "mmca": "instructions"}
+    assert all(len(r["metric"]["benchmark_values"]) == 5 and r["metric"]["target_value"] > 0 for r in records)
 
 
 def test_missing_valgrind_exits_2_with_how_to_install(tmp_path, monkeypatch):
@@ -184,7 +193,7 @@ def test_missing_plugin_is_a_value_error():
 
 
 def test_config_reads_the_metric_and_its_settings(tmp_path):
-    text = textwrap.dedent(TINY.format(baseline="x.csv")) + 'metric = "bogus"\n'
+    text = textwrap.dedent(TINY.format(baseline="x.csv", out=tmp_path)) + 'metric = "bogus"\n'
     (tmp_path / "bench.toml").write_text(text)
     result = runner.invoke(app, ["check", "--config", str(tmp_path / "bench.toml")])
     assert result.exit_code == 2 and "metric" in result.output
