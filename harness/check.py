@@ -226,7 +226,7 @@ def measure_cell(
     """The cell's ratios; a failure becomes status 'error' (or 'unsupported' per the registry)."""
     gc.collect()
     try:
-        step = _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device, cell.compile)
+        step = cell_step(cell, cfg, device)
         key = (cell.mode, cell.batch, cell.seq_len, cell.n_visual, cell.spec.n_heads, cell.spec.dim)
         if key not in references:  # one reference per shape, shared by the variants at that shape
             spec = av.info(cfg.reference).resolve(av.AttnSpec(cell.spec.dim, cell.spec.n_heads))
@@ -252,7 +252,7 @@ def measure_cell(
 
 def cell_step(cell: Cell, cfg: CheckConfig, device: torch.device) -> Callable[[], object]:
     """The step the cell measures (its variant, options, mode and shape), built on `device`."""
-    return _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device)
+    return _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device, cell.compile)
 
 
 def _step(
