@@ -15,7 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-STATUSES = ("ok", "oom", "unsupported", "invalid", "error")
+# skipped_memory: the fake-tensor estimate of the cell's peak did not fit (never ran); oom: it ran
+# out of memory (CUDA, cuBLAS/cuDNN workspace or the CPU allocator).
+STATUSES = ("ok", "oom", "skipped_memory", "unsupported", "invalid", "error")
 
 
 @dataclass(frozen=True)
@@ -48,15 +50,27 @@ class Row:
     latency_ms_p90: float | None = None
     repeats: int | None = None  # timed calls, after the warm-up
     latency_ms_samples: str = ""  # every timed sample, ';'-separated, so any statistic can be redone
+    # How each sample was taken (timing.method_name): cpu_perf_counter, or on CUDA cuda_event /
+    # cuda_graph, '+l2_flush' when a 256 MiB write cooled the L2 first. Always one call per sample.
+    timing: str = ""
     # Measured peak allocated above the start of one call: CUDA allocator statistics, or on
     # CPU the peak running sum of torch.profiler's allocation events. Not a formula.
     peak_mem_bytes: int | None = None
+    peak_mem_estimate_bytes: int | None = None  # live storage at the peak of the fake-tensor pass
     kv_cache_bytes: int | None = None  # analytic 2*b*g*n*e*itemsize, separate from the measurement
     # FlopCounterMode count of one call under the math SDPA backend. Convention: causal
     # attention is counted as if full (all n*s scores), as FlopCounterMode does everywhere;
     # the work a causal kernel actually needs is about half of the attention part.
     flops: int | None = None
-    tflops: float | None = None  # flops / latency median / 1e12 (causal counted as full, see flops)
+    # The FLOPs a causal kernel must do: flops with each attention call counted over the pairs
+    # it computes, n(n+1)/2 exactly for causal n = s (not halved); MMCA by its blocks.
+    flops_effective: int | None = None
+    tflops: float | None = None  # flops_effective / latency median / 1e12
+    # Minimal memory traffic of the attention step: read q, k, v, write o (fwd); plus read
+    # q, k, v, o, dO and write dq, dk, dv (fwd_bwd); decode reads the whole KV cache.
+    bytes_moved: int | None = None
+    flops_util: float | None = None  # flops_effective per second / calibrated matmul FLOP/s
+    bw_util: float | None = None  # bytes_moved per second / calibrated copy bandwidth
     sdpa_backend: str = ""  # SDPA kernel(s) torch ran, from profiler op names: flash_cpu, flash, math...
     cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
     timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)

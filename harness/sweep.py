@@ -15,11 +15,13 @@ A failing cell becomes a row with its status; Ctrl-C keeps the rows written so f
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import gc
 import json
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +34,7 @@ import attn_variants as av
 from attn_variants.registry import Mode
 
 from . import config as config_mod
-from . import executors, measure, timing, workload
+from . import calibrate, executors, flops, measure, timing, workload
 from .records import CsvSink, Row, read_frame, read_rows, write_run_json
 from .variant_choice import VariantChoice, parse_variants
 
@@ -64,6 +66,14 @@ class SweepConfig:
     out: str = "results"
     # local: cells run one by one in this process. ray: one Ray task per cell, holding a whole
     # GPU (GPU sweeps) or one CPU slot per thread (CPU sweeps), so cells never share a device.
+    # CUDA timing (no-ops on CPU; the `timing` column names the method): zero a 256 MiB buffer
+    # before each fwd/fwd_bwd call so it starts with a cold L2 (triton's do_bench), and time
+    # decode as replays of a captured CUDA graph (a decode step is mostly launch overhead).
+    l2_flush: bool = True
+    cuda_graph: bool = False
+    # Cells whose fake-tensor peak estimate exceeds this many MiB become skipped_memory rows;
+    # 0: on CUDA what the allocator can still get, on CPU no limit.
+    memory_limit_mb: float = 0.0
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
 
@@ -82,6 +92,7 @@ class SweepConfig:
             ("warmup", 0),
             ("threads", 0),
             ("min_time_s", 0),
+            ("memory_limit_mb", 0),
         )
         for name, low in lows:
             if getattr(self, name) < low:
@@ -186,10 +197,14 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
     csv_path = run_dir / "sweep.csv"
     done = {row_key(r) for r in read_rows(csv_path)}
     todo = [c for c in cells if c.key() not in done]
+    with timing.threads(cfg.threads):
+        # The roof of the roofline, before the clock starts (cached: measured once per machine,
+        # dtype and thread count). Ray workers calibrate their own device in their first cell.
+        peaks = calibrate.get(device, cfg.dtype) if cfg.executor == "local" else None
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
         env = measure.environment(device)
-        _write_run_json(run_dir, cfg, env, skipped, len(cells))
+        _write_run_json(run_dir, cfg, env, skipped, len(cells), peaks)
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
         task = functools.partial(
@@ -220,10 +235,13 @@ def load(csv_path: Path) -> pd.DataFrame:
     return read_frame(csv_path, TEXT_COLUMNS)
 
 
-def _write_run_json(run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int) -> None:
+def _write_run_json(
+    run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int, peaks: Any
+) -> None:
     if (run_dir / "run.json").exists():  # resuming: the first session's record stays unchanged
         return
-    write_run_json(run_dir, cfg, env, cells, skipped_pairs=[list(p) for p in skipped])
+    calibration = dataclasses.asdict(peaks) if peaks is not None else None
+    write_run_json(run_dir, cfg, env, cells, skipped_pairs=[list(p) for p in skipped], calibration=calibration)
 
 
 def measure_cell(
@@ -235,9 +253,13 @@ def measure_cell(
         status, error, fields = "ok", "", _measure(cell, cfg, device, dtype)
     except workload.UnsupportedMode as err:
         status, error, fields = "unsupported", str(err), {}
+    except measure.MemorySkip as err:
+        status, error, fields = "skipped_memory", str(err), {"peak_mem_estimate_bytes": err.estimate}
     except Exception as err:  # noqa: BLE001 (any failure is recorded, the sweep goes on)
         status = "oom" if measure.is_oom(err) else "invalid" if isinstance(err, ValueError) else "error"
         error, fields = f"{type(err).__name__}: {err}"[:500], {}
+    if status in ("oom", "error"):  # the exception (now gone) held the cell's tensors: free them
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return _row(cell, env, run_id, status, error, cell_s=round(time.perf_counter() - start, 6), **fields)
@@ -280,7 +302,8 @@ def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: 
 
 
 def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    w = workload.build(
+    build = functools.partial(
+        workload.build,
         cell.choice.name,
         cell.spec,
         cell.mode,
@@ -292,27 +315,54 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         options=dict(cell.choice.options),
         seed=cfg.seed,
     )
-    flops = measure.count_flops(w.step)  # untimed, math backend
+    fake = flops.fake_pass(lambda: build().step)  # FLOPs and a peak estimate, no real tensors
+    measure.check_fits(fake.peak_bytes, measure.memory_limit(device, cfg.memory_limit_mb))
+    w = build()
     for _ in range(cfg.warmup):
         w.step()
-    probe = measure.probe(w.step, device)  # untimed, the backend the timed calls use
-    samples = timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
+    probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
+    fn, method = _timed_fn(w.step, cell.mode, cfg, device)
+    flush = timing.L2Flush(device, cfg.l2_flush and cell.mode != "decode")
+    samples = timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
     while sum(samples) < cfg.min_time_s:  # batches of `repeats` (timing.summarize keeps them all)
-        samples += timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
+        samples += timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
     t = timing.summarize(samples)
+    moved = flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
+    peaks = calibrate.get(device, cell.dtype)
     return dict(
         latency_ms_median=t.median * 1e3,
         latency_ms_p10=t.p10 * 1e3,
         latency_ms_p90=t.p90 * 1e3,
         repeats=t.n,
         latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
+        timing=method,
         peak_mem_bytes=probe.peak_mem_bytes,
+        peak_mem_estimate_bytes=fake.peak_bytes,
         kv_cache_bytes=w.kv_cache_bytes,
-        flops=flops,
-        tflops=flops / t.median / 1e12,
+        flops=fake.flops,
+        flops_effective=fake.flops_effective,
+        tflops=fake.flops_effective / t.median / 1e12,
+        bytes_moved=moved,
+        flops_util=fake.flops_effective / t.median / peaks.peak_flops,
+        bw_util=moved / t.median / peaks.peak_bytes_per_s,
         sdpa_backend=probe.sdpa_backend,
         timed_s=sum(samples),
     )
+
+
+def _timed_fn(
+    step: Callable[[], object], mode: str, cfg: SweepConfig, device: torch.device
+) -> tuple[Callable[[], object], str]:
+    """What the samples time, and the `timing` column naming it."""
+    flush = cfg.l2_flush and mode != "decode"
+    if not (cfg.cuda_graph and mode == "decode" and device.type == "cuda"):
+        return step, timing.method_name(device, l2_flush=flush, cuda_graph=False)
+    try:
+        return timing.cuda_graph(step, device), timing.method_name(device, l2_flush=False, cuda_graph=True)
+    except RuntimeError as err:  # a host sync or dynamic shape in the step: time it eagerly
+        torch.cuda.synchronize(device)
+        reason = str(err).splitlines()[0][:80]
+        return step, f"{timing.method_name(device, l2_flush=False, cuda_graph=False)} (graph failed: {reason})"
 
 
 SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]

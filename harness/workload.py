@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 import attn_variants as av
 from attn_variants.registry import MODES
@@ -29,6 +30,9 @@ class Workload:
     spec: av.AttnSpec  # the spec the variant runs with (presets resolved)
     step: Callable[[], object]
     kv_cache_bytes: int  # analytic 2*b*g*n*e*itemsize at this shape
+    # Drops what the previous call left behind that the next call replaces (fwd_bwd: the
+    # gradients), so a memory baseline taken after it counts them in the call's peak.
+    reset: Callable[[], None] = lambda: None
 
 
 def build(
@@ -57,13 +61,30 @@ def build(
     device = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)  # parameter init
-    module = av.create(variant, spec, **(options or {})).to(device=device, dtype=dtype)
+    module = to(av.create(variant, spec, **(options or {})), device, dtype)
     resolved = module.spec
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
     x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
-    step = make(module, x, n_visual, gen)
+    made = make(module, x, n_visual, gen)
+    step, reset = made if isinstance(made, tuple) else (made, lambda: None)
     kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
-    return Workload(module, resolved, step, kv_bytes)
+    return Workload(module, resolved, step, kv_bytes, reset)
+
+
+def to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """`module.to(device, dtype)`; under FakeTensorMode (harness/flops.py) each parameter and
+    buffer is replaced instead, since `nn.Module._apply` swaps fake parameters in place and the
+    swap fails when the fake tensor has a weak reference (it does, at random)."""
+    if not isinstance(torch.empty(0), FakeTensor):
+        return module.to(device=device, dtype=dtype)
+    for mod in module.modules():
+        for slots in (mod._parameters, mod._buffers):
+            for name, t in slots.items():
+                if t is None:
+                    continue
+                moved = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                slots[name] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
+    return module
 
 
 def _forward(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Callable[[], object]:
@@ -78,18 +99,22 @@ def _forward(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Gener
 
 def _forward_backward(
     module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator
-) -> Callable[[], object]:
+) -> tuple[Callable[[], object], Callable[[], None]]:
+    """The step and its reset: the gradients the last step left, dropped."""
     module.train()
     x = x.detach().requires_grad_(True)
     grad = torch.randn(x.shape, generator=gen).to(x)  # a random upstream gradient (b, n, d)
 
-    def step() -> object:
+    def reset() -> None:
         module.zero_grad(set_to_none=True)
         x.grad = None
+
+    def step() -> object:
+        reset()
         module(x, n_visual=n_visual).backward(grad)
         return x.grad
 
-    return step
+    return step, reset
 
 
 def _decode(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Callable[[], object]:
