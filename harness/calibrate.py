@@ -84,9 +84,8 @@ def measure_peaks(device: torch.device, dtype: str, device_name: str, threads: i
     """Time the matmul and the copy on `device` now."""
     k, n_bytes = MATMUL_K[device.type], COPY_BYTES[device.type]
     dt = measure.DTYPES[dtype]
-    a, b = (torch.randn(k, k, device=device).to(dt) for _ in range(2))
-    matmul_s = _best(lambda: a @ b, device)
-    del a, b
+    x, y = torch.randn(k, k, device=device).to(dt), torch.randn(k, k, device=device).to(dt)
+    matmul_s = _best(lambda: x @ y, device)
     src = torch.empty(n_bytes // 4, dtype=torch.int32, device=device).fill_(1)
     dst = torch.empty_like(src)
     copy_s = _best(lambda: dst.copy_(src), device)

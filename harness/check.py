@@ -143,7 +143,8 @@ def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = No
             for cell in todo:
                 done = results[cell.key()]
                 if done.status == "ok":
-                    results[cell.key()] = merge(done, measure_cell(cell, cfg, device, references, rounds, flush))
+                    measured = measure_cell(cell, cfg, device, references, rounds, flush)
+                    results[cell.key()] = merge(done, measured)
                 if progress:
                     progress(results[cell.key()])
     return list(results.values())

@@ -209,9 +209,9 @@ def memory_limit(device: torch.device, limit_mb: float = 0.0) -> int | None:
     if device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    cap = int(torch.cuda.get_per_process_memory_fraction(device) * total) - torch.cuda.memory_allocated(device)
-    return min(free + cached, cap)
+    allocated = torch.cuda.memory_allocated(device)
+    cap = int(torch.cuda.get_per_process_memory_fraction(device) * total) - allocated
+    return min(free + torch.cuda.memory_reserved(device) - allocated, cap)
 
 
 def check_fits(estimate: int, limit: int | None) -> None:

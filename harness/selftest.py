@@ -206,5 +206,6 @@ def report(outcomes: list[Outcome], out: Path, console: object) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([o.__dict__ for o in outcomes]).to_csv(out / "selftest.csv", index=False)
     failed = sum(o.failed for o in outcomes)
-    console.print(f"{len(outcomes) - failed} ok / skipped / answered, {failed} failed; {out / 'selftest.csv'}")  # type: ignore[attr-defined]
+    summary = f"{len(outcomes) - failed} ok, skipped or answered; {failed} failed; {out / 'selftest.csv'}"
+    console.print(summary)  # type: ignore[attr-defined]
     return 1 if failed else 0

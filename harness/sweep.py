@@ -33,8 +33,8 @@ import torch
 import attn_variants as av
 from attn_variants.registry import Mode
 
-from . import config as config_mod
 from . import calibrate, executors, flops, measure, timing, workload
+from . import config as config_mod
 from .records import CsvSink, Row, read_frame, read_rows, write_run_json
 from .variant_choice import VariantChoice, parse_variants
 
@@ -241,7 +241,8 @@ def _write_run_json(
     if (run_dir / "run.json").exists():  # resuming: the first session's record stays unchanged
         return
     calibration = dataclasses.asdict(peaks) if peaks is not None else None
-    write_run_json(run_dir, cfg, env, cells, skipped_pairs=[list(p) for p in skipped], calibration=calibration)
+    pairs = [list(p) for p in skipped]
+    write_run_json(run_dir, cfg, env, cells, skipped_pairs=pairs, calibration=calibration)
 
 
 def measure_cell(
@@ -362,7 +363,7 @@ def _timed_fn(
     except RuntimeError as err:  # a host sync or dynamic shape in the step: time it eagerly
         torch.cuda.synchronize(device)
         reason = str(err).splitlines()[0][:80]
-        return step, f"{timing.method_name(device, l2_flush=False, cuda_graph=False)} (graph failed: {reason})"
+        return step, f"cuda_event (graph capture failed: {reason})"
 
 
 SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]

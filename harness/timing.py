@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 # triton.testing.do_bench's practice: before each timed call, write a buffer larger than the
 # L2 cache (50 MB on H100 and H200), so the call reads its inputs from HBM as it would inside a
 # model, not from the cache the previous call of the same step left warm.
@@ -42,7 +41,9 @@ class L2Flush:
             self.buffer.zero_()
 
 
-def time_call(fn: Callable[[], object], device: torch.device, flush: Callable[[], None] | None = None) -> float:
+def time_call(
+    fn: Callable[[], object], device: torch.device, flush: Callable[[], None] | None = None
+) -> float:
     """Seconds one call of `fn` takes on `device` (synchronised); `flush` runs before the
     start event, so it is not timed but the call starts with a cold L2."""
     if device.type == "cuda":
