@@ -118,27 +118,22 @@ class FakePass:
 
 
 def fake_pass(build: Callable[[], Callable[[], object]]) -> FakePass:
-    """`build()` makes the step (module, inputs, cache prefill); both run over fake tensors.
+    """`build()` makes the step (module, inputs, cache prefill); all of it runs on fake tensors.
 
-    Two passes: FLOPs under the math backend (as the real-tensor count was), memory under the
-    default backend."""
+    The step runs twice on one build: under the default SDPA backend (the timed calls' kernel)
+    for the memory peak, then under the math backend for FLOPs, as the real-tensor count did."""
+    live = LiveBytes()
     with FakeTensorMode(), recording_backends() as recorder:
-        step = build()
-        first = len(recorder.calls)  # calls before this one were the build's (decode's prefill)
+        with live:
+            step = build()
+            step()
+        first = len(recorder.calls)  # the build's (decode's prefill) and the memory pass's calls
         counter = FlopCounterMode(display=False)
         with sdpa_kernel(SDPBackend.MATH), counter:
             step()
     flops, calls = counter.get_total_flops(), tuple(recorder.calls[first:])
     effective = flops - sum(c.flops(c.n * c.s) - c.flops(c.pairs()) for c in calls)
-    return FakePass(flops, effective, _peak(build), calls)
-
-
-def _peak(build: Callable[[], Callable[[], object]]) -> int:
-    with FakeTensorMode():
-        live = LiveBytes()
-        with live:
-            build()()
-    return live.peak
+    return FakePass(flops, effective, live.peak, calls)
 
 
 def bytes_moved(mode: str, b: int, n: int, spec: AttnSpec, dtype: torch.dtype) -> int:
