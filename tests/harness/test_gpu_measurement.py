@@ -129,6 +129,26 @@ def test_fwd_bwd_peak_counts_the_gradients_it_allocates(device):
     assert peak >= grads, (peak, grads)
 
 
+def test_sweep_probes_fwd_bwd_after_dropping_the_last_gradients(tmp_path, monkeypatch):
+    """The CPU profiler's peak happens to count the gradients either way (test above); on CUDA
+    the baseline would hold the old ones. What makes both mean the same: the sweep hands the
+    probe the workload's reset, and the reset leaves no gradient behind."""
+    seen, real_probe = [], measure.probe
+
+    def probe(step, device, reset=None):
+        seen.append(reset)
+        return real_probe(step, device, reset)
+
+    monkeypatch.setattr(measure, "probe", probe)
+    sweep.run(_cfg(tmp_path, modes=("fwd_bwd",), seq_len=(16,), reference="none"))
+    assert len(seen) == 1 and seen[0] is not None
+    w = workload.build("gqa", av.AttnSpec(dim=64, n_heads=4, n_kv_heads=2), "fwd_bwd", batch=1, seq_len=8)
+    x_grad = w.step()
+    assert x_grad is not None and all(p.grad is not None for p in w.module.parameters())
+    w.reset()
+    assert all(p.grad is None for p in w.module.parameters())
+
+
 # --- timing ---------------------------------------------------------------------------------------
 
 
