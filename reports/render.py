@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import accuracy_figures as af
+from . import roofline as rf
 from . import sweep_figures as sf
 from . import tables
 from .load import Run, combined, load_runs
@@ -43,6 +44,10 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "unless --seq-len is given.", lambda df: sf.speedup_figure(df, seq_len)),
         FigureSpec("tflops", "sweep", ("tflops",), "Achieved TFLOP/s",
                    "FLOPs counted by torch.utils.flop_counter over the median latency.", sf.tflops_figure),
+        FigureSpec("roofline", "sweep", rf.ROOFLINE_COLUMNS, "Roofline",
+                   "Each ok cell at its arithmetic intensity (flops_effective / bytes_moved) and achieved "
+                   "FLOP/s, under the roof of this machine's measured matmul FLOP/s and copy bandwidth "
+                   "(attnbench calibrate).", rf.roofline_figure),
         FigureSpec("accuracy", "accuracy", (), "Accuracy per task",
                    "Mean over seeds with ±1 std; every seed is a dot.", af.accuracy_figure),
         FigureSpec("accuracy_vs_kv_cache", "accuracy", ("kv_cache_bytes",), "Accuracy against KV-cache size",

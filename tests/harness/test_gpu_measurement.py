@@ -107,7 +107,9 @@ def test_cuda_memory_fraction_skips_and_ooms(tmp_path, monkeypatch):
         big = _cfg(tmp_path, seq_len=(65536,), heads=(32,), kv_heads=(32,), head_dim=128, reference="none")
         assert sweep.run(big)["status"].tolist() == ["skipped_memory"]
         monkeypatch.setattr(measure, "check_fits", lambda estimate, limit: None)
-        both = _cfg(tmp_path, seq_len=(65536, 64), heads=(32,), kv_heads=(32,), head_dim=128, reference="none")
+        both = _cfg(
+            tmp_path, seq_len=(65536, 64), heads=(32,), kv_heads=(32,), head_dim=128, reference="none"
+        )
         assert sweep.run(both).set_index("seq_len")["status"].to_dict() == {65536: "oom", 64: "ok"}
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
@@ -201,6 +203,7 @@ def test_calibration_is_cached_per_device_and_dtype(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     first = calibrate.get(cpu, "float32")
     assert first.peak_flops > 0 and first.peak_bytes_per_s > 0
+
     def measure_again(*args):
         raise RuntimeError("measured again")
 
