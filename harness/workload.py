@@ -61,7 +61,8 @@ def build(
     device = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)  # parameter init
-    module = to(av.create(variant, spec, **(options or {})), device, dtype)
+    with device:  # initialise the weights where they will live: d = 4096 on the CPU takes seconds
+        module = to(av.create(variant, spec, **(options or {})), device, dtype)
     resolved = module.spec
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
     x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
