@@ -1,8 +1,9 @@
-"""FLOPs and a peak-memory estimate from one pass over fake tensors: nothing of size n^2 exists.
+"""FLOPs and a peak-memory estimate from tensors without data: nothing of size n^2 exists.
 
-The step is built and run under `torch._subclasses.fake_tensor.FakeTensorMode`: every tensor
-has its shape, dtype and device but no data, so the FLOP count of a b*h*n^2 score matrix costs
-nothing (the real-tensor count ran the math SDPA kernel and materialised it; issue 13).
+The step is built and run on the `meta` device (FLOPs) or under
+`torch._subclasses.fake_tensor.FakeTensorMode` (memory): every tensor has its shape and dtype
+but no data, so the FLOP count of a b*h*n^2 score matrix costs nothing (the real-tensor count
+ran the math SDPA kernel and materialised it; issue 13).
 
 - `flops`: `torch.utils.flop_counter.FlopCounterMode` under the math SDPA backend, the count
   the real-tensor pass gave (tests/harness/test_flops.py checks they are equal). Its
@@ -11,9 +12,10 @@ nothing (the real-tensor count ran the math SDPA kernel and materialised it; iss
   causal kernel must compute. Attention calls are recorded where every variant makes them,
   `attn_variants.backends.BACKENDS`, so MMCA's blocks (causal text->text, full text->visual,
   no math for visual->visual 'self') are counted as the blocks it calls.
-- `peak_bytes`: the peak of live tensor storage over build + step under the default SDPA
-  backend (the one the timed calls use), tracked with storage weak references. It is an
-  estimate: the allocator's rounding and caching and a kernel's own workspace are not in it.
+- `peak_estimate`: the peak of live tensor storage over build + step on fake tensors of the
+  run's device, under the default SDPA backend (the one the timed calls use), tracked with
+  storage weak references. It is an estimate: the allocator's rounding and caching and a
+  kernel's own workspace are not in it.
 """
 
 from __future__ import annotations
@@ -108,32 +110,43 @@ class LiveBytes(TorchDispatchMode):
 
 
 @dataclass(frozen=True)
-class FakePass:
-    """What the fake-tensor passes found for one step."""
+class Count:
+    """The FLOPs of one step, and the attention calls they were corrected with."""
 
     flops: int
     flops_effective: int
-    peak_bytes: int  # live storage at the peak of build + step, default SDPA backend
     attention: tuple[AttentionCall, ...]
 
 
-def fake_pass(build: Callable[[], Callable[[], object]]) -> FakePass:
-    """`build()` makes the step (module, inputs, cache prefill); all of it runs on fake tensors.
+META = torch.device("meta")
 
-    The step runs twice on one build: under the default SDPA backend (the timed calls' kernel)
-    for the memory peak, then under the math backend for FLOPs, as the real-tensor count did."""
-    live = LiveBytes()
-    with FakeTensorMode(), recording_backends() as recorder:
-        with live:
-            step = build()
-            step()
-        first = len(recorder.calls)  # the build's (decode's prefill) and the memory pass's calls
+
+def count(make: Callable[[torch.device], Callable[[], object]]) -> Count:
+    """FLOPs of the step `make(device)` builds, counted on the meta device under the math backend.
+
+    Meta tensors have shapes and no data, like fake ones, and dispatch straight to C++ meta
+    kernels: about 4x faster than FakeTensorMode, which matters at small n where the count's
+    cost is all overhead. The count equals the real-tensor count (tests/harness/test_flops.py)."""
+    with recording_backends() as recorder:
+        step = make(META)
+        first = len(recorder.calls)  # calls before this were the build's (decode's prefill)
         counter = FlopCounterMode(display=False)
         with sdpa_kernel(SDPBackend.MATH), counter:
             step()
     flops, calls = counter.get_total_flops(), tuple(recorder.calls[first:])
     effective = flops - sum(c.flops(c.n * c.s) - c.flops(c.pairs()) for c in calls)
-    return FakePass(flops, effective, live.peak, calls)
+    return Count(flops, effective, calls)
+
+
+def peak_estimate(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> int:
+    """Peak live storage of building and running the step on `device`, over fake tensors.
+
+    Fake, not meta: a fake CUDA tensor keeps the device, so SDPA picks the kernel the timed call
+    will (a fused one, O(n) memory), where meta would fall back to math and its n^2 scores."""
+    live = LiveBytes()
+    with FakeTensorMode(), live:
+        make(device)()
+    return live.peak
 
 
 def bytes_moved(mode: str, b: int, n: int, spec: AttnSpec, dtype: torch.dtype) -> int:

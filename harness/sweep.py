@@ -303,22 +303,21 @@ def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: 
 
 
 def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    build = functools.partial(
-        workload.build,
-        cell.choice.name,
-        cell.spec,
-        cell.mode,
-        batch=cell.batch,
-        seq_len=cell.seq_len,
-        n_visual=cell.n_visual,
-        dtype=dtype,
-        device=device,
-        options=dict(cell.choice.options),
-        seed=cfg.seed,
-    )
-    fake = flops.fake_pass(lambda: build().step)  # FLOPs and a peak estimate, no real tensors
-    measure.check_fits(fake.peak_bytes, measure.memory_limit(device, cfg.memory_limit_mb))
-    w = build()
+    def build(on: torch.device) -> workload.Workload:
+        return workload.build(
+            cell.choice.name, cell.spec, cell.mode, batch=cell.batch, seq_len=cell.seq_len,
+            n_visual=cell.n_visual, dtype=dtype, device=on, options=dict(cell.choice.options), seed=cfg.seed,
+        )  # fmt: skip
+
+    def make(on: torch.device) -> Callable[[], object]:
+        return build(on).step
+
+    counted = flops.count(make)  # on the meta device: no data, no n^2 allocation
+    limit = measure.memory_limit(device, cfg.memory_limit_mb)
+    estimate = flops.peak_estimate(make, device) if limit is not None else None
+    if estimate is not None:
+        measure.check_fits(estimate, limit)
+    w = build(device)
     for _ in range(cfg.warmup):
         w.step()
     probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
@@ -338,13 +337,13 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
         timing=method,
         peak_mem_bytes=probe.peak_mem_bytes,
-        peak_mem_estimate_bytes=fake.peak_bytes,
+        peak_mem_estimate_bytes=estimate,
         kv_cache_bytes=w.kv_cache_bytes,
-        flops=fake.flops,
-        flops_effective=fake.flops_effective,
-        tflops=fake.flops_effective / t.median / 1e12,
+        flops=counted.flops,
+        flops_effective=counted.flops_effective,
+        tflops=counted.flops_effective / t.median / 1e12,
         bytes_moved=moved,
-        flops_util=fake.flops_effective / t.median / peaks.peak_flops,
+        flops_util=counted.flops_effective / t.median / peaks.peak_flops,
         bw_util=moved / t.median / peaks.peak_bytes_per_s,
         sdpa_backend=probe.sdpa_backend,
         timed_s=sum(samples),

@@ -1,4 +1,5 @@
-"""The fake-tensor pass: same FLOPs as the real-tensor count, flat memory, causal FLOPs by hand."""
+"""FLOPs on meta tensors, the peak estimate on fake ones: the real-tensor count, flat memory,
+causal FLOPs by hand."""
 
 from __future__ import annotations
 
@@ -15,31 +16,40 @@ CASES = [(name, mode) for name in av.names() for mode in av.info(name).modes]
 
 
 def _build(name: str, mode: str, n: int, h: int = 4, g: int = 2, e: int = 16, **options):
+    """build(device=cpu) -> the Workload of this cell on `device`."""
     info = av.info(name)
     spec = info.resolve(av.AttnSpec(dim=h * e, n_heads=h, n_kv_heads=g))
     m = round(0.25 * n) if info.multimodal else 0
-    return lambda: workload.build(name, spec, mode, batch=2, seq_len=n, n_visual=m, options=options)
+    return lambda device="cpu": workload.build(
+        name, spec, mode, batch=2, seq_len=n, n_visual=m, options=options, device=device
+    )
+
+
+def _make(build):
+    return lambda device: build(device).step
 
 
 @pytest.mark.parametrize(("name", "mode", "n"), [(*c, 17) for c in CASES] + [("gqa", "fwd_bwd", 64)])
 def test_fake_count_equals_the_real_tensor_count(name, mode, n):
-    """Every variant x mode, an odd and an even n: FlopCounterMode over fake tensors counts
+    """Every variant x mode, an odd and an even n: FlopCounterMode over meta tensors counts
     what it counted over real ones (measure.count_flops, the old method, math backend)."""
     build = _build(name, mode, n)
     w = build()
     w.step()  # decode: the real count runs after one step, as the sweep's did
-    assert flops.fake_pass(lambda: build().step).flops == measure.count_flops(w.step)
+    assert flops.count(_make(build)).flops == measure.count_flops(w.step)
 
 
-def test_fake_pass_memory_stays_flat_at_long_n():
+def test_memory_stays_flat_at_long_n():
     """n = 32768, h = 8: one fp32 score tensor would be 34 GB and the old count ran out of
-    memory; the fake pass's whole process stays under 1.5 GiB (torch's import included)."""
+    memory; counting FLOPs (meta) and estimating the peak (fake) keep the whole process under
+    1.5 GiB (torch's import included)."""
     code = (
         "import resource, attn_variants as av\n"
         "from harness import flops, workload\n"
         "spec = av.AttnSpec(dim=512, n_heads=8, n_kv_heads=2)\n"
-        "fp = flops.fake_pass(lambda: workload.build('gqa', spec, 'fwd_bwd', batch=1, seq_len=32768).step)\n"
-        "assert fp.flops > 8 * 32768**2 * 64 * 12, fp.flops\n"
+        "make = lambda d: workload.build('gqa', spec, 'fwd_bwd', batch=1, seq_len=32768, device=d).step\n"
+        "assert flops.count(make).flops > 8 * 32768**2 * 64 * 12\n"
+        "assert flops.peak_estimate(make, 'cpu') < 2**30\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -50,7 +60,7 @@ def test_fake_pass_memory_stays_flat_at_long_n():
 def test_flops_effective_causal_gqa_by_hand():
     """gqa fwd, b=2 n=40 h=4 g=2 e=16: attention counted over n(n+1)/2 pairs, not n^2."""
     b, n, h, e = 2, 40, 4, 16
-    fp = flops.fake_pass(lambda: _build("gqa", "fwd", n)().step)
+    fp = flops.count(_make(_build("gqa", "fwd", n)))
     full, causal = 4 * b * h * n * n * e, 4 * b * h * (n * (n + 1) // 2) * e
     assert fp.flops - fp.flops_effective == full - causal
     assert [c.pairs() for c in fp.attention] == [n * (n + 1) // 2]
@@ -60,7 +70,7 @@ def test_flops_effective_mmca_counts_its_blocks():
     """mmca fwd_bwd, m = 10 visual of n = 40: text->text causal (30*31/2 pairs), text->visual
     full (30*10), visual->visual 'self' makes no attention call; backward triples each."""
     b, n, m, h, e = 2, 40, 10, 4, 16
-    fp = flops.fake_pass(lambda: _build("mmca", "fwd_bwd", n)().step)
+    fp = flops.count(_make(_build("mmca", "fwd_bwd", n)))
     t = n - m
     assert sorted(c.pairs() for c in fp.attention) == sorted([t * (t + 1) // 2, t * m])
     full = 3 * 4 * b * h * (t * t + t * m) * e
@@ -70,7 +80,7 @@ def test_flops_effective_mmca_counts_its_blocks():
 
 def test_decode_is_not_discounted():
     """One query at the end sees every key: effective = counted."""
-    fp = flops.fake_pass(lambda: _build("gqa", "decode", 40)().step)
+    fp = flops.count(_make(_build("gqa", "decode", 40)))
     assert fp.flops == fp.flops_effective > 0
 
 
@@ -97,11 +107,12 @@ def test_peak_estimate_is_close_to_the_measured_peak():
     w = build()
     w.step()
     measured = measure.probe(w.step, torch.device("cpu"), w.reset).peak_mem_bytes
-    estimate = flops.fake_pass(lambda: build().step).peak_bytes
+    estimate = flops.peak_estimate(_make(build), torch.device("cpu"))
     assert measured <= estimate <= 4 * measured, (measured, estimate)
 
 
 def test_backends_restored_after_the_pass():
     before = dict(av.BACKENDS)
-    flops.fake_pass(lambda: _build("gqa", "fwd", 16)().step)
+    flops.count(_make(_build("gqa", "fwd", 16)))
+    flops.peak_estimate(_make(_build("gqa", "fwd", 16)), torch.device("cpu"))
     assert av.BACKENDS == before
