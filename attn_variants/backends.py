@@ -30,12 +30,29 @@ def _check_heads(q: Tensor, k: Tensor) -> None:
         raise ValueError(f"query heads h={h} are not divisible by key/value heads g={g}")
 
 
+def no_fused_gqa(device_type: str, dtype: torch.dtype) -> bool:
+    """True where `enable_gqa` would send SDPA to its math kernel: CUDA float32.
+
+    In torch 2.5-2.13 no fused CUDA kernel takes float32 with h != g: flash and cuDNN need
+    fp16/bf16, and memory-efficient (which takes float32) has no GQA, so `enable_gqa=True`
+    falls back to math, and GQA would be timed against an MHA that runs memory-efficient.
+    On CPU, the flash kernel takes float32 with `enable_gqa`, so K/V stay unrepeated there.
+    """
+    return device_type == "cuda" and dtype == torch.float32
+
+
 def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0) -> Tensor:
-    """Fused `F.scaled_dot_product_attention` with `enable_gqa`: K/V are never repeated.
+    """Fused `F.scaled_dot_product_attention` with `enable_gqa`: K/V are never repeated,
+    except on CUDA float32 (`no_fused_gqa`), where they are expanded to h heads so that the
+    memory-efficient kernel runs instead of math (h/g times the K/V memory; same result).
 
     Returns (b, h, n, e).
     """
     _check_heads(q, k)
+    h, g = q.shape[1], k.shape[1]
+    if h != g and no_fused_gqa(q.device.type, q.dtype):
+        k = k.repeat_interleave(h // g, dim=1)  # (b, h, s, e): query head i reads KV head i // (h/g)
+        v = v.repeat_interleave(h // g, dim=1)  # (b, h, s, e)
     n, s = q.shape[2], k.shape[2]
     mask = None
     # A single query at the end of the sequence sees every key: no mask needed.
@@ -49,7 +66,7 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.
         attn_mask=mask,
         dropout_p=dropout_p,
         is_causal=is_causal,
-        enable_gqa=q.shape[1] != k.shape[1],
+        enable_gqa=q.shape[1] != k.shape[1],  # False once K/V were expanded above
     )
 
 

@@ -220,17 +220,38 @@ class DynamicKeyDrivenGQA(_KeyAllocatedGQA):
         self.steps.add_(1)
         return self.allocation.clone()
 
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.half()`, `.bfloat16()`, `.cuda()` move `norm_cache` but never cast it below
+        float32. The "diff" rule |cache - s| compares the cache with norms computed in float32
+        (`key_norms`): a bf16 cache would hold s rounded, so the same keys twice would give
+        rounding noise (e.g. [4,3,7,7,2,5,1,3]) instead of "no preference" (uniform)."""
+        cache = self._buffers["norm_cache"]
+        super()._apply(fn, recurse)
+        moved = self._buffers["norm_cache"]  # where (and in what dtype) the cast put it
+        self._buffers["norm_cache"] = cache.to(moved.device, _state_dtype(moved.dtype))
+        return self
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """A plain GQA/MHA state dict (`from_mha`, a gqa checkpoint) has no DGQA state: the
         module then keeps its fresh state (cache 0, uniform allocation, step 0), as BatchNorm
         does for a missing `num_batches_tracked`. Only these three keys are filled in; every
-        other missing or unexpected key still fails a strict load."""
+        other missing or unexpected key still fails a strict load. A bf16 checkpoint's cache
+        is widened to float32 first, so `load_state_dict(..., assign=True)` keeps it float32."""
         for name in self.BUFFERS:
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        cache = state_dict[prefix + "norm_cache"]
+        if isinstance(cache, Tensor):
+            state_dict[prefix + "norm_cache"] = cache.to(_state_dtype(cache.dtype))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, kind={self.kind}, window={self.window}"
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """DGQA's norm cache dtype for a module cast to `dtype`: float32, or float64 in a float64
+    module (the reference checks run there), never lower."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 # --- reference path: the paper's loop over groups, allocation in plain Python --------------

@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import pandas as pd
-import torch
 
 import attn_variants as av
 
@@ -64,6 +63,7 @@ class AccuracyConfig:
     shift: int = 0  # > 0: digits and captions training images move by up to this many pixels
     ablate: Ablate = "none"  # zero-attention: attention outputs replaced by zeros (a control)
     threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
     out: str = "results"
 
     def __post_init__(self) -> None:
@@ -140,6 +140,8 @@ class AccuracyRow:
     status: str = "ok"  # ok | unsupported | invalid | error
     error: str = ""
     ablate: str = "none"
+    device: str = ""  # cpu | cuda: where the model trained
+    device_name: str = ""  # the GPU or CPU model
     threads: int = 0
     torch_version: str = ""
     git_commit: str = ""
@@ -180,13 +182,15 @@ def run(
     cfg: AccuracyConfig, *, run_dir: Path | None = None, observer: Observer | None = None
 ) -> pd.DataFrame:
     """Train and test every cell; rows are flushed to <run_dir>/accuracy.csv as they finish."""
+    device = measure.resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, device=device.type)  # the tasks (Job.device) and run.json: the real one
     todo = cells(cfg)
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path = run_dir / "accuracy.csv"
     t0 = time.perf_counter()
     with timing.threads(cfg.threads):
-        env = measure.environment(torch.device("cpu"))
+        env = measure.environment(device)
         write_run_json(run_dir, cfg, env, len(todo), command="accuracy")
         if observer:
             observer.start(len(todo))
@@ -235,6 +239,8 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
         status=status,
         error=error,
         ablate=cfg.ablate,
+        device=env["device"],
+        device_name=env["device_name"],
         threads=env["threads"],
         torch_version=env["torch_version"],
         git_commit=env["git_commit"],

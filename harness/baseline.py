@@ -8,6 +8,7 @@ another device kind is refused, never compared.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,18 @@ def device_kind(device: str, device_name: str) -> str:
     return "cpu" if device == "cpu" else f"{device} {device_name}"
 
 
+def path_for(template: str, env: Mapping[str, object]) -> Path:
+    """The baseline file: `template` with `{device_name}` replaced by the slug of this machine's
+    device name ('NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'), so each GPU model keeps
+    its own file and `--update-baseline` on an H200 leaves the H100 rows alone."""
+    return Path(template.replace("{device_name}", slug(str(env["device_name"]))))
+
+
+def slug(name: str) -> str:
+    """Lower case, runs of anything but letters and digits as one '-': a file-name-safe key."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
 def read(path: Path) -> pd.DataFrame:
     """The baseline rows (every column as text); a missing file says how to create one."""
     path = Path(path)
@@ -72,7 +85,9 @@ def incompatibility(df: pd.DataFrame, env: Mapping[str, object], cfg: CheckConfi
     if kinds != [here]:
         return f"baseline was taken on {', '.join(kinds)}, this check runs on {here}"
     threads, references = sorted(set(df["threads"])), sorted(set(df["reference"]))
-    if threads != [str(env["threads"])]:
+    # Only a CPU kernel runs on `threads` cores; on a GPU it is the host's core count, which
+    # says nothing about the ratios (two hosts with the same GPU may differ).
+    if here == "cpu" and threads != [str(env["threads"])]:
         return f"baseline was taken with threads={','.join(threads)}, this check uses {env['threads']}"
     if references != [cfg.reference]:
         return f"baseline ratios are vs {','.join(references)}, the check's reference is {cfg.reference}"

@@ -4,7 +4,7 @@ Python API (the CLI is a thin layer over it):
 
     cfg = harness.config.load(CheckConfig, "check", profile="ci")
     results = harness.check.measure_all(cfg)        # per-round ratios of every cell
-    frame = harness.baseline.read(Path(cfg.baseline))   # refuses a missing file
+    frame = harness.baseline.read(harness.baseline.path_for(cfg.baseline, env))  # refuses a missing file
     decisions = harness.check.compare_all(results, harness.baseline.samples(frame), cfg)
 
 Absolute times do not carry over between runs of a shared CI machine, so each cell (variant x
@@ -58,7 +58,9 @@ class CheckConfig:
     visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
     tolerance: float = 0.15  # a ratio may grow this much before it counts (CI noise budget)
     alpha: float = 0.01  # significance level of the one-sided Mann-Whitney U test, per cell
-    baseline: str = "tests/bench/baselines/ci-cpu.csv"  # committed; rewrite with --update-baseline
+    # Committed; rewrite with --update-baseline. '{device_name}' in it becomes the slug of the
+    # device's name (gpu-{device_name}.csv -> gpu-nvidia-h100-80gb-hbm3.csv): one file per GPU model.
+    baseline: str = "tests/bench/baselines/ci-cpu.csv"
     seed: int = 0
 
     def __post_init__(self) -> None:

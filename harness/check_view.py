@@ -26,9 +26,9 @@ STYLE = {"ok": "green", "REGRESSED": "bold red", "improved": "cyan", "new": "yel
 
 def main(cfg: CheckConfig, *, update: bool, console: Console) -> int:
     """Measure, then compare with (or, with `update`, rewrite) the baseline; the exit code."""
-    path = Path(cfg.baseline)
     check.cells(cfg)  # unknown variants or options fail before the baseline is read
     env = {**measure.environment(measure.resolve_device(cfg.device)), "threads": _threads(cfg)}
+    path = baseline_mod.path_for(cfg.baseline, env)  # per GPU model where it names {device_name}
     old = None if update else _compatible_baseline(path, env, cfg, console)
     t0 = time.perf_counter()
     results = _measure(cfg, console)

@@ -118,7 +118,10 @@ def sweep_command(
     modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size b.")] = None,
     head_dim: Annotated[int | None, typer.Option(help="Head dim e (d = h * e).")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float64, float16 or bfloat16.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, float64, float16 or bfloat16."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
     repeats: Annotated[int | None, typer.Option(help="Timed calls per cell.")] = None,
     min_time_s: Annotated[
@@ -257,6 +260,7 @@ def accuracy_command(
     threads: Annotated[
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
     config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
@@ -278,6 +282,7 @@ def accuracy_command(
         batch=batch,
         ablate=ablate,
         threads=threads,
+        device=device,
         out=out,
     )
     cfg = load_config(accuracy.AccuracyConfig, "accuracy", path=config, profile=profile, overrides=overrides)

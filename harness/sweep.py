@@ -53,7 +53,9 @@ class SweepConfig:
     modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
     batch: int = 2
     head_dim: int = 64  # e; the model width is d = h * e, so every h keeps the same head size
-    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
+    # auto: bfloat16 on CUDA (no fused CUDA kernel takes float32 with h != g, see
+    # attn_variants.backends.no_fused_gqa), float32 on CPU. A dtype given anywhere is kept.
+    dtype: Literal["auto", "float32", "float64", "float16", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
     repeats: int = 20  # timed calls per cell, at least
     # ...and more until the timed calls add up to this many seconds: fast cells (decode) would
@@ -189,9 +191,11 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
 
     The frame's `attrs` hold run_dir, csv, skipped pairs, and this session's wall and timed seconds.
     """
-    cells, skipped = grid(cfg)
     pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads)
-    device, dtype_ok = pool.device(cfg.device), measure.DTYPES[cfg.dtype]
+    device = pool.device(cfg.device)
+    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # run.json and rows: the real one
+    cells, skipped = grid(cfg)
+    dtype_ok = measure.DTYPES[cfg.dtype]
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path = run_dir / "sweep.csv"
@@ -203,7 +207,7 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
         peaks = calibrate.get(device, cfg.dtype) if cfg.executor == "local" else None
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
-        env = measure.environment(device)
+        env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
         _write_run_json(run_dir, cfg, env, skipped, len(cells), peaks)
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
@@ -228,6 +232,13 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
         timed_s=timed,
     )
     return df
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The dtype a sweep runs in: `name`, or for 'auto' bfloat16 on CUDA and float32 on CPU."""
+    if name != "auto":
+        return name
+    return "bfloat16" if device.type == "cuda" else "float32"
 
 
 def load(csv_path: Path) -> pd.DataFrame:
@@ -267,9 +278,8 @@ def measure_cell(
 
 
 def _measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
-    """`measure_cell` as a Ray task: fix the thread count and describe this worker's machine."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    """`measure_cell` on a Ray worker (which fixed its thread count): the row describes the
+    worker's own machine, host and real thread count."""
     local = measure.host_environment(kwargs["device"])
     return measure_cell(cell, cfg=cfg, env={**env, **local}, **kwargs)
 
@@ -369,10 +379,23 @@ SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]
 
 
 def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
-    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape."""
+    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape;
+    `reference_sdpa_backend`, the kernel the reference ran there; and `kernels_differ`, True
+    where that is not this row's `sdpa_backend`: such a speedup compares kernels, not variants
+    (CUDA float32 GQA on math against MHA on memory-efficient, or an eager variant)."""
     ok = df[df["status"] == "ok"]
     ref = ok[(ok["variant"] == reference) & (ok["options"] == "")]
-    ref = ref.groupby(SHAPE, as_index=False)["latency_ms_median"].median()
-    out = df.merge(ref.rename(columns={"latency_ms_median": "_ref_ms"}), on=SHAPE, how="left")
+    ref = ref.groupby(SHAPE, as_index=False).agg(
+        _ref_ms=("latency_ms_median", "median"), reference_sdpa_backend=("sdpa_backend", _kernels)
+    )
+    out = df.merge(ref, on=SHAPE, how="left")
     out["speedup"] = out["_ref_ms"] / out["latency_ms_median"]
+    out["reference_sdpa_backend"] = out["reference_sdpa_backend"].fillna("")
+    known = (out["status"] == "ok") & (out["reference_sdpa_backend"] != "")
+    out["kernels_differ"] = known & (out["sdpa_backend"] != out["reference_sdpa_backend"])
     return out.drop(columns="_ref_ms")
+
+
+def _kernels(backends: pd.Series) -> str:
+    """The reference's backend at one shape ('a+b' if its rows disagree)."""
+    return "+".join(sorted(set(backends)))

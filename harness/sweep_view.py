@@ -50,6 +50,9 @@ def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console, repor
         console.print(f"finish the missing cells with: attnbench sweep --resume {run_dir}")
         return 130
     console.print(summary_table(df, cfg.reference))
+    note = kernel_note(df, cfg.reference)
+    if note:
+        console.print(f"[yellow]{escape(note)}[/]")
     console.print(footer(df))
     if report:
         draw_report(run_dir, console)
@@ -96,7 +99,28 @@ def _speedup(ok: pd.DataFrame) -> str:
     if s.empty:
         return "-"
     geo = float(np.exp(np.log(s).mean()))
-    return f"{geo:.2f}x [{s.min():.2f}, {s.max():.2f}]"
+    mark = " *" if ok.get("kernels_differ", pd.Series(dtype=bool)).any() else ""
+    return f"{geo:.2f}x [{s.min():.2f}, {s.max():.2f}]{mark}"
+
+
+def kernel_note(df: pd.DataFrame, reference: str) -> str:
+    """The footnote of the summary's '*': the rows whose SDPA kernel is not the reference's at
+    the same shape, so that their speedup compares kernels, not variants ('' if none)."""
+    if reference == "none" or df.empty:
+        return ""
+    odd = sweep.with_speedup(df, reference)
+    odd = odd[odd["kernels_differ"]]
+    if odd.empty:
+        return ""
+    keys = ["variant", "options", "n_kv_heads", "mode", "sdpa_backend", "reference_sdpa_backend"]
+    parts = []
+    for (variant, options, g, mode, mine, theirs), _ in odd.groupby(keys, sort=False):
+        choice = VariantChoice(variant, tuple(p.split("=", 1) for p in options.split(";") if p))
+        parts.append(f"{choice.label(int(g))} {mode} ({mine} vs {theirs})")
+    return (
+        f"* that speedup compares kernels, not variants: sdpa_backend differs from {reference}'s "
+        f"at the same shape in {len(odd)} row(s): {', '.join(parts)}"
+    )
 
 
 def footer(df: pd.DataFrame) -> str:

@@ -41,7 +41,9 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "Measured peak memory per mode; KV cache is 2*b*g*n*e*itemsize.", sf.memory_figure),
         FigureSpec("speedup_vs_mha", "sweep", ("n_heads", "n_kv_heads"), "Speedup against MHA",
                    "mha median / variant median at the same shape; n is the largest with a comparison "
-                   "unless --seq-len is given.", lambda df: sf.speedup_figure(df, seq_len)),
+                   "unless --seq-len is given. *: the cell ran another SDPA kernel than mha "
+                   "(sdpa_backend), so that speedup compares kernels, not variants.",
+                   lambda df: sf.speedup_figure(df, seq_len)),
         FigureSpec("tflops", "sweep", ("tflops",), "Achieved TFLOP/s",
                    "FLOPs counted by torch.utils.flop_counter over the median latency.", sf.tflops_figure),
         FigureSpec("roofline", "sweep", rf.ROOFLINE_COLUMNS, "Roofline",
@@ -93,7 +95,8 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len) -> list[tuple[str, pd.Dat
             ("Latency", tables.latency_table(sweep), "Median latency in ms; failed cells show status.")
         )
         if _why_not(_specs(seq_len)[2], sweep) is None:
-            out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), ">1: faster than mha."))
+            note = ">1: faster than mha. *: another SDPA kernel than mha's; compares kernels, not variants."
+            out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), note))
         compare = tables.run_comparison_table(sweep) if len(runs) > 1 else pd.DataFrame()
         if not compare.empty:
             out.append(

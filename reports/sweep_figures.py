@@ -149,8 +149,9 @@ def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
         if col in df.columns and df[col].nunique() > 1:
             df = df[df[col] == df[col].mode().iloc[0]]
     key = [c for c in ("run", "mode", "seq_len", "n_heads", "batch", "dim", "head_dim", "dtype") if c in df]
-    base = df[(df["variant"] == "mha") & (df["status"] == "ok")].groupby(key)["latency_ms_median"].median()
-    cells = df[df["variant"] != "mha"].join(base.rename("mha_ms"), on=key)
+    mha = df[(df["variant"] == "mha") & (df["status"] == "ok")]
+    base = mha.groupby(key)["latency_ms_median"].median()
+    cells = with_kernels(df[df["variant"] != "mha"].join(base.rename("mha_ms"), on=key), mha, key)
     cells["speedup"] = cells["mha_ms"] / cells["latency_ms_median"]
     no_mha = np.where(cells["mha_ms"].isna(), "no mha", "")
     cells["note"] = np.where(cells["status"] != "ok", cells["status"], no_mha)
@@ -163,6 +164,22 @@ def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
     best = best.combine_first(cells.groupby(panel)["seq_len"].max())
     chosen = cells.join(best.rename("chosen"), on=panel)
     return chosen[chosen["seq_len"] == chosen["chosen"]].drop(columns="chosen")
+
+
+def with_kernels(cells: pd.DataFrame, mha: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """`cells` plus `mha_sdpa_backend` (mha's SDPA kernel at the cell's shape) and
+    `kernels_differ`: the cell ran another kernel (CUDA float32 GQA on math against MHA on
+    memory-efficient, an eager variant), so its speedup compares kernels, not variants.
+    A CSV without `sdpa_backend` differs nowhere."""
+    if "sdpa_backend" not in cells.columns:
+        return cells.assign(mha_sdpa_backend="", kernels_differ=False)
+    kernels = mha.groupby(key)["sdpa_backend"].agg(lambda s: "+".join(sorted(set(s.fillna("").astype(str)))))
+    cells = cells.join(kernels.rename("mha_sdpa_backend"), on=key)
+    cells["mha_sdpa_backend"] = cells["mha_sdpa_backend"].fillna("")
+    mine = cells["sdpa_backend"].fillna("").astype(str)
+    known = (cells["status"] == "ok") & (cells["mha_sdpa_backend"] != "")
+    cells["kernels_differ"] = known & (mine != cells["mha_sdpa_backend"])
+    return cells
 
 
 def speedup_figure(sweep: pd.DataFrame, seq_len: int | None = None) -> Figure:
@@ -195,13 +212,16 @@ def _heatmap(ax, panel: pd.DataFrame, norm):
     if panel.empty:
         ax.set_axis_off()
         return None
-    grid = panel.groupby(["n_heads", "n_kv_heads"]).agg(speedup=("speedup", "median"), note=("note", "first"))
+    grid = panel.groupby(["n_heads", "n_kv_heads"]).agg(
+        speedup=("speedup", "median"), note=("note", "first"), kernels_differ=("kernels_differ", "any")
+    )
     hs, gs = sorted(panel["n_heads"].unique()), sorted(panel["n_kv_heads"].unique())
     values = np.full((len(hs), len(gs)), np.nan)
     for (h, g), cell in grid.iterrows():
         i, j = hs.index(h), gs.index(g)
         values[i, j] = cell["speedup"]
-        text = f"{cell['speedup']:.2f}×" if np.isfinite(cell["speedup"]) else f"✗ {cell['note']}"
+        mark = "*" if cell["kernels_differ"] else ""  # another SDPA kernel than mha's: see the caption
+        text = f"{cell['speedup']:.2f}×{mark}" if np.isfinite(cell["speedup"]) else f"✗ {cell['note']}"
         color = "black" if np.isfinite(cell["speedup"]) else "#c0392b"
         ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", norm=norm, aspect="auto")

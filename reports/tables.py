@@ -36,13 +36,20 @@ def speedup_table(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
     """The heatmap cells as rows: speedup against MHA (>1: faster than MHA), or why there is none."""
     cells = speedup_cells(sweep, seq_len)
     text = [
-        _num(s) + "×" if pd.notna(s) else note
-        for s, note in zip(cells["speedup"], cells["note"], strict=True)
+        _num(s) + "×" + ("*" if odd else "") if pd.notna(s) else note
+        for s, note, odd in zip(cells["speedup"], cells["note"], cells["kernels_differ"], strict=True)
     ]
     out = pd.DataFrame(
         {"mode": cells["mode"], "series": cells["label"], "n_heads": cells["n_heads"]}
         | {"n_kv_heads": cells["n_kv_heads"], "seq_len": cells["seq_len"], "speedup vs mha": text}
     )
+    if cells["kernels_differ"].any():  # * : the speedup compares kernels, not variants
+        out["sdpa kernels"] = [
+            f"{mine} vs mha's {theirs}: compares kernels, not variants" if odd else ""
+            for mine, theirs, odd in zip(
+                cells["sdpa_backend"], cells["mha_sdpa_backend"], cells["kernels_differ"], strict=True
+            )
+        ]
     if cells["run"].nunique() > 1:
         out.insert(0, "run", cells["run"])
     out["_rank"] = out["mode"].map({m: i for i, m in enumerate(modes(cells))})

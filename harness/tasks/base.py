@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from ..measure import resolve_device
 from ..model import ModelConfig, TinyTransformer
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ class Job:
     cfg: AccuracyConfig
     init: Init = "scratch"  # uptrained: from an MHA model through from_mha (digits)
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model trains: the config's device ('auto' resolved; `accuracy.run` resolves
+        it once, so every job of a run agrees)."""
+        return resolve_device(self.cfg.device)
 
     def model_config(self, **task_fields: Any) -> ModelConfig:
         """The tiny transformer for this job: shared sizes from the config, the rest from the task."""
@@ -48,10 +55,11 @@ class Outcome:
     kv_cache_bytes: int  # every layer's KV cache for one sequence of seq_len tokens
 
 
-def build(model_cfg: ModelConfig, seed: int) -> TinyTransformer:
-    """A freshly initialised model: the same seed gives the same weights."""
+def build(model_cfg: ModelConfig, seed: int, device: torch.device) -> TinyTransformer:
+    """A freshly initialised model on `device`: the same seed gives the same weights on every
+    device (they are drawn on the CPU, then moved)."""
     torch.manual_seed(seed)
-    return TinyTransformer(model_cfg)
+    return TinyTransformer(model_cfg).to(device)
 
 
 def outcome(

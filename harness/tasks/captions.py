@@ -76,24 +76,24 @@ class Captions:
         model_cfg = job.model_config(
             n_out=VOCAB, max_len=self.seq_len(c), vocab=VOCAB, patch_dim=c.captions_patch**2
         )
-        model = build(model_cfg, job.seed)
+        model = build(model_cfg, job.seed, job.device)
         order = torch.Generator().manual_seed(job.seed)
 
         def step_loss(step: int) -> Tensor:
             images, labels = sample(train, c.batch, order, c.shift)  # (b, 8, 8), (b,)
-            inputs, targets = encode(labels)  # (b, t) each
-            patches = patchify(images, c.captions_patch)  # (b, m, p*p)
+            inputs, targets = (t.to(job.device) for t in encode(labels))  # (b, t) each
+            patches = patchify(images, c.captions_patch).to(job.device)  # (b, m, p*p)
             logits = model(tokens=inputs, patches=patches)[:, m:]  # (b, t, vocab): text positions
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
         loss = fit(model, step_loss, c.captions_steps, c.captions_lr)
-        accuracy = exact_match(model, patchify(test_images, c.captions_patch), test_labels)
+        accuracy = exact_match(model, patchify(test_images, c.captions_patch).to(job.device), test_labels)
         return outcome(model, accuracy, loss, c.captions_steps, self.seq_len(c), m)
 
 
 def generate(model: TinyTransformer, patches: Tensor) -> Tensor:
     """Greedy decoding from BOS for TEXT_LEN steps: (N, m, p) -> generated ids (N, TEXT_LEN)."""
-    text = torch.full((patches.shape[0], 1), BOS)  # (N, 1)
+    text = torch.full((patches.shape[0], 1), BOS, device=patches.device)  # (N, 1)
     with torch.no_grad():
         for _ in range(TEXT_LEN):
             logits = model(tokens=text, patches=patches)[:, -1]  # (N, vocab) at the last position

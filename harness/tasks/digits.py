@@ -51,7 +51,7 @@ class Digits:
             model, loss = source_model(job, data, context)
             return self._outcome(model, data, loss, c.digits_steps, c)
         if job.init == "scratch":
-            model = build(model_config(job), job.seed)
+            model = build(model_config(job), job.seed, job.device)
             loss = train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c)
             return self._outcome(model, data, loss, c.digits_steps, c)
         source, _ = source_model(job, data, context)
@@ -76,7 +76,7 @@ def source_model(job: Job, data, context: dict) -> tuple[TinyTransformer, float]
     key = ("digits-source", job.seed, job.n_heads)
     if key not in context:
         source_job = Job(SOURCE, job.n_heads, job.n_heads, job.seed, c)
-        model = build(model_config(source_job), job.seed)
+        model = build(model_config(source_job), job.seed, job.device)
         context[key] = model, train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c)
     return context[key]
 
@@ -87,6 +87,7 @@ def train(model: TinyTransformer, data, steps: int, lr: float, seed: int, cfg: A
 
     def step_loss(step: int) -> Tensor:
         images, labels = sample(data, cfg.batch, order, cfg.shift)  # (b, 8, 8), (b,)
+        images, labels = images.to(_device(model)), labels.to(_device(model))
         return F.cross_entropy(model(patches=patchify(images, cfg.digits_patch)), labels)
 
     return fit(model, step_loss, steps, lr)
@@ -94,8 +95,13 @@ def train(model: TinyTransformer, data, steps: int, lr: float, seed: int, cfg: A
 
 def classified(model: TinyTransformer, images: Tensor, labels: Tensor, patch: int) -> float:
     """Held-out accuracy: the fraction of test images whose argmax class is right."""
+    images, labels = images.to(_device(model)), labels.to(_device(model))
     with torch.no_grad():
         return (model(patches=patchify(images, patch)).argmax(dim=-1) == labels).float().mean().item()
+
+
+def _device(model: TinyTransformer) -> torch.device:
+    return model.head.weight.device
 
 
 TASK = Digits()

@@ -61,17 +61,19 @@ class Mqar:
         """Train `mqar_steps` on fresh batches (stream seeded by the seed), test on `mqar_test`."""
         c = job.cfg
         vocab = c.mqar_vocab
-        model = build(job.model_config(n_out=vocab, max_len=self.seq_len(c), vocab=vocab), job.seed)
+        model = build(
+            job.model_config(n_out=vocab, max_len=self.seq_len(c), vocab=vocab), job.seed, job.device
+        )
         stream = torch.Generator().manual_seed(job.seed)
 
         def step_loss(step: int) -> Tensor:
-            inputs, labels = batch(stream, c.batch, c.mqar_pairs, vocab)
+            inputs, labels = (t.to(job.device) for t in batch(stream, c.batch, c.mqar_pairs, vocab))
             logits = model(tokens=inputs)  # (b, n, vocab)
             return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
         loss = fit(model, step_loss, c.mqar_steps, c.mqar_lr)
         test = torch.Generator().manual_seed(TEST_SEED + job.seed)  # never drawn in training
-        inputs, labels = batch(test, c.mqar_test, c.mqar_pairs, vocab)
+        inputs, labels = (t.to(job.device) for t in batch(test, c.mqar_test, c.mqar_pairs, vocab))
         accuracy = answered(model, inputs, labels)
         return outcome(model, accuracy, loss, c.mqar_steps, self.seq_len(c))
 

@@ -358,3 +358,54 @@ def test_runs_on_device_without_host_sync(device, name, opts):
 def test_bad_options_name_the_value(name, opts, message):
     with pytest.raises(ValueError, match=message):
         av.create(name, av.AttnSpec(32, 4, 2), **opts)
+
+
+# --- DGQA state stays float32 in a low-precision module (issue 20, item 5) ----------------------
+
+CASTS = {
+    "to(bfloat16)": lambda m: m.to(torch.bfloat16),
+    "bfloat16()": lambda m: m.bfloat16(),
+    "half()": lambda m: m.half(),
+    "to(device, dtype)": lambda m: m.to("cpu", torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("cast", list(CASTS))
+def test_dgqa_norm_cache_stays_float32_through_casts(cast):
+    module = av.create("dgqa", av.AttnSpec(32 * 4, 32, 8), kind="diff").eval()
+    block_keys(module)
+    module = CASTS[cast](module)
+    assert module.norm_cache.dtype == torch.float32
+    assert module.q_proj.weight.dtype != torch.float32  # the rest of the module was cast
+    dtype = module.q_proj.weight.dtype
+    x = scaled_input(2, 16, 32 * 4, 4, [4.0, 1.0, 2.0, 0.5, 3.0, 1.0, 2.0, 1.0]).to(dtype)
+    module(x)
+    assert module.allocation.tolist() != [4] * 8  # |0 - s| = s: driven by the norms
+    module(x)  # the same keys again: |cache - s| = 0 exactly, no preference -> uniform
+    assert module.allocation.tolist() == [4] * 8
+    assert module.norm_cache.dtype == torch.float32
+
+
+def test_dgqa_norm_cache_stays_float32_through_state_dict_round_trips():
+    spec = av.AttnSpec(32 * 4, 32, 8)
+    trained = av.create("dgqa", spec).bfloat16().eval()
+    trained(torch.randn(2, 16, 32 * 4, dtype=torch.bfloat16))
+    state = trained.state_dict()
+    assert state["norm_cache"].dtype == torch.float32
+    fresh = av.create("dgqa", spec).bfloat16()
+    fresh.load_state_dict(state)
+    assert fresh.norm_cache.dtype == torch.float32
+    assert torch.equal(fresh.norm_cache, trained.norm_cache)
+    # A checkpoint whose cache was saved in bf16 (by older code) is widened, also with assign=True.
+    old = {**state, "norm_cache": state["norm_cache"].bfloat16()}
+    for assign in (False, True):
+        loaded = av.create("dgqa", spec).bfloat16()
+        loaded.load_state_dict(dict(old), assign=assign)
+        assert loaded.norm_cache.dtype == torch.float32, assign
+        assert torch.equal(loaded.norm_cache, old["norm_cache"].float())
+
+
+def test_dgqa_norm_cache_follows_a_float64_module_and_back():
+    module = av.create("dgqa", av.AttnSpec(32, 8, 4)).double()
+    assert module.norm_cache.dtype == torch.float64  # the float64 reference checks keep full precision
+    assert module.float().norm_cache.dtype == torch.float32

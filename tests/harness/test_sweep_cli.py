@@ -162,7 +162,10 @@ def test_resume_rejects_other_flags(tmp_path):
         (["--seq-len", "16,x"], "--seq-len '16,x' must be a comma-separated list of integers"),
         (["--batch", "0"], "batch=0 must be >= 1"),
         (["--heads", "3", "--kv-heads", "2"], "empty grid: no valid (n_heads, n_kv_heads) pair"),
-        (["--dtype", "fp8"], "dtype='fp8' is not one of ['float32', 'float64', 'float16', 'bfloat16']"),
+        (
+            ["--dtype", "fp8"],
+            "dtype='fp8' is not one of ['auto', 'float32', 'float64', 'float16', 'bfloat16']",
+        ),
         (["--device", "tpu"], "device='tpu' is not one of ['auto', 'cpu', 'cuda']"),
         (["--modes", "train"], "modes='train' is not one of ['fwd', 'fwd_bwd', 'decode']"),
         (["--profile", "nope"], "unknown profile 'nope'"),

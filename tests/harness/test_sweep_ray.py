@@ -1,12 +1,15 @@
 """`--executor ray`: the same cells as local, failures in workers become rows, clear error without Ray."""
 
+import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from harness import sweep
+from harness import executors, measure, sweep
 from harness.cli import app
 
 from .test_sweep_cli import read_csv, tiny
@@ -82,3 +85,51 @@ def test_unknown_executor_is_rejected(tmp_path):
     result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--executor", "slurm"))
     assert result.exit_code == 2
     assert "executor='slurm' is not one of ['local', 'ray']" in result.output
+
+
+def test_a_driver_without_a_gpu_takes_the_device_facts_from_the_workers(tmp_path, ray, monkeypatch):
+    """The driver's torch is never asked about the device (a CPU-only head node or laptop
+    driving a GPU cluster would raise); run.json and every row describe a worker."""
+
+    def no_device_here(device):
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    monkeypatch.setattr(measure, "host_environment", no_device_here)
+    cfg = sweep.SweepConfig(
+        variants=("gqa",), seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd", "decode"), batch=1,
+        head_dim=8, device="cpu", repeats=2, warmup=0, threads=0, out=str(tmp_path), executor="ray",
+    )  # fmt: skip
+    df = sweep.run(cfg)
+    assert set(df["status"]) == {"ok"} and len(df) == 4
+    env = json.loads((Path(df.attrs["run_dir"]) / "run.json").read_text())["environment"]
+    assert env["host"] and env["device_name"]
+    # threads=0 keeps each worker's own count: Ray gives a one-CPU worker one thread, and that,
+    # not the driver's count, is what the rows and run.json say.
+    assert set(df["threads"]) == {env["threads"]}
+
+
+def _pid_and_threads(item):
+    return os.getpid(), torch.get_num_threads()
+
+
+def test_workers_live_across_cells_and_hold_their_thread_count(ray):
+    pool = executors.RayExecutor(threads=1)
+    out = list(pool.map(_pid_and_threads, list(range(8)), device=torch.device("cpu")))
+    assert sorted(item for item, _ in out) == list(range(8))
+    pids = {pid for _, (pid, _) in out}
+    assert 1 <= len(pids) <= 2  # two one-CPU workers on a two-CPU cluster, each runs many cells
+    assert {threads for _, (_, threads) in out} == {1}
+    assert pool.workers == []  # the devices went back to the cluster
+
+
+@pytest.mark.parametrize(
+    "resources, device, threads, expected",
+    [
+        ({"GPU": 4.0, "CPU": 64.0}, "cuda", 0, 4),  # one worker per GPU, whatever the host's cores
+        ({"GPU": 4.0, "CPU": 64.0}, "cpu", 8, 8),
+        ({"CPU": 2.0}, "cpu", 0, 2),
+        ({"CPU": 1.0}, "cpu", 4, 1),
+    ],
+)
+def test_pool_size(resources, device, threads, expected):
+    assert executors.pool_size(resources, torch.device(device), threads) == expected

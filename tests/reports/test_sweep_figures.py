@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from reports import sweep_figures as sf
+from reports import tables
 from reports.load import combined, load_runs
 from reports.style import FAIL_GID, fit_slope
 
@@ -146,6 +147,29 @@ def test_speedup_keeps_multimodal_cells_against_mha_at_the_same_n(multimodal_swe
     cells = sf.speedup_cells(multimodal_sweep)
     mmca = cells[cells["variant"] == "mmca"]
     assert len(mmca) > 0 and mmca["speedup"].notna().all()
+
+
+def test_a_speedup_between_different_sdpa_kernels_is_starred(run_dir):
+    """CUDA float32 GQA on math against MHA on memory-efficient: kernels, not variants."""
+    df = sweep_frame(seq_lens=(128, 256), oom_at=256)
+    df["sdpa_backend"] = df["variant"].map({"mha": "efficient", "gqa": "math"}).fillna("efficient")
+    sweep = combined(load_runs([write_run(run_dir.parent / "kernels", sweep=df)]), "sweep")
+    cells = sf.speedup_cells(sweep)
+    assert set(cells[cells["kernels_differ"]]["variant"]) == {"gqa"}
+    table = tables.speedup_table(sweep)
+    starred = table[table["speedup vs mha"].str.endswith("×*")]
+    assert set(starred["series"].str.split().str[0]) == {"gqa"}
+    assert set(starred["sdpa kernels"]) == {"math vs mha's efficient: compares kernels, not variants"}
+    heat = [ax for ax in sf.speedup_figure(sweep).axes if ax.get_xlabel() == "n_kv_heads g"]
+    gqa_fwd = next(ax for ax in heat if ax.get_title().startswith("gqa\nfwd"))
+    assert all(t.get_text().endswith("×*") for t in gqa_fwd.texts)
+    mqa_fwd = next(ax for ax in heat if ax.get_title().startswith("mqa\nfwd"))
+    assert all(t.get_text().endswith("×") for t in mqa_fwd.texts)
+
+
+def test_no_star_where_every_kernel_matches(sweep):
+    assert not sf.speedup_cells(sweep)["kernels_differ"].any()  # the fabricated run: math everywhere
+    assert "sdpa kernels" not in tables.speedup_table(sweep).columns
 
 
 def test_roofline_recovers_the_roof_from_the_rows_and_draws_it():
