@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 
 import attn_variants as av
@@ -65,11 +65,20 @@ def build(
         module = to(av.create(variant, spec, **(options or {})), device, dtype)
     resolved = module.spec
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
-    x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
+    x = randn((batch, seq_len, spec.dim), gen, device, dtype)  # (b, n, d)
     made = make(module, x, n_visual, gen)
     step, reset = made if isinstance(made, tuple) else (made, lambda: None)
     kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
     return Workload(module, resolved, step, kv_bytes, reset)
+
+
+def randn(shape: tuple[int, ...], gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Seeded normal values drawn on the CPU (the same on every device), then moved; on the meta
+    device or under FakeTensorMode (harness/flops.py) no values are drawn: at n = 16k, d = 4096
+    drawing them takes the CPU about a second, for tensors that hold no data."""
+    if device.type == "meta" or isinstance(torch.empty(0), FakeTensor):
+        return torch.empty(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
 
 
 def to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -104,7 +113,7 @@ def _forward_backward(
     """The step and its reset: the gradients the last step left, dropped."""
     module.train()
     x = x.detach().requires_grad_(True)
-    grad = torch.randn(x.shape, generator=gen).to(x)  # a random upstream gradient (b, n, d)
+    grad = randn(x.shape, gen, x.device, x.dtype)  # a random upstream gradient (b, n, d)
 
     def reset() -> None:
         module.zero_grad(set_to_none=True)
@@ -122,7 +131,7 @@ def _decode(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Genera
     """Prefill a cache with all n tokens (untimed); each step decodes one more text token."""
     module.eval()
     cache = av.KVCache()
-    x_next = torch.randn(x.shape[0], 1, x.shape[2], generator=gen).to(x)  # (b, 1, d)
+    x_next = randn((x.shape[0], 1, x.shape[2]), gen, x.device, x.dtype)  # (b, 1, d)
     with torch.no_grad():
         module(x, n_visual=n_visual, cache=cache)
     prefill = cache.length
