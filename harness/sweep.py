@@ -8,8 +8,9 @@ Python API (the CLI is a thin layer over it):
 The grid is variants x modes x seq_len x n_heads x n_kv_heads. Cells are deduplicated by the
 spec each variant resolves to (mha and mqa fix g), pairs with h % g != 0 or g > h are skipped
 and counted, and the cells of one shape run back to back so that a variant and its mha
-reference see the same machine state. Each cell: build, one FLOP-counting pass under the math
-backend, `warmup` calls, one profiled call (memory, SDPA backend), then `repeats` timed calls.
+reference see the same machine state. Each cell: FLOPs counted on the meta device (harness/flops.py),
+on CUDA a peak estimate over fake tensors (too big: a skipped_memory row), build, `warmup` calls,
+one profiled call (memory, SDPA backend), then `repeats` timed calls (timing.method_name).
 A failing cell becomes a row with its status; Ctrl-C keeps the rows written so far.
 """
 
