@@ -85,6 +85,15 @@ def test_a_real_oom_becomes_an_oom_row_frees_the_cell_and_the_sweep_goes_on(tmp_
     assert modules[0]() is None  # the failed cell's module was freed
 
 
+def test_an_estimate_that_cannot_be_made_does_not_fail_the_cell(tmp_path, monkeypatch):
+    def no_fake_kernel(make, device):
+        raise NotImplementedError("no fake implementation of aten::some_op")
+
+    monkeypatch.setattr(flops, "peak_estimate", no_fake_kernel)
+    df = sweep.run(_cfg(tmp_path, memory_limit_mb=1000, seq_len=(32,), reference="none"))
+    assert df["status"].tolist() == ["ok"] and df["peak_mem_estimate_bytes"].isna().all()
+
+
 @pytest.mark.parametrize(
     "message",
     [
