@@ -226,9 +226,9 @@ def report(
     ] = None,
 ) -> None:
     """Redraw every figure, index.html and summary.md from the runs' CSVs (several runs are compared)."""
-    import reports  # here, so other commands do not pay for matplotlib's import
+    from reports.render import render  # here, so other commands do not pay for matplotlib's import
 
-    written = reports.render(run_dirs, out, seq_len=seq_len)
+    written = render(run_dirs, out, seq_len=seq_len)
     typer.echo(f"wrote {len(written)} files; open {next(p for p in written if p.name == 'index.html')}")
 
 
@@ -370,6 +370,41 @@ def selftest_command(
     dev = measure.resolve_device(device)
     outcomes = selftest.run(dev, out)
     raise typer.Exit(selftest.report(outcomes, out, Console(width=200)))
+
+
+# --- compare (issue 19): two finished runs, cell by cell: ratio, interval, significance --------
+
+
+@app.command("compare")
+@fail_cleanly
+def compare_command(
+    run_a: Annotated[Path, typer.Argument(help="The run compared against (its folder, holding sweep.csv).")],
+    run_b: Annotated[Path, typer.Argument(help="The run compared (B/A < 1: B is faster).")],
+    threshold: Annotated[
+        float, typer.Option(help="A change smaller than this share is 'same' however significant.")
+    ] = 0.05,
+    alpha: Annotated[
+        float, typer.Option(help="Significance level of the per-cell Mann-Whitney U test.")
+    ] = 0.01,
+    fail_on_slower: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-slower", help="Exit 1 if a cell is significantly slower in B or stopped running."
+        ),
+    ] = False,
+) -> None:
+    """B/A of the median latency per matched cell, its bootstrap p10-p90, p-value and verdict."""
+    from . import compare_runs
+
+    code = compare_runs.main(
+        run_a,
+        run_b,
+        threshold=threshold,
+        alpha=alpha,
+        fail_on_slower=fail_on_slower,
+        console=Console(width=160),
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:

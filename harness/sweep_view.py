@@ -62,10 +62,10 @@ def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console, repor
 
 def draw_report(run_dir: Path, console: Console) -> None:
     """Draw the run's figures and index page (reports/); a drawing problem never loses the rows."""
-    import reports  # here: matplotlib's import is paid only when a report is drawn
+    from reports.render import render  # here: matplotlib's import is paid only when a report is drawn
 
     try:
-        written = reports.render([run_dir])
+        written = render([run_dir])
     except ValueError as err:
         console.print(f"report not drawn: {err} (redraw with: attnbench report {run_dir})")
         return

@@ -8,11 +8,19 @@ call, with the thread count fixed by the caller.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
+
+# Median and p10/p90 of samples: one definition, shared with reports/ (reports.stats imports no torch).
+from reports.stats import Summary, summarize
+
+__all__ = [
+    "CPU_TIMING", "L2Flush", "Summary", "cuda_graph", "method_name", "sample", "summarize", "threads",
+    "time_call",
+]  # fmt: skip
+
 
 # triton.testing.do_bench's practice: before each timed call, write a buffer larger than the
 # L2 cache (50 MB on H100 and H200), so the call reads its inputs from HBM as it would inside a
@@ -95,25 +103,6 @@ def cuda_graph(fn: Callable[[], object], device: torch.device, warmup: int = 3) 
     with torch.cuda.graph(graph):
         fn()
     return graph.replay
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Median and the p10/p90 spread of a set of samples (seconds)."""
-
-    median: float
-    p10: float
-    p90: float
-    n: int
-
-
-def summarize(samples: Sequence[float]) -> Summary:
-    """Median and p10/p90 of `samples` (linear interpolation, as numpy's default)."""
-    if not samples:
-        raise ValueError("no samples to summarize")
-    t = torch.tensor(samples, dtype=torch.float64)
-    p10, median, p90 = torch.quantile(t, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
-    return Summary(median=median, p10=p10, p90=p90, n=len(samples))
 
 
 @contextmanager

@@ -2,9 +2,11 @@
 
 It reads only the CSV/JSON files a run wrote and never imports harness, so old runs can be
 redrawn after the code changes.
+
+Submodules are imported where they are used (`from reports.render import render`), so that
+harness, which shares `reports.stats` with the comparison, does not pay for matplotlib's import.
 """
 
 from .load import Run, load_run, load_runs
-from .render import default_out, render
 
-__all__ = ["Run", "default_out", "load_run", "load_runs", "render"]
+__all__ = ["Run", "load_run", "load_runs"]

@@ -11,6 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import accuracy_figures as af
+from . import comparison as cmp
+from . import comparison_figure as cf
 from . import roofline as rf
 from . import sweep_figures as sf
 from . import tables
@@ -45,7 +47,8 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "(sdpa_backend), so that speedup compares kernels, not variants.",
                    lambda df: sf.speedup_figure(df, seq_len)),
         FigureSpec("tflops", "sweep", ("tflops",), "Achieved TFLOP/s",
-                   "FLOPs counted by torch.utils.flop_counter over the median latency.", sf.tflops_figure),
+                   "flops_effective (torch.utils.flop_counter, causal attention over the pairs it computes) "
+                   "over the median latency.", sf.tflops_figure),
         FigureSpec("roofline", "sweep", rf.ROOFLINE_COLUMNS, "Roofline",
                    "Each ok cell at its arithmetic intensity (flops_effective / bytes_moved) and achieved "
                    "FLOP/s, under the roof of this machine's measured matmul FLOP/s and copy bandwidth "
@@ -55,6 +58,20 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
         FigureSpec("accuracy_vs_kv_cache", "accuracy", ("kv_cache_bytes",), "Accuracy against KV-cache size",
                    "The grouped-query trade-off: fewer KV heads, smaller cache.", af.tradeoff_figure),
     ]  # fmt: skip
+
+
+def _comparison_specs() -> list[FigureSpec]:
+    return [
+        FigureSpec("ratio", "sweep", ("latency_ms_median",), "Run against run, cell by cell",
+                   f"B/A of the median latency per cell (each later run over the first), bootstrap p10-p90 "
+                   f"interval, line at 1, grey band ±{cmp.THRESHOLD:g}; colour: the verdict (threshold and "
+                   f"Mann-Whitney U p < {cmp.ALPHA:g}); slowest at the top.", cf.ratio_figure),
+    ]  # fmt: skip
+
+
+def _compared(sweep: pd.DataFrame | None) -> bool:
+    """Two or more runs hold a sweep: each later one is compared with the first, cell by cell."""
+    return sweep is not None and sweep["run"].nunique() > 1
 
 
 def default_out(run_dirs: list[Path]) -> Path:
@@ -97,11 +114,11 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len) -> list[tuple[str, pd.Dat
         if _why_not(_specs(seq_len)[2], sweep) is None:
             note = ">1: faster than mha. *: another SDPA kernel than mha's; compares kernels, not variants."
             out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), note))
-        compare = tables.run_comparison_table(sweep) if len(runs) > 1 else pd.DataFrame()
-        if not compare.empty:
-            out.append(
-                ("Run against run", compare, "Median latency of each run over the first (<1: faster).")
+        for comp in cf.run_pairs(sweep) if _compared(sweep) else []:
+            caption = " ".join([*cmp.header(comp), cmp.counts(comp) + "."]) + (
+                f" Every cell: {cmp.common(comp)}." if cmp.common(comp) else ""
             )
+            out.append((f"{comp.b} against {comp.a}", cmp.table(comp), caption))
     if accuracy is not None:
         out.append(("Accuracy", tables.accuracy_table(accuracy), "Mean ± sample std over finished seeds."))
     return out
@@ -118,7 +135,7 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
     out.mkdir(parents=True, exist_ok=True)
     frames = {"sweep": combined(runs, "sweep"), "accuracy": combined(runs, "accuracy")}
     written, entries, skipped = [], [], []
-    for spec in _specs(seq_len):
+    for spec in _specs(seq_len) + (_comparison_specs() if _compared(frames["sweep"]) else []):
         reason = _why_not(spec, frames[spec.table])
         if reason is not None:
             skipped.append(reason)

@@ -119,30 +119,6 @@ def failures_table(runs: list[Run]) -> pd.DataFrame:
     return out[[*keys[:-2], *[c for c in ("seq_lens", "seeds") if c in out], "cells", *keys[-2:]]]
 
 
-def run_comparison_table(sweep: pd.DataFrame) -> pd.DataFrame:
-    """With several runs: each later run's median latency over the first run's, per matched cell."""
-    runs = list(dict.fromkeys(sweep["run"]))
-    key = [
-        c
-        for c in ("mode", "variant", "options", "batch", "seq_len", "dim", "n_heads", "n_kv_heads")
-        if c in sweep
-    ]
-    key += [c for c in ("n_visual", "dtype") if c in sweep]
-    ok = (
-        sweep[sweep["status"] == "ok"]
-        .groupby(["run", *key], dropna=False)["latency_ms_median"]
-        .median()
-        .unstack("run")
-    )
-    if len(runs) < 2 or ok.empty:
-        return pd.DataFrame()
-    for run in runs[1:]:
-        ok[f"{run} / {runs[0]}"] = (ok[run] / ok[runs[0]]).map(lambda r: _num(r) + "×" if pd.notna(r) else "")
-    out = ok.drop(columns=runs).reset_index()
-    out = out[[c for c in out.columns if c not in key or out[c].nunique(dropna=False) > 1 or c == "variant"]]
-    return out.astype(object).where(out.notna(), "")
-
-
 def flatten(meta: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{'a': {'b': 1}} -> {'a.b': '1'}; lists are written as JSON."""
     flat: dict[str, str] = {}

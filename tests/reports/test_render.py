@@ -4,11 +4,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import reports
 from harness.cli import app
 from reports.page import markdown_table
-from reports.render import default_out
+from reports.render import default_out, render
 
+from .ab_runs import write_pair
 from .fabricate import accuracy_frame, sweep_frame, write_run
 
 FIGURES = ["latency", "memory", "speedup_vs_mha", "tflops", "accuracy", "accuracy_vs_kv_cache"]
@@ -21,7 +21,7 @@ def rendered(tmp_path_factory):
     ~5-10 s on the shared 2-core box, so it is done once per module, not per test."""
     run = tmp_path_factory.mktemp("rendered") / "run-a"
     write_run(run, sweep=sweep_frame(seq_lens=(128, 256), oom_at=256), accuracy=accuracy_frame())
-    return run, reports.render([run])
+    return run, render([run])
 
 
 def test_render_writes_every_figure_and_both_pages(rendered):
@@ -62,13 +62,13 @@ def test_summary_markdown_has_tables_and_failures(rendered):
 
 def test_accuracy_only_run_draws_accuracy_figures(tmp_path):
     run = write_run(tmp_path / "acc", accuracy=accuracy_frame())
-    names = {p.stem for p in reports.render([run])}
+    names = {p.stem for p in render([run])}
     assert names == {"accuracy", "accuracy_vs_kv_cache", "index", "summary"}
 
 
 def test_figure_without_values_is_listed_as_not_drawn(tmp_path):
     run = write_run(tmp_path / "r", sweep=sweep_frame(seq_lens=(128, 256)).assign(tflops=None))
-    names = {p.stem for p in reports.render([run])}
+    names = {p.stem for p in render([run])}
     assert "tflops" not in names and "latency" in names
     assert (
         "Not drawn: tflops: sweep.csv has no values in [&#x27;tflops&#x27;]"
@@ -76,14 +76,24 @@ def test_figure_without_values_is_listed_as_not_drawn(tmp_path):
     )
 
 
-def test_several_runs_compare_beside_the_first(run_dir, other_run_dir):
-    """~8 s: a full two-run report (twice the series to draw); it is the only overlay test of render."""
+def test_several_runs_compare_beside_the_first(tmp_path):
+    """~8 s: a full two-run report (twice the series to draw); it is the only overlay test of render.
+    Run B has one cell 1.5x slower and one 1.5x faster than A (tests/reports/ab_runs.py)."""
+    run_dir, other_run_dir = write_pair(tmp_path)
     assert default_out([run_dir]) == run_dir / "report"
     out = default_out([run_dir, other_run_dir])
     assert out == run_dir.parent / "compare_run-a_vs_run-b"
-    reports.render([run_dir, other_run_dir])
+    names = {p.name for p in render([run_dir, other_run_dir])}
+    assert {"ratio.png", "ratio.svg"} <= names
     summary = (out / "summary.md").read_text()
-    assert "### Run against run" in summary and "run-b / run-a" in summary
+    assert "### run-b against run-a" in summary and "1 slower, 1 faster, 30 same, 4 not run." in summary
+    assert "| cell | A ms | B ms | B/A | p10-p90 | p | verdict | note |" in summary
+    assert re.search(
+        r"\| gqa fwd n=256 g=2 \| [\d.]+ \| [\d.]+ \| 1\.[45]\d?× \| [\d.-]+ \| [\de.-]+ \| slower \|",
+        summary,
+    )
+    page = (out / "index.html").read_text()
+    assert 'src="ratio.png"' in page and ">run-b against run-a</h2>" in page and "<td>faster</td>" in page
 
 
 def test_markdown_table_escapes_pipes():
