@@ -10,7 +10,9 @@ Shape legend, used in every comment of this package and of harness/:
     e  head dim, d // h
 
 Every variant is built by `create(name, spec, **options)` and called as
-`module(x: (b, n, d), *, n_visual=0, cache=None) -> (b, n, d)`.
+`module(x: (b, n, d), *, n_visual=0, modality=None, cache=None) -> (b, n, d)`; `modality`
+(b, n) gives each token's id, 0 text and k >= 1 image k (attn_variants/modality.py), and
+`n_visual=m` is its prefix layout. Unimodal variants validate both and read one causal stream.
 """
 
 from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)

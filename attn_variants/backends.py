@@ -1,7 +1,9 @@
 """Attention kernels ("backends"), one signature for all, separate from the variants.
 
 HF transformers keeps the kernel (eager, sdpa, flash) apart from how Q/K/V are projected and
-grouped; so do we. A variant calls `BACKENDS[name](q, k, v, causal=..., dropout_p=...)`.
+grouped; so do we. A variant calls `BACKENDS[name](q, k, v, causal=..., dropout_p=...)`,
+optionally with `mask`: a bool (b or 1, 1, n, s), True where a query may see a key (MMCA's
+layouts); with a mask, `causal` must be False (the mask says everything).
 
 q is (b, h, n, e); k and v are (b, g, s, e) with h % g == 0, and query head i reads KV head
 i // (h/g) (GQA, arXiv 2305.13245). With a KV cache s > n: query i sits at absolute position
@@ -30,6 +32,14 @@ def _check_heads(q: Tensor, k: Tensor) -> None:
         raise ValueError(f"query heads h={h} are not divisible by key/value heads g={g}")
 
 
+def _check_mask(causal: bool, mask: Tensor | None) -> None:
+    if mask is not None and (causal or mask.dtype != torch.bool or mask.dim() != 4):
+        raise ValueError(
+            f"mask must be bool (b, 1, n, s) with causal=False; got {mask.dtype} "
+            f"{tuple(mask.shape)}, causal={causal}"
+        )
+
+
 def no_fused_gqa(device_type: str, dtype: torch.dtype) -> bool:
     """True where `enable_gqa` would send SDPA to its math kernel: CUDA float32.
 
@@ -41,12 +51,14 @@ def no_fused_gqa(device_type: str, dtype: torch.dtype) -> bool:
     return device_type == "cuda" and dtype == torch.float32
 
 
-def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0) -> Tensor:
+def sdpa(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0, mask: Tensor | None = None
+) -> Tensor:
     """Fused `F.scaled_dot_product_attention` with `enable_gqa`: K/V are never repeated,
     except on CUDA float32 (`no_fused_gqa`), where they are expanded to h heads so that the
     memory-efficient kernel runs instead of math (h/g times the K/V memory; same result).
 
-    Returns (b, h, n, e).
+    Returns (b, h, n, e). A row of `mask` with no True key gives NaN: callers keep none.
     """
     _check_heads(q, k)
     h, g = q.shape[1], k.shape[1]
@@ -54,7 +66,7 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.
         k = k.repeat_interleave(h // g, dim=1)  # (b, h, s, e): query head i reads KV head i // (h/g)
         v = v.repeat_interleave(h // g, dim=1)  # (b, h, s, e)
     n, s = q.shape[2], k.shape[2]
-    mask = None
+    _check_mask(causal, mask)
     # A single query at the end of the sequence sees every key: no mask needed.
     is_causal = causal and n == s
     if causal and n != s and n > 1:
@@ -70,15 +82,19 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.
     )
 
 
-def eager(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0) -> Tensor:
+def eager(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0, mask: Tensor | None = None
+) -> Tensor:
     """The reference: softmax(q k^T / sqrt(e)) v, written for clarity. Returns (b, h, n, e)."""
     _check_heads(q, k)
+    _check_mask(causal, mask)
     rep = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(rep, dim=1)  # (b, h, s, e)
     v = v.repeat_interleave(rep, dim=1)  # (b, h, s, e)
     scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (b, h, n, s)
     if causal:
-        mask = causal_mask(q.shape[2], k.shape[2], q.device)
+        mask = causal_mask(q.shape[2], k.shape[2], q.device)  # (n, s)
+    if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = F.dropout(scores.softmax(dim=-1), p=dropout_p)  # (b, h, n, s)
     return weights @ v  # (b, h, n, e)

@@ -6,7 +6,7 @@ fields, each a tensor that grows along its own token axis.
 - the GQA family stores "k" and "v", (b, g, s, e), token axis 2 (`update(k, v)`);
 - MLA stores its latent and rope key instead, e.g. "kv" (b, s, kv_lora) and "pe" (b, s, rope);
 - multimodal variants add per-token metadata, e.g. "modality" (b, s);
-- KDGQA/DGQA add exact running statistics, e.g. per-token squared key norms (b, g, s).
+- KDGQA/DGQA add exact running statistics: prefix sums of squared key norms "key_sq_prefix" (b, g, s).
 
 All fields hold the same tokens, so `truncate(length)` cuts every one of them and nothing
 goes stale. `nbytes` counts every live element of every field: it is what the cache really
@@ -36,12 +36,13 @@ class KVCache:
     not a copy of the whole cache (gpt-fast preallocates for the same reason). It is an inference
     cache: use it under `torch.no_grad()`.
 
-    `n_visual` remembers the leading visual tokens of the prefix layout (mmca).
+    `n_visual` is mmca's fast-path hint: m when the tokens held are the prefix layout (m image
+    tokens, then text), None for any other layout; the truth is the "modality" field (b, s).
     """
 
     def __init__(self) -> None:
         self._fields: dict[str, _Field] = {}
-        self.n_visual = 0
+        self.n_visual: int | None = 0
 
     # --- generic fields --------------------------------------------------------------------
 
@@ -128,7 +129,8 @@ class KVCache:
             raise ValueError(f"length={length} must be in [0, {self.length}]")
         for f in self._fields.values():
             f.length = min(f.length, length)
-        self.n_visual = min(self.n_visual, length)  # forgotten visual tokens are not visual keys
+        if self.n_visual is not None:  # a prefix layout cut short is still one
+            self.n_visual = min(self.n_visual, length)  # forgotten visual tokens are not visual keys
 
     @property
     def nbytes(self) -> int:

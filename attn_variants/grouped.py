@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import modality as layout
 from .backends import get_backend
 from .cache import KVCache
 from .registry import create, register, with_kv_heads
@@ -38,10 +39,13 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(d, g * e, bias=spec.bias)
         self.o_proj = nn.Linear(h * e, d, bias=spec.bias)
 
-    def forward(self, x: Tensor, *, n_visual: int = 0, cache: KVCache | None = None) -> Tensor:
-        """x (b, n, d) -> (b, n, d). A unimodal variant reads [visual; text] as one causal
-        stream, so `n_visual` only gets validated here (the "concat" baseline of MMCA)."""
-        self._check_input(x, n_visual)
+    def forward(
+        self, x: Tensor, *, n_visual: int = 0, modality: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """x (b, n, d) -> (b, n, d). A unimodal variant reads any layout of text and images as
+        one causal stream (the "concat" baseline of MMCA), so `n_visual` and `modality` (b, n)
+        are only validated here (attn_variants/modality.py)."""
+        self._check_input(x, n_visual, modality)
         q, k, v = self.project(x)
         if cache is not None:
             k, v = cache.update(k, v)  # (b, g, s, e), s = cached + n
@@ -70,11 +74,14 @@ class GroupedQueryAttention(nn.Module):
     def dropout_p(self) -> float:
         return self.spec.dropout if self.training else 0.0
 
-    def _check_input(self, x: Tensor, n_visual: int) -> None:
+    def _check_input(self, x: Tensor, n_visual: int, modality: Tensor | None = None) -> None:
         if x.dim() != 3 or x.shape[-1] != self.spec.dim:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (b, n, d={self.spec.dim})")
         if not 0 <= n_visual <= x.shape[1]:
             raise ValueError(f"n_visual={n_visual} must be in [0, n={x.shape[1]}]")
+        layout.check_call(x, n_visual, modality)
+        if modality is not None and layout.concrete(modality):
+            layout.check_values(modality, modality.shape[1])  # this call's ids only: no cache of them
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -9,9 +9,13 @@ next a_1 read KV head 1, ...), and a KV head may get none.
 - DGQA: the same allocation from norms tracked over training in a buffer `norm_cache`.
 
 Fast path: the allocation, the head -> KV index and the K/V gather all stay on the device (no
-host sync, no Python loop over groups), then ONE call of the backend with h KV heads; a
-single new token (decode) instead meets every KV head with all h query heads in one call and
-keeps the row of its own KV head, so the cache is not copied h/g times. The reference path
+host sync, no Python loop over groups), then ONE call of the backend with h KV heads; only on
+the CPU, eager, where reading a small tensor is free, do the integer steps run in Python
+(`keydecode.on_host`). With a KV cache the norms come from running statistics kept in the
+cache (prefix sums of squared key norms, `KEY_STATS`), so a step reads only its new keys to
+allocate; a single new token (decode) packs each KV head's query heads as its rows and meets
+every KV head in one call, so the cache is neither read twice nor copied h/g times
+(`attn_variants/keydecode.py`). The reference path
 (`reference_forward`) is the paper's loop over groups with a Python-side allocation; the
 tests check one against the other.
 
@@ -26,9 +30,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import keydecode
 from .backends import causal_mask
 from .cache import KVCache
 from .grouped import GroupedQueryAttention
+from .keydecode import KEY_STATS, key_norms, kv_index_from_ends
 from .registry import register
 from .spec import AttnSpec
 
@@ -47,15 +53,6 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
 # --- fast path: allocation and head index on the device ------------------------------------
 
 
-def key_norms(k: Tensor) -> Tensor:
-    """k (b, g, s, e) -> (b, g): each example's Frobenius norm per KV head, in >= float32.
-
-    Detached: the allocation is an integer choice, no gradient flows through it (as in the
-    paper, whose `.round().int()` cuts the graph)."""
-    k = k.detach().to(torch.promote_types(k.dtype, torch.float32))
-    return torch.linalg.vector_norm(k, dim=(2, 3))  # (b, g)
-
-
 def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
     """scores (..., g) -> query heads per KV head (..., g), int64, >= 0, summing to h.
 
@@ -63,14 +60,33 @@ def allocate_heads(scores: Tensor, h: int, *, min_max: bool) -> Tensor:
     scores, all-zero or non-finite sums) gives the uniform GQA split h/g each, never NaN."""
     g = scores.shape[-1]
     if min_max:
-        lo = scores.amin(-1, keepdim=True)  # (..., 1)
-        span = scores.amax(-1, keepdim=True) - lo
-        scores = (scores - lo) / torch.where(span > 0, span, 1)  # equal scores -> all 0
+        lo, hi = torch.aminmax(scores, dim=-1, keepdim=True)  # (..., 1)
+        scores = (scores - lo) / (hi - lo)  # equal scores: 0 / 0 = NaN, so no preference below
     total = scores.sum(-1, keepdim=True)  # (..., 1)
-    ok = (total > 0) & total.isfinite()  # False for 0, NaN and inf: fall back to uniform
-    share = scores / torch.where(ok, total, 1) * h  # the paper's order: (s / sum s) * h
-    a = torch.where(ok, share.round(), h // g).long()  # round half to even, as torch and Python
-    return repair(a, h)
+    share = (scores / total * h).round()  # the paper's order, (s / sum s) * h; half to even
+    if keydecode.on_host(share):  # integer decisions in Python: fewer small ops, the same numbers
+        rows = [repair_list(a, h) for a in host_split(share.view(-1, g).tolist(), total.view(-1).tolist(), h)]
+        return torch.tensor(rows).view(share.shape)
+    ok = (total > 0) & (total < float("inf"))  # False for 0, NaN and inf: fall back to uniform
+    return repair(torch.where(ok, share, h // g).long(), h)
+
+
+def host_split(shares: list[list[float]], totals: list[float], h: int) -> list[list[int]]:
+    """Rounded shares as ints, or the uniform split where the total is 0, NaN or inf."""
+    g = len(shares[0])
+    return [
+        [int(x) for x in a] if 0 < t < float("inf") else [h // g] * g
+        for a, t in zip(shares, totals, strict=True)
+    ]
+
+
+def repair_list(a: list[int], h: int) -> list[int]:
+    """`repair` on the host: the paper's while-loops (first index on ties, as list.index)."""
+    while sum(a) > h:
+        a[a.index(max(a))] -= 1
+    while sum(a) < h:
+        a[a.index(min(a))] += 1
+    return a
 
 
 def repair(a: Tensor, h: int) -> Tensor:
@@ -78,14 +94,14 @@ def repair(a: Tensor, h: int) -> Tensor:
 
     Each a_j = round(x_j) with sum x = h is off by at most 1/2, so |sum a - h| <= g // 2 and
     g // 2 masked steps do the paper's while-loops without reading the sum on the host.
-    argmax/argmin take the first index on ties, as the paper's `torch.argmax` does."""
-    g = a.shape[-1]
-    heads = torch.arange(g, device=a.device)  # (g,); a comparison, not F.one_hot, which may check on host
-    for _ in range(g // 2):
-        excess = a.sum(-1, keepdim=True) - h  # (..., 1)
-        down = (heads == a.argmax(-1, keepdim=True)) & (excess > 0)  # (..., g)
-        up = (heads == a.argmin(-1, keepdim=True)) & (excess < 0)
-        a = a - down.long() + up.long()
+    argmax/argmin take the first index on ties, as the paper's `torch.argmax` does: with
+    u = sign(h - sum a), argmin(a * u) is the first argmax of a when above (u = -1), the first
+    argmin when below (u = +1), and a no-op step (adding u = 0) when the sum is right."""
+    deficit = h - a.sum(-1, keepdim=True)  # (..., 1)
+    for _ in range(a.shape[-1] // 2):
+        u = deficit.sign()  # (..., 1)
+        a = a.scatter_add(-1, (a * u).argmin(-1, keepdim=True), u)
+        deficit = deficit - u
     return a
 
 
@@ -94,9 +110,7 @@ def kv_index(a: Tensor, h: int) -> Tensor:
     if a.dim() == 1:
         heads = torch.arange(a.shape[0], device=a.device)  # (g,)
         return torch.repeat_interleave(heads, a, output_size=h)  # (h,), no host sync
-    ends = a.cumsum(-1)  # (b, g): query head i reads the first KV head whose end is > i
-    queries = torch.arange(h, device=a.device).repeat(a.shape[0], 1)  # (b, h)
-    return torch.searchsorted(ends, queries, right=True)  # (b, h)
+    return kv_index_from_ends(a.cumsum(-1), h)
 
 
 def gather_heads(t: Tensor, index: Tensor) -> Tensor:
@@ -108,36 +122,38 @@ def gather_heads(t: Tensor, index: Tensor) -> Tensor:
 
 
 class _KeyAllocatedGQA(GroupedQueryAttention):
-    """GQA whose query -> KV assignment comes from `allocate(k)`; shared by KDGQA and DGQA."""
+    """GQA whose query -> KV assignment comes from `allocate(norms)`; shared by KDGQA and DGQA."""
 
-    def allocate(self, k: Tensor) -> Tensor:
-        """k (b, g, s, e) -> allocation (g,) or (b, g). Subclasses define it."""
+    def allocate(self, norms: Tensor) -> Tensor:
+        """Key norms (b, g) -> allocation (g,) or (b, g). Subclasses define it."""
         raise NotImplementedError
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, cache: KVCache | None) -> Tensor:
         """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e): gather K/V to h heads, one call.
 
-        With a KV cache, k holds every cached key, so decode allocates from all of them."""
-        index = kv_index(self.allocate(k), self.spec.n_heads)  # (h,) or (b, h)
+        With a KV cache, k holds every cached key, so decode allocates from all of them (their
+        norms read from the cache's running statistics)."""
+        a = self.allocate(keydecode.cached_key_norms(k, cache))  # (g,) or (b, g)
         if q.shape[2] == 1:
-            return self._attend_one_query(q, k, v, index)
+            return self._attend_one_query(q, k, v, a)
+        index = kv_index(a, self.spec.n_heads)  # (h,) or (b, h)
         k_h, v_h = gather_heads(k, index), gather_heads(v, index)  # (b, h, s, e)
         return self.backend(q, k_h, v_h, causal=self.spec.causal, dropout_p=self.dropout_p)
 
-    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, index: Tensor) -> Tensor:
-        """Decode (n = 1) without copying the cache h/g times: each KV head attends with all h
-        query heads as its "tokens", then each query head keeps its own KV head's row.
+    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor) -> Tensor:
+        """Decode (n = 1) without copying the cache h/g times: KV head j gets its a_j query
+        heads as `rows` query "tokens" (padded), one backend call over (b, g, rows, e) reads
+        K/V once, and each query head takes back its own row.
 
-        g times the (tiny) compute, but K/V are read once and nothing of size s is allocated;
-        the gather path copied 2*b*h*s*e floats per step (at b=2, h=16, g=4, s=4096, e=64 on
-        one CPU thread: 34 ms against 1.8 ms for this and 1.2 ms for plain GQA). The single
-        query sees every key, so no causal mask. q (b, h, 1, e) -> (b, h, 1, e)."""
+        The gather path copied 2*b*h*s*e floats per step (b=2, h=16, g=4, s=4096, e=32, one
+        CPU thread: 34 ms against 1.2 ms for plain GQA). The single query sees every key, so
+        no causal mask. q (b, h, 1, e), a (g,) or (b, g) -> (b, h, 1, e)."""
         b, h, _, e = q.shape
         g = k.shape[1]
-        q_all = q.transpose(1, 2).expand(b, g, h, e)  # (b, g, h, e): h query "tokens" per KV head
-        o = self.backend(q_all, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, h, e)
-        rows = index.expand(b, h)[:, None, :, None].expand(b, 1, h, e)  # (b, 1, h, e)
-        return o.gather(1, rows).transpose(1, 2)  # (b, 1, h, e) -> (b, h, 1, e)
+        take, back, rows = keydecode.decode_layout(a.expand(b, g), h)
+        q_rows = q.reshape(b * h, e).index_select(0, take).view(b, g, rows, e)  # (b, g, rows, e)
+        o = self.backend(q_rows, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, rows, e)
+        return o.reshape(b * g * rows, e).index_select(0, back).view(b, h, 1, e)  # (b*h, e) -> (b, h, 1, e)
 
 
 @register(
@@ -159,9 +175,8 @@ class KeyDrivenGQA(_KeyAllocatedGQA):
         super().__init__(spec, backend=backend)
         self.scope = scope
 
-    def allocate(self, k: Tensor) -> Tensor:
-        """k (b, g, s, e) -> (g,) for scope="batch", (b, g) for scope="sample"."""
-        norms = key_norms(k)  # (b, g)
+    def allocate(self, norms: Tensor) -> Tensor:
+        """Key norms (b, g) -> (g,) for scope="batch", (b, g) for scope="sample"."""
         scores = norms.sum(0) if self.scope == "batch" else norms  # (g,) or (b, g)
         return allocate_heads(scores, self.spec.n_heads, min_max=True)
 
@@ -201,9 +216,9 @@ class DynamicKeyDrivenGQA(_KeyAllocatedGQA):
         self.register_buffer("allocation", torch.full((g,), h // g, dtype=torch.long))  # (g,)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def allocate(self, k: Tensor) -> Tensor:
-        """k (b, g, s, e) -> (g,). Updates the buffers; decisions stay on the device."""
-        s = key_norms(k).sum(0)  # (g,)
+    def allocate(self, norms: Tensor) -> Tensor:
+        """Key norms (b, g) -> (g,). Updates the buffers; decisions stay on the device."""
+        s = norms.sum(0)  # (g,)
         cache = self.norm_cache.to(s.dtype)
         if self.kind == "ema":
             avg = EMA_BETA * s + (1 - EMA_BETA) * cache
@@ -332,9 +347,11 @@ def reference_forward(module: _KeyAllocatedGQA, x: Tensor) -> Tensor:
 
 
 __all__ = [
+    "KEY_STATS",
     "DynamicKeyDrivenGQA",
     "KeyDrivenGQA",
     "allocate_heads",
+    "key_norms",
     "kv_index",
     "reference_allocation",
     "reference_forward",

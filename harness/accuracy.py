@@ -39,7 +39,7 @@ class AccuracyConfig:
     """The `[accuracy]` table of bench.toml; every field is also a CLI flag."""
 
     variants: tuple[str, ...] = ("all",)  # names, 'name:key=value:...' with options, or 'all'
-    tasks: tuple[str, ...] = ("mqar", "digits", "captions")
+    tasks: tuple[str, ...] = ("mqar", "digits", "captions", "pairs")
     seeds: tuple[int, ...] = (0, 1, 2)
     heads: int = 4  # h
     kv_heads: tuple[int, ...] = (2,)  # g for variants that take it (mha and mqa fix their own)
@@ -60,7 +60,11 @@ class AccuracyConfig:
     captions_steps: int = 500
     captions_lr: float = 3e-3
     captions_patch: int = 2
-    shift: int = 0  # > 0: digits and captions training images move by up to this many pixels
+    pairs_steps: int = 600  # two images between text, both named in order (issue 17)
+    pairs_lr: float = 3e-3
+    pairs_patch: int = 4  # 4 patches of 4x4 pixels per image: n = 2*4 + 2 + 12 = 22
+    pairs_test: int = 359  # held-out pairs (each held-out image first once), at most 359
+    shift: int = 0  # > 0: digits, captions and pairs training images move by up to this many pixels
     ablate: Ablate = "none"  # zero-attention: attention outputs replaced by zeros (a control)
     threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
@@ -76,6 +80,9 @@ class AccuracyConfig:
         positive += [
             "digits_patch",
             "captions_patch",
+            "pairs_patch",
+            "pairs_lr",
+            "pairs_test",
             "mqar_lr",
             "digits_lr",
             "digits_finetune_lr",
@@ -84,7 +91,15 @@ class AccuracyConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        counts = ("shift", "mqar_steps", "digits_steps", "digits_finetune_steps", "captions_steps", "threads")
+        counts = (
+            "shift",
+            "mqar_steps",
+            "digits_steps",
+            "digits_finetune_steps",
+            "captions_steps",
+            "pairs_steps",
+        )
+        counts += ("threads",)
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
@@ -129,7 +144,7 @@ class AccuracyRow:
     dim: int  # d
     layers: int
     seq_len: int  # n of the task's sequences
-    n_visual: int  # m, leading visual tokens (captions), else 0
+    n_visual: int  # m, image tokens (captions: leading; pairs: both images), else 0
     seed: int
     steps: int | None = None  # optimizer steps behind the evaluated weights
     accuracy: float | None = None  # held-out: fraction of answers / images / exact names right

@@ -132,6 +132,13 @@ def sweep_command(
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
     visual_frac: Annotated[float | None, typer.Option(help="Multimodal variants: visual share of n.")] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Multimodal variants: prefix (one image first) or interleaved (images between text)."
+        ),
+    ] = None,
+    images: Annotated[int | None, typer.Option(help="Images of the interleaved layout.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     executor: Annotated[
@@ -182,6 +189,8 @@ def sweep_command(
         warmup=warmup,
         threads=threads,
         visual_frac=visual_frac,
+        layout=layout,
+        images=images,
         seed=seed,
         out=out,
         executor=executor,
@@ -242,7 +251,7 @@ def accuracy_command(
         str | None,
         typer.Option(help="Comma-separated names, 'all', or name:key=value:... (gqa:backend=eager)."),
     ] = None,
-    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions.")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions, pairs.")] = None,
     seeds: Annotated[
         str | None, typer.Option(help="Seeds, e.g. 0,1,2 (summary: mean ± std over them).")
     ] = None,

@@ -61,11 +61,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
 
-    def forward(self, x: Tensor, n_visual: int) -> Tensor:
-        """x (b, n, d) -> (b, n, d)."""
+    def forward(self, x: Tensor, n_visual: int, modality: Tensor | None = None) -> Tensor:
+        """x (b, n, d) -> (b, n, d); the layout is n_visual leading image tokens, or `modality` (b, n)."""
         # The ablation keeps every other weight and path: only what attention adds is removed,
         # so a task that still gets solved did not need attention.
-        attended = torch.zeros_like(x) if self.zero_attention else self.attn(self.norm1(x), n_visual=n_visual)
+        layout = {"n_visual": n_visual} if modality is None else {"modality": modality}
+        attended = torch.zeros_like(x) if self.zero_attention else self.attn(self.norm1(x), **layout)
         x = x + attended
         return x + self.mlp(self.norm2(x))
 
@@ -91,10 +92,33 @@ class TinyTransformer(nn.Module):
         whole sequence as one causal stream (the concat baseline).
         """
         x, n_visual = self.embed(tokens, patches)  # (b, n, d)
+        return self.run(x, n_visual=n_visual)
+
+    def run(self, x: Tensor, *, n_visual: int = 0, modality: Tensor | None = None) -> Tensor:
+        """The blocks, norm and head over an embedded sequence x (b, n, d), positions added;
+        `modality` (b, n) for any layout of text and images (the pairs task)."""
         for block in self.blocks:
-            x = block(x, n_visual)
+            x = block(x, n_visual, modality)
         x = self.norm(x)
         return self.head(x.mean(dim=1) if self.cfg.pool else x)  # (b, n_out) or (b, n, n_out)
+
+    def embed_parts(self, parts: list[tuple[str, Tensor]]) -> tuple[Tensor, Tensor]:
+        """[("text", ids (b, t)) or ("image", patches (b, m, p)), ...] in order -> the sequence
+        x (b, n, d) with positions added, and its modality ids (b, n): images numbered 1, 2, ..."""
+        xs, ids, image = [], [], 0
+        for kind, t in parts:
+            if kind == "image":
+                image += 1
+                xs.append(self.patch_embed(t))  # (b, m, d)
+            else:
+                xs.append(self.tok_embed(t))  # (b, t, d)
+            ids.append(
+                torch.full(t.shape[:2], image if kind == "image" else 0, dtype=torch.long, device=t.device)
+            )
+        x = torch.cat(xs, dim=1)  # (b, n, d)
+        if x.shape[1] > self.cfg.max_len:
+            raise ValueError(f"sequence of {x.shape[1]} tokens exceeds max_len={self.cfg.max_len}")
+        return x + self.pos_embed[: x.shape[1]], torch.cat(ids, dim=1)  # (b, n, d), (b, n)
 
     def embed(self, tokens: Tensor | None, patches: Tensor | None) -> tuple[Tensor, int]:
         """The input sequence (b, n, d) with positions added, and its count of visual tokens."""

@@ -39,6 +39,8 @@ class Row:
     batch: int  # b
     seq_len: int  # n; in decode mode the KV cache length (one new token is decoded)
     n_visual: int  # m, leading visual tokens (multimodal variants: round(visual_frac * n), else 0)
+    layout: str  # where the n_visual image tokens sit: prefix (first, one image) or interleaved
+    n_images: int  # images among the n_visual tokens (0 when there are none)
     dim: int  # d = h * e
     n_heads: int  # h
     n_kv_heads: int  # g, after the variant's preset (mha: g = h, mqa: g = 1)

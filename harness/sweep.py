@@ -65,6 +65,10 @@ class SweepConfig:
     warmup: int = 3  # plain calls before the profiled call; the FLOP pass runs the step once too
     threads: int = 0  # torch.set_num_threads for the run; 0 keeps torch's default (it is recorded)
     visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
+    # Where multimodal variants' image tokens sit: "prefix" (one image, then text) or
+    # "interleaved" (`images` images between text, workload.modality_ids); rows say which.
+    layout: Literal["prefix", "interleaved"] = "prefix"
+    images: int = 2  # images of the interleaved layout
     seed: int = 0
     out: str = "results"
     # local: cells run one by one in this process. ray: one Ray task per cell, holding a whole
@@ -96,12 +100,15 @@ class SweepConfig:
             ("threads", 0),
             ("min_time_s", 0),
             ("memory_limit_mb", 0),
+            ("images", 1),
         )
         for name, low in lows:
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
         if not 0.0 <= self.visual_frac <= 1.0:
             raise ValueError(f"visual_frac={self.visual_frac} must be in [0, 1]")
+        if self.layout not in workload.LAYOUTS:
+            raise ValueError(f"layout={self.layout!r} is not one of {list(workload.LAYOUTS)}")
 
 
 @dataclass(frozen=True)
@@ -115,17 +122,24 @@ class Cell:
     n_visual: int
     spec: av.AttnSpec  # after the variant's preset
     dtype: str
+    layout: str = "prefix"  # where the n_visual image tokens sit (multimodal variants)
+    n_images: int = 0  # images in the sequence: 1 for prefix with n_visual > 0
 
     def key(self) -> tuple[str, ...]:
         s = self.spec
         values = (self.choice.name, self.choice.options_text, self.mode, self.batch, self.seq_len)
-        return tuple(map(str, (*values, self.n_visual, s.n_heads, s.n_kv_heads, s.head_dim, self.dtype)))
+        key = (*values, self.n_visual, s.n_heads, s.n_kv_heads, s.head_dim, self.dtype)
+        # The prefix layout keeps its old key, so existing CSVs and the check baseline still match.
+        return tuple(map(str, key if self.layout == "prefix" else (*key, self.layout, self.n_images)))
 
 
 def row_key(row: dict[str, str]) -> tuple[str, ...]:
     """The `Cell.key` of a row read back from a CSV (resume)."""
     names = ("variant", "options", "mode", "batch", "seq_len", "n_visual", "n_heads", "n_kv_heads")
-    return tuple(row[k] for k in (*names, "head_dim", "dtype"))
+    key = tuple(str(row[k]) for k in (*names, "head_dim", "dtype"))
+    layout = row.get("layout")
+    layout = layout if isinstance(layout, str) and layout else "prefix"  # older CSVs: prefix
+    return key if layout == "prefix" else (*key, layout, str(row["n_images"]))
 
 
 def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
@@ -151,11 +165,15 @@ def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
 def cell_at(choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig | Any) -> Cell:
     """The cell of `choice` at (mode, n, h, g): the variant's preset resolves g, multimodal
     variants get round(visual_frac * n) visual tokens. `cfg` gives batch, head_dim, dtype and
-    visual_frac (a SweepConfig, or the check's CheckConfig, which has the same fields)."""
+    visual_frac (a SweepConfig, or the check's CheckConfig, which has the same fields; the
+    check has no `layout`, so its cells are prefix). Multimodal cells of the interleaved
+    layout hold `images` images."""
     entry = av.info(choice.name)
     spec = entry.resolve(av.AttnSpec(dim=h * cfg.head_dim, n_heads=h, n_kv_heads=g))
     n_visual = round(cfg.visual_frac * n) if entry.multimodal else 0
-    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype)
+    cell_layout = getattr(cfg, "layout", "prefix") if n_visual else "prefix"
+    images = getattr(cfg, "images", 1) if cell_layout == "interleaved" else int(n_visual > 0)
+    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype, cell_layout, images)
 
 
 def _by_shape(cells: Iterable[Cell]) -> list[Cell]:
@@ -303,6 +321,8 @@ def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: 
         batch=cell.batch,
         seq_len=cell.seq_len,
         n_visual=cell.n_visual,
+        layout=cell.layout,
+        n_images=cell.n_images,
         dim=s.dim,
         n_heads=s.n_heads,
         n_kv_heads=s.n_kv_heads,
@@ -317,7 +337,8 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     def build(on: torch.device) -> workload.Workload:
         return workload.build(
             cell.choice.name, cell.spec, cell.mode, batch=cell.batch, seq_len=cell.seq_len,
-            n_visual=cell.n_visual, dtype=dtype, device=on, options=dict(cell.choice.options), seed=cfg.seed,
+            n_visual=cell.n_visual, layout=cell.layout, images=cell.n_images, dtype=dtype, device=on,
+            options=dict(cell.choice.options), seed=cfg.seed,
         )  # fmt: skip
 
     def make(on: torch.device) -> Callable[[], object]:

@@ -17,6 +17,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 import attn_variants as av
 from attn_variants.registry import MODES
 
+LAYOUTS = ("prefix", "interleaved")  # where a multimodal workload's image tokens sit
+
 
 class UnsupportedMode(ValueError):
     """The variant's registry entry does not list this mode."""
@@ -43,12 +45,17 @@ def build(
     batch: int,
     seq_len: int,
     n_visual: int = 0,
+    layout: str = "prefix",
+    images: int = 1,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     options: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> Workload:
-    """Build variant `variant` and inputs for `mode` (fwd, fwd_bwd or decode)."""
+    """Build variant `variant` and inputs for `mode` (fwd, fwd_bwd or decode).
+
+    n_visual image tokens sit as `layout` says: "prefix", one image first (n_visual=m);
+    "interleaved", `images` images between text (`modality_ids`), as in multi-image chat."""
     entry = av.info(variant)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {list(MODES)}")
@@ -66,7 +73,8 @@ def build(
     resolved = module.spec
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
     x = randn((batch, seq_len, spec.dim), gen, device, dtype)  # (b, n, d)
-    made = make(module, x, n_visual, gen)
+    layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
+    made = make(module, x, layout_kw, gen)
     step, reset = made if isinstance(made, tuple) else (made, lambda: None)
     kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
     return Workload(module, resolved, step, kv_bytes, reset)
@@ -97,18 +105,48 @@ def to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module
     return module
 
 
-def _forward(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Callable[[], object]:
+def layout_inputs(
+    batch: int, seq_len: int, n_visual: int, layout: str, images: int, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """The layout keyword of a forward call: {"n_visual": m} or {"modality": ids (b, n)}."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts: {list(LAYOUTS)}")
+    if layout == "prefix" or n_visual == 0:
+        return {"n_visual": n_visual}
+    return {"modality": modality_ids(batch, seq_len, n_visual, images).to(device)}
+
+
+def modality_ids(batch: int, seq_len: int, n_visual: int, images: int) -> torch.Tensor:
+    """(b, n) ids [text_0, image 1, text_1, ..., image k, text_k]: n_visual image tokens in
+    `images` images of near-equal size, the text split near-equally into the k + 1 gaps."""
+    if not 1 <= images <= n_visual:
+        raise ValueError(f"images={images} must be in [1, n_visual={n_visual}] (an image has >= 1 token)")
+    sizes, gaps = _split(n_visual, images), _split(seq_len - n_visual, images + 1)
+    ids = [0] * gaps[0]
+    for k, (size, gap) in enumerate(zip(sizes, gaps[1:], strict=True), start=1):
+        ids += [k] * size + [0] * gap
+    return torch.tensor(ids).expand(batch, seq_len)  # (b, n)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """`total` as `parts` near-equal counts, the larger first."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def _forward(
+    module: nn.Module, x: torch.Tensor, layout_kw: dict, gen: torch.Generator
+) -> Callable[[], object]:
     module.eval()
 
     def step() -> object:
         with torch.no_grad():
-            return module(x, n_visual=n_visual)
+            return module(x, **layout_kw)
 
     return step
 
 
 def _forward_backward(
-    module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator
+    module: nn.Module, x: torch.Tensor, layout_kw: dict, gen: torch.Generator
 ) -> tuple[Callable[[], object], Callable[[], None]]:
     """The step and its reset: the gradients the last step left, dropped."""
     module.train()
@@ -121,19 +159,21 @@ def _forward_backward(
 
     def step() -> object:
         reset()
-        module(x, n_visual=n_visual).backward(grad)
+        module(x, **layout_kw).backward(grad)
         return x.grad
 
     return step, reset
 
 
-def _decode(module: nn.Module, x: torch.Tensor, n_visual: int, gen: torch.Generator) -> Callable[[], object]:
+def _decode(
+    module: nn.Module, x: torch.Tensor, layout_kw: dict, gen: torch.Generator
+) -> Callable[[], object]:
     """Prefill a cache with all n tokens (untimed); each step decodes one more text token."""
     module.eval()
     cache = av.KVCache()
     x_next = randn((x.shape[0], 1, x.shape[2]), gen, x.device, x.dtype)  # (b, 1, d)
     with torch.no_grad():
-        module(x, n_visual=n_visual, cache=cache)
+        module(x, **layout_kw, cache=cache)
     prefill = cache.length
 
     def step() -> object:

@@ -1,9 +1,9 @@
-"""The accuracy tasks of `attnbench accuracy`, by name: mqar, digits, captions.
+"""The accuracy tasks of `attnbench accuracy`, by name: mqar, digits, captions, pairs.
 
 A task has `name`, `visual` (it has leading visual tokens), `inits(variant, cfg)`,
 `chance(cfg)`, `seq_len(cfg)` and `run(job, context) -> Outcome`. Which variant runs which task is decided
 from the registry, never from variant names: a multimodal variant needs visual tokens, so it
-runs captions only; a unimodal variant runs every task (on captions it is the concat baseline).
+runs captions and pairs only; a unimodal variant runs every task (on captions it is the concat baseline).
 A variant with `causal_safe=False` still runs: every test re-runs only the tokens a causal
 model may see (mqar's answers are never inputs, captions decodes from the prefix), so a leak
 could hurt its training but never inflate its score.
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import attn_variants as av
 
-from . import captions, digits, mqar
+from . import captions, digits, mqar, pairs
 from .base import Init, Job, Outcome
 
-TASKS = {task.name: task for task in (mqar.TASK, digits.TASK, captions.TASK)}
+TASKS = {task.name: task for task in (mqar.TASK, digits.TASK, captions.TASK, pairs.TASK)}
 
 __all__ = ["TASKS", "Init", "Job", "Outcome", "get", "names", "unsupported"]
 

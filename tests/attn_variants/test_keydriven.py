@@ -65,7 +65,7 @@ def test_a_kv_head_with_zero_queries(scope):
     module = make("kdgqa", av.AttnSpec(128, 16, 4), scope=scope)
     scale_key_heads(module, [1.0, 2.0, 3.0, 6.0])  # s' = [0, .2, .4, 1] -> 16 * s'/1.6
     x = torch.randn(2, 11, 128, dtype=torch.float64)
-    allocation = module.allocate(module.project(x)[1])
+    allocation = module.allocate(kd.key_norms(module.project(x)[1]))
     expected = torch.tensor([0, 2, 4, 10])
     assert (allocation == (expected if scope == "batch" else expected.expand(2, 4))).all(), allocation
     assert_close(module(x), kd.reference_forward(module, x))
@@ -174,7 +174,7 @@ def test_equal_key_norms_give_the_gqa_result(name):
     buffers = kd.DynamicKeyDrivenGQA.BUFFERS  # dgqa's state: gqa has no such entries
     gqa.load_state_dict({k: v for k, v in module.state_dict().items() if k not in buffers})
     x = torch.randn(2, 10, 64, dtype=torch.float64)
-    assert module.allocate(module.project(x)[1]).tolist() == [2, 2, 2, 2]
+    assert module.allocate(kd.key_norms(module.project(x)[1])).tolist() == [2, 2, 2, 2]
     assert_close(module.eval()(x), gqa(x))
     assert torch.isfinite(module(torch.zeros(2, 3, 64, dtype=torch.float64))).all()  # zero norms
 
@@ -201,8 +201,8 @@ def test_scope_batch_depends_on_the_other_examples():
     block_keys(module)
     mild, strong = two_example_batch(1.0), two_example_batch(10.0)
     strong[0] = mild[0]
-    assert module.allocate(module.project(mild)[1]).tolist() == [4, 0]
-    assert module.allocate(module.project(strong)[1]).tolist() == [0, 4]
+    assert module.allocate(kd.key_norms(module.project(mild)[1])).tolist() == [4, 0]
+    assert module.allocate(kd.key_norms(module.project(strong)[1])).tolist() == [0, 4]
     assert not torch.allclose(module(mild)[0], module(strong)[0])
 
 

@@ -7,6 +7,7 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from attn_variants import perturbed as pg
+from attn_variants.backends import eager
 
 SHAPES = [  # (b, n, d, h, g)
     (2, 16, 128, 16, 4),
@@ -145,3 +146,32 @@ def test_seed_accepts_ints_and_none(seed):
 def test_bad_options_name_the_value(opts, message):
     with pytest.raises(ValueError, match=message):
         av.create("pgqa", av.AttnSpec(32, 4, 2), **opts)
+
+
+@pytest.mark.parametrize("d, h, g", [(64, 8, 2), (48, 6, 3), (40, 5, 1), (32, 8, 8)])
+def test_decode_step_perturbs_the_new_token_as_the_definition(device, d, h, g):
+    """One decode step is GQA's output for the new token over every cached key, minus each
+    group's noise rescaled over that token's e values (rows of n*e = e). On CUDA the step
+    runs under sync debug mode "error": any host sync raises."""
+    module = av.create("pgqa", av.AttnSpec(d, h, g), seed=7).to(device, torch.float64).eval()
+    x = torch.randn(2, 9, d, dtype=torch.float64, device=device)
+    e = d // h
+    gen = torch.Generator(device=device).manual_seed(7)  # the module's draws: prefill, then the step
+    draw = dict(generator=gen, device=device, dtype=torch.float64)
+    torch.rand(g, h // g, 8 * e, **draw)  # the prefill's noise
+    u = torch.rand(g, h // g, e, **draw)  # the step's: one token, rows of e values
+    cache = av.KVCache()
+    with torch.no_grad():
+        module(x[:, :8], cache=cache)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = module(x[:, 8:], cache=cache)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+        q, k, v = module.project(x)  # (b, h, 9, e), (b, g, 9, e), (b, g, 9, e)
+        o = eager(q[:, :, -1:], k, v, causal=True)  # (b, h, 1, e): the last token over all keys
+        expected = module.merge(pg.reference_perturb(o, g, u))
+    assert_close(out, expected)
