@@ -138,6 +138,24 @@ def count(make: Callable[[torch.device], Callable[[], object]]) -> Count:
     return Count(flops, effective, calls)
 
 
+def count_real(step: Callable[[], object]) -> Count:
+    """FLOPs of one real call of `step` under the math backend (decode: one query, no n^2).
+
+    Decode is counted on the real workload because its ops can depend on values: on the CPU,
+    kdgqa/dgqa read their allocation on the host and pick a cheaper path when it is uniform
+    (attn_variants.keydecode.on_host), which a meta tensor cannot show. A single query is never
+    causally masked, so flops_effective = flops."""
+    total = measure_count(step)
+    return Count(total, total, ())
+
+
+def measure_count(step: Callable[[], object]) -> int:
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        step()
+    return counter.get_total_flops()
+
+
 def peak_estimate(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> int:
     """Peak live storage of building and running the step on `device`, over fake tensors.
 

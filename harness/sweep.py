@@ -344,12 +344,15 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     def make(on: torch.device) -> Callable[[], object]:
         return build(on).step
 
-    counted = flops.count(make)  # on the meta device: no data, no n^2 allocation
+    # fwd, fwd_bwd: on the meta device (no data, no n^2 allocation); decode: on the real
+    # workload below (one query, linear memory; its ops can depend on values, see count_real)
+    counted = flops.count(make) if cell.mode != "decode" else None
     limit = measure.memory_limit(device, cfg.memory_limit_mb)
     estimate = _estimate(make, device) if limit is not None else None
     if estimate is not None:
         measure.check_fits(estimate, limit)
     w = build(device)
+    counted = counted or flops.count_real(w.step)
     for _ in range(cfg.warmup):
         w.step()
     probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
