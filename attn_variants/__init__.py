@@ -20,7 +20,9 @@ from .backends import BACKENDS, get_backend
 from .cache import KVCache
 from .grouped import GroupedQueryAttention, from_mha
 from .keydriven import DynamicKeyDrivenGQA, KeyDrivenGQA  # registers kdgqa, dgqa
+from .mla import MultiHeadLatentAttention  # registers mla
 from .mmca import MultiModalCausalAttention, SimpleMMCA  # registers mmca, concat
+from .moh import MixtureOfHeadsAttention  # registers moh
 from .perturbed import PerturbedGQA  # registers pgqa
 from .registry import MODES, VariantInfo, create, info, names, register
 from .spec import AttnSpec
@@ -33,6 +35,8 @@ __all__ = [
     "GroupedQueryAttention",
     "KVCache",
     "KeyDrivenGQA",
+    "MixtureOfHeadsAttention",
+    "MultiHeadLatentAttention",
     "MultiModalCausalAttention",
     "PerturbedGQA",
     "SimpleMMCA",

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from . import modality as layout
 from .backends import get_backend
 from .cache import KVCache
-from .registry import create, register, with_kv_heads
+from .registry import create, info, register, with_kv_heads
 from .spec import AttnSpec
 
 GQA_PAPER = "https://arxiv.org/abs/2305.13245"
@@ -75,13 +75,7 @@ class GroupedQueryAttention(nn.Module):
         return self.spec.dropout if self.training else 0.0
 
     def _check_input(self, x: Tensor, n_visual: int, modality: Tensor | None = None) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.spec.dim:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected (b, n, d={self.spec.dim})")
-        if not 0 <= n_visual <= x.shape[1]:
-            raise ValueError(f"n_visual={n_visual} must be in [0, n={x.shape[1]}]")
-        layout.check_call(x, n_visual, modality)
-        if modality is not None and layout.concrete(modality):
-            layout.check_values(modality, modality.shape[1])  # this call's ids only: no cache of them
+        layout.check_unimodal(x, self.spec.dim, n_visual, modality)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -116,11 +110,17 @@ def from_mha(mha: GroupedQueryAttention, n_kv_heads: int, variant: str = "gqa", 
     GQA paper section 2.1 (arXiv 2305.13245), also the KDGQA paper's protocol: each of the g
     new K/V projections is the mean of its h/g source heads (weights and biases); q_proj and
     o_proj are copied unchanged. `variant` may be any registered variant with these
-    projections (gqa, kdgqa, dgqa, pgqa, ...).
+    projections (gqa, kdgqa, dgqa, pgqa, moh, ...); weights it names in `fresh_on_uptrain`
+    (moh's router) keep their fresh initialisation.
     """
     spec = mha.spec
     if spec.n_kv_heads != spec.n_heads:
         raise ValueError(f"from_mha needs an MHA module (g = h = {spec.n_heads}); got g={spec.n_kv_heads}")
+    if not issubclass(info(variant).cls, GroupedQueryAttention):
+        raise ValueError(
+            f"variant {variant!r} cannot be uptrained from MHA: it has no q/k/v/o projections to copy "
+            "(from_mha supports the GQA family)"
+        )
     weight = mha.q_proj.weight
     target = create(variant, replace(spec, n_kv_heads=n_kv_heads), **options)
     target = target.to(device=weight.device, dtype=weight.dtype)
@@ -130,7 +130,13 @@ def from_mha(mha: GroupedQueryAttention, n_kv_heads: int, variant: str = "gqa", 
             key = f"{proj}.{kind}"
             if key in state:
                 state[key] = _mean_pool_heads(state[key], spec.n_heads, n_kv_heads)
-    target.load_state_dict(state)
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    fresh = tuple(f"{name}." for name in getattr(target, "fresh_on_uptrain", ()))
+    not_fresh = [k for k in missing if not k.startswith(fresh)]
+    if unexpected or not_fresh:
+        raise ValueError(
+            f"{variant!r} does not take MHA weights: missing {not_fresh}, unexpected {unexpected}"
+        )
     return target
 
 

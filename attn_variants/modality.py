@@ -44,6 +44,18 @@ def check_call(x: Tensor, n_visual: int, modality: Tensor | None) -> None:
         raise ValueError(f"modality has dtype {modality.dtype}; expected an integer dtype (torch.long)")
 
 
+def check_unimodal(x: Tensor, dim: int, n_visual: int, modality: Tensor | None) -> None:
+    """The input of a unimodal variant's forward: x (b, n, d), and a layout it validates and then
+    ignores (it reads any layout as one causal stream: MMCA's "concat" baseline)."""
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (b, n, d={dim})")
+    if not 0 <= n_visual <= x.shape[1]:
+        raise ValueError(f"n_visual={n_visual} must be in [0, n={x.shape[1]}]")
+    check_call(x, n_visual, modality)
+    if modality is not None and concrete(modality):
+        check_values(modality, modality.shape[1])  # this call's ids only: no cache of them
+
+
 def concrete(t: Tensor) -> bool:
     """True when `t`'s values can be read: not fake, not meta, not being traced by torch.compile."""
     return not (torch.compiler.is_compiling() or t.is_meta or is_fake(t))

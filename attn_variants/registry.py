@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from .spec import AttnSpec
@@ -36,6 +37,12 @@ class VariantInfo:
     options: Mapping[str, Any] = field(default_factory=dict)
     # A preset rewrites the spec, e.g. mha forces g = h; None keeps the caller's spec.
     preset: Callable[[AttnSpec], AttnSpec] | None = None
+    # False: n_kv_heads means nothing to this variant (mla caches a latent, not K/V heads); the
+    # sweep runs it once per (n, h) and labels give its cache as "≡ g KV heads".
+    uses_kv_heads: bool = True
+    # Cached elements per token (one layer, one sequence) from (spec, resolved options); None is
+    # the GQA family's K and V: 2*g*e.
+    cache_per_token: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None
 
     def resolve(self, spec: AttnSpec) -> AttnSpec:
         """The spec this variant actually runs with (presets fix n_kv_heads)."""
@@ -51,6 +58,24 @@ class VariantInfo:
             )
         return {**self.options, **options}
 
+    def cache_elements(self, spec: AttnSpec, options: Mapping[str, Any] | None = None) -> int:
+        """Elements the KV cache holds per token and sequence, for the resolved spec."""
+        spec = self.resolve(spec)
+        if self.cache_per_token is None:
+            return 2 * spec.n_kv_heads * spec.head_dim
+        return self.cache_per_token(spec, self.resolve_options(options or {}))
+
+    def kv_cache_bytes(
+        self, spec: AttnSpec, options: Mapping[str, Any] | None, batch: int, seq_len: int, dtype: torch.dtype
+    ) -> int:
+        """The analytic cache size at (b, n): b*n*cache_elements*itemsize (GQA: 2*b*g*n*e*itemsize)."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return batch * seq_len * self.cache_elements(spec, options) * itemsize
+
+    def kv_heads_equiv(self, spec: AttnSpec, options: Mapping[str, Any] | None = None) -> float:
+        """The g of a GQA with the same cache per token: cache_elements / (2e)."""
+        return self.cache_elements(spec, options) / (2 * self.resolve(spec).head_dim)
+
 
 _REGISTRY: dict[str, VariantInfo] = {}
 
@@ -65,6 +90,8 @@ def register(
     causal_safe: bool = True,
     options: Mapping[str, Any] | None = None,
     preset: Callable[[AttnSpec], AttnSpec] | None = None,
+    uses_kv_heads: bool = True,
+    cache_per_token: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator adding `name` to the registry; stack it to register presets."""
     bad_modes = sorted(set(modes) - set(MODES))
@@ -76,8 +103,9 @@ def register(
             raise ValueError(f"variant {name!r} is already registered")
         merged = MappingProxyType({**COMMON_OPTIONS, **(options or {})})
         _REGISTRY[name] = VariantInfo(
-            name, cls, description, paper, tuple(modes), multimodal, causal_safe, merged, preset
-        )
+            name, cls, description, paper, tuple(modes), multimodal, causal_safe, merged, preset,
+            uses_kv_heads, cache_per_token,
+        )  # fmt: skip
         return cls
 
     return decorator

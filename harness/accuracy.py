@@ -19,97 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import pandas as pd
 
 import attn_variants as av
 
 from . import measure, tasks, timing
-from .model import ABLATIONS, Ablate
-from .records import CsvSink, read_frame, write_run_json
+from .accuracy_config import AccuracyConfig
+from .records import CsvSink, check_writable, read_frame, write_run_json
 from .sweep import new_run_dir
-from .variant_choice import VariantChoice, parse_variants
+from .variant_choice import VariantChoice, check_builds, parse_variants
 
 TEXT_COLUMNS = ("options", "error", "init", "ablate")
-
-
-@dataclass(frozen=True)
-class AccuracyConfig:
-    """The `[accuracy]` table of bench.toml; every field is also a CLI flag."""
-
-    variants: tuple[str, ...] = ("all",)  # names, 'name:key=value:...' with options, or 'all'
-    tasks: tuple[str, ...] = ("mqar", "digits", "captions", "pairs")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    heads: int = 4  # h
-    kv_heads: tuple[int, ...] = (2,)  # g for variants that take it (mha and mqa fix their own)
-    dim: int = 64  # d
-    layers: int = 2
-    batch: int = 64
-    mqar_steps: int = 400
-    mqar_lr: float = 5e-3
-    mqar_pairs: int = 8  # P key-value pairs, then P queries: n = 3P
-    mqar_vocab: int = 64  # keys from [1, vocab/2), values from [vocab/2, vocab)
-    mqar_test: int = 1000  # held-out sequences
-    digits_steps: int = 600  # the MHA source's training, and every scratch run
-    digits_lr: float = 3e-3
-    digits_finetune_steps: int = 150  # after uptraining from the MHA source
-    digits_finetune_lr: float = 1e-3
-    digits_patch: int = 2  # p: 8x8 images as (8/p)^2 patches of p*p pixels
-    digits_scratch: bool = True  # also train every grouped variant from scratch
-    captions_steps: int = 500
-    captions_lr: float = 3e-3
-    captions_patch: int = 2
-    pairs_steps: int = 600  # two images between text, both named in order (issue 17)
-    pairs_lr: float = 3e-3
-    pairs_patch: int = 4  # 4 patches of 4x4 pixels per image: n = 2*4 + 2 + 12 = 22
-    pairs_test: int = 359  # held-out pairs (each held-out image first once), at most 359
-    shift: int = 0  # > 0: digits, captions and pairs training images move by up to this many pixels
-    ablate: Ablate = "none"  # zero-attention: attention outputs replaced by zeros (a control)
-    threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
-    out: str = "results"
-
-    def __post_init__(self) -> None:
-        for name in ("variants", "tasks", "seeds", "kv_heads"):
-            if not getattr(self, name):
-                raise ValueError(f"empty run: {name} has no values")
-        for task in self.tasks:
-            tasks.get(task)  # unknown names raise, listing the valid tasks
-        positive = ["heads", "dim", "layers", "batch", "mqar_pairs", "mqar_vocab", "mqar_test"]
-        positive += [
-            "digits_patch",
-            "captions_patch",
-            "pairs_patch",
-            "pairs_lr",
-            "pairs_test",
-            "mqar_lr",
-            "digits_lr",
-            "digits_finetune_lr",
-            "captions_lr",
-        ]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        counts = (
-            "shift",
-            "mqar_steps",
-            "digits_steps",
-            "digits_finetune_steps",
-            "captions_steps",
-            "pairs_steps",
-        )
-        counts += ("threads",)
-        for name in counts:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
-        bad = [g for g in self.kv_heads if g <= 0 or self.heads % g]
-        if bad:
-            raise ValueError(f"kv_heads {bad} must be positive divisors of heads={self.heads}")
-        if self.ablate not in ABLATIONS:
-            raise ValueError(f"ablate={self.ablate!r} is not one of {list(ABLATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +73,8 @@ class AccuracyRow:
     chance: float | None = None  # the accuracy of guessing (mqar 1/(vocab/2), digits and captions 1/10)
     loss: float | None = None  # mean training loss over the last 10% of steps
     wall_s: float | None = None  # seconds of the run (build, train, test)
-    kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1: L*2*g*n*e*itemsize
+    kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1 (GQA: L*2*g*n*e*itemsize)
+    kv_heads_equiv: float | None = None  # the g of a GQA with this cache (mla: (kv_lora + rope) / 2e)
     status: str = "ok"  # ok | unsupported | invalid | error
     error: str = ""
     ablate: str = "none"
@@ -177,7 +100,8 @@ def cells(cfg: AccuracyConfig) -> list[Cell]:
                     spec = av.info(choice.name).resolve(av.AttnSpec(cfg.heads * 16, cfg.heads, g))
                     why = tasks.unsupported(task_name, choice.name)
                     for init in ("scratch",) if why else task.inits(choice.name, cfg):
-                        cell = Cell(task_name, choice, cfg.heads, spec.n_kv_heads, seed, init, why)
+                        why_init = why or tasks.unsupported(task_name, choice.name, init)
+                        cell = Cell(task_name, choice, cfg.heads, spec.n_kv_heads, seed, init, why_init)
                         found.setdefault((task_name, choice, spec.n_kv_heads, seed, init), cell)
     # Scratch runs first within a task and seed, so digits' MHA source is trained (and timed)
     # in its own row, not inside the first uptrained one.
@@ -193,20 +117,36 @@ class Observer(Protocol):
     def cell(self, cell: Cell, row: AccuracyRow) -> None: ...
 
 
+def preflight(cfg: AccuracyConfig, run_dir: Path | None = None) -> list[Cell]:
+    """`cells(cfg)`, with every input checked before any cell runs (ValueError): each distinct
+    variant built once at the model's attention spec (its options), the device, then the output folder."""
+    todo = cells(cfg)
+    specs = ((c.choice, av.AttnSpec(cfg.dim, c.n_heads, c.n_kv_heads)) for c in todo if not c.unsupported)
+    check_builds(specs)
+    measure.resolve_device(cfg.device)  # 'cuda' without a GPU
+    check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
+    return todo
+
+
 def run(
-    cfg: AccuracyConfig, *, run_dir: Path | None = None, observer: Observer | None = None
+    cfg: AccuracyConfig,
+    *,
+    run_dir: Path | None = None,
+    observer: Observer | None = None,
+    settings: dict | None = None,
 ) -> pd.DataFrame:
-    """Train and test every cell; rows are flushed to <run_dir>/accuracy.csv as they finish."""
+    """Train and test every cell; rows are flushed to <run_dir>/accuracy.csv as they finish.
+    `settings` (which file the config came from) goes to run.json."""
     device = measure.resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, device=device.type)  # the tasks (Job.device) and run.json: the real one
-    todo = cells(cfg)
+    todo = preflight(cfg, run_dir)
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path = run_dir / "accuracy.csv"
     t0 = time.perf_counter()
     with timing.threads(cfg.threads):
         env = measure.environment(device)
-        write_run_json(run_dir, cfg, env, len(todo), command="accuracy")
+        write_run_json(run_dir, cfg, env, len(todo), command="accuracy", settings=settings)
         if observer:
             observer.start(len(todo))
         context: dict = {}  # shared across cells: digits' MHA source model per seed
@@ -238,6 +178,7 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
             status = "invalid" if isinstance(err, ValueError) else "error"
             error = f"{type(err).__name__}: {err}"[:500]
     return AccuracyRow(
+        kv_heads_equiv=kv_heads_equiv(cell, cfg),
         run_id=run_id,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         task=cell.task,
@@ -261,6 +202,15 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
         git_commit=env["git_commit"],
         **fields,
     )
+
+
+def kv_heads_equiv(cell: Cell, cfg: AccuracyConfig) -> float | None:
+    """The g of a GQA with this cell's cache (mla: (kv_lora + rope) / 2e); None for bad options."""
+    spec = av.AttnSpec(cfg.dim, cell.n_heads, cell.n_kv_heads)
+    try:
+        return av.info(cell.choice.name).kv_heads_equiv(spec, dict(cell.choice.options))
+    except ValueError:
+        return None
 
 
 def load(csv_path: Path) -> pd.DataFrame:

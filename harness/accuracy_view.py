@@ -34,14 +34,17 @@ class ProgressBar:
         self.progress.update(self.task, advance=1, description=escape(f"{cell.label}: {result}"))
 
 
-def main(cfg: accuracy.AccuracyConfig, *, console: Console, report: bool = True) -> int:
-    """Run with a progress bar, print the summary, the report and the CSV path; the exit code."""
+def main(
+    cfg: accuracy.AccuracyConfig, *, console: Console, report: bool = True, settings: dict | None = None
+) -> int:
+    """Run with a progress bar, print the summary, the report and the CSV path; the exit code.
+    `settings` (which file the config came from) is recorded in run.json."""
     run_dir = accuracy.new_run_dir(cfg)
     columns = (TextColumn("{task.description:<52}"), BarColumn(), MofNCompleteColumn())
     progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     try:
         with progress:
-            df = accuracy.run(cfg, run_dir=run_dir, observer=ProgressBar(progress))
+            df = accuracy.run(cfg, run_dir=run_dir, observer=ProgressBar(progress), settings=settings)
     except KeyboardInterrupt:
         console.print(f"interrupted: finished rows are kept in {run_dir / 'accuracy.csv'}")
         return 130

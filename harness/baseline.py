@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .check import CheckConfig, Result
+from .stats import Decision
 from .sweep import row_key
 from .timing import summarize
 
@@ -37,6 +38,14 @@ COLUMNS = (
     "ratio_samples",  # every per-round ratio, ';'-separated: the test compares these
     *ENVIRONMENT,
 )
+
+
+# check.csv, what every check run writes to <out>/<run_id>/: the baseline's columns for every
+# cell of the run, then its status, its verdict against the baseline, and every per-call time.
+RESULT_COLUMNS = (
+    *COLUMNS, "status", "error", "baseline_ratio", "change", "p_value", "verdict",
+    "variant_ms_samples", "reference_ms_samples",
+)  # fmt: skip
 
 
 def device_kind(device: str, device_name: str) -> str:
@@ -123,20 +132,8 @@ def write(path: Path, results: Sequence[Result], env: Mapping[str, object], cfg:
 
 
 def _row(r: Result, env: Mapping[str, object], reference: str, date: str) -> dict[str, str]:
-    c, s = r.cell, summarize(r.ratios)
+    s = summarize(r.ratios)
     values = dict(
-        cell=r.name,
-        variant=c.choice.name,
-        options=c.choice.options_text,
-        mode=c.mode,
-        batch=c.batch,
-        seq_len=c.seq_len,
-        n_visual=c.n_visual,
-        n_heads=c.spec.n_heads,
-        n_kv_heads=c.spec.n_kv_heads,
-        head_dim=c.spec.head_dim,
-        dtype=c.dtype,
-        reference=reference,
         rounds=len(r.ratios),
         ratio_median=f"{s.median:.4f}",
         ratio_p10=f"{s.p10:.4f}",
@@ -144,7 +141,43 @@ def _row(r: Result, env: Mapping[str, object], reference: str, date: str) -> dic
         variant_ms=f"{r.variant_ms:.4f}",
         reference_ms=f"{r.reference_ms:.4f}",
         ratio_samples=";".join(f"{x:.5f}" for x in r.ratios),
-        date=date,
-        **{k: env[k] for k in ENVIRONMENT if k != "date"},
     )
+    return {**_key_row(r, env, reference, date), **{k: str(v) for k, v in values.items()}}
+
+
+def result_rows(
+    rows: Sequence[tuple[Result, Decision | None]], env: Mapping[str, object], cfg: CheckConfig
+) -> pd.DataFrame:
+    """check.csv's rows (`RESULT_COLUMNS`, as text): one per cell, measured or not."""
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out = []
+    for r, d in rows:
+        row = _row(r, env, cfg.reference, date) if r.status == "ok" else _key_row(r, env, cfg.reference, date)
+        row.update(
+            status=r.status,
+            error=r.error,
+            baseline_ratio=_text(d and d.baseline, ".4f"),
+            change=_text(d and d.change, ".4f"),
+            p_value=_text(d and d.p_value, ".3g"),
+            verdict=d.verdict if d else "",
+            variant_ms_samples=";".join(f"{x * 1e3:.5f}" for x in r.variant_s),
+            reference_ms_samples=";".join(f"{x * 1e3:.5f}" for x in r.reference_s),
+        )
+        out.append(row)
+    return pd.DataFrame(out, columns=list(RESULT_COLUMNS), dtype=str).fillna("")
+
+
+def _key_row(r: Result, env: Mapping[str, object], reference: str, date: str) -> dict[str, str]:
+    """A cell's identity columns: its key, the reference, the date and the environment."""
+    c = r.cell
+    values = dict(
+        cell=r.name, variant=c.choice.name, options=c.choice.options_text, mode=c.mode, batch=c.batch,
+        seq_len=c.seq_len, n_visual=c.n_visual, n_heads=c.spec.n_heads, n_kv_heads=c.spec.n_kv_heads,
+        head_dim=c.spec.head_dim, dtype=c.dtype, reference=reference, date=date,
+        **{k: env[k] for k in ENVIRONMENT if k != "date"},
+    )  # fmt: skip
     return {k: str(v) for k, v in values.items()}
+
+
+def _text(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,8 +29,9 @@ import attn_variants as av
 from attn_variants.registry import Mode
 
 from . import compare, measure, stats, timing, workload
+from .records import check_writable
 from .sweep import Cell, cell_at
-from .variant_choice import parse_variants
+from .variant_choice import VariantChoice, check_builds, parse_variants
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class CheckConfig:
     # device's name (gpu-{device_name}.csv -> gpu-nvidia-h100-80gb-hbm3.csv): one file per GPU model.
     baseline: str = "tests/bench/baselines/ci-cpu.csv"
     seed: int = 0
+    out: str = "results"  # every run writes check.csv, run.json and benchmark.json to <out>/<run_id>/
 
     def __post_init__(self) -> None:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
@@ -108,7 +111,7 @@ class Result:
 
 def cell_name(cell: Cell) -> str:
     """'gqa_g2 fwd n=128 h=8': the label in the table, the messages and the baseline's `cell` column."""
-    return f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
+    return f"{cell.choice.label_for(cell.spec)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
 
 
 def cells(cfg: CheckConfig) -> list[Cell]:
@@ -125,6 +128,18 @@ def cells(cfg: CheckConfig) -> list[Cell]:
                     cell = cell_at(choice, mode, n, h, g, cfg)
                     out.setdefault(cell.key(), cell)
     return list(out.values())
+
+
+def preflight(cfg: CheckConfig) -> list[Cell]:
+    """`cells(cfg)`, with every input checked before any timing (ValueError): each distinct
+    variant and the reference built once at their specs (options), then the output folder."""
+    todo = cells(cfg)
+    reference = VariantChoice(cfg.reference)
+    entry = av.info(cfg.reference)  # an unknown reference names the valid variants
+    ref_specs = [(reference, entry.resolve(av.AttnSpec(c.spec.dim, c.spec.n_heads))) for c in todo]
+    check_builds([*((c.choice, c.spec) for c in todo), *ref_specs])
+    check_writable(Path(cfg.out))
+    return todo
 
 
 def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = None) -> list[Result]:

@@ -15,29 +15,49 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import baseline as baseline_mod
-from . import check, measure
+from . import check, dashboard, measure
 from .check import CheckConfig, Result
+from .records import write_run_json
 from .stats import Decision
-from .sweep import row_key
+from .sweep import new_run_dir, row_key
 from .timing import summarize
 
 STYLE = {"ok": "green", "REGRESSED": "bold red", "improved": "cyan", "new": "yellow"}
 
 
-def main(cfg: CheckConfig, *, update: bool, console: Console) -> int:
-    """Measure, then compare with (or, with `update`, rewrite) the baseline; the exit code."""
+def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | None = None) -> int:
+    """Measure, then compare with (or, with `update`, rewrite) the baseline; the exit code.
+
+    Every run also writes <out>/<run_id>/: run.json (with `settings`, which file the config
+    came from), then check.csv (one row per cell) and benchmark.json (dashboard records)."""
     check.cells(cfg)  # unknown variants or options fail before the baseline is read
     env = {**measure.environment(measure.resolve_device(cfg.device)), "threads": _threads(cfg)}
     path = baseline_mod.path_for(cfg.baseline, env)  # per GPU model where it names {device_name}
     old = None if update else _compatible_baseline(path, env, cfg, console)
+    todo = check.preflight(cfg)  # bad option values or --out fail before any timing
+    run_dir = new_run_dir(cfg)
+    run_dir.mkdir(parents=True)
+    write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update, settings=settings)
     t0 = time.perf_counter()
     results = _measure(cfg, console)
     wall = time.perf_counter() - t0
     if update:
+        _write_results(run_dir, [(r, None) for r in results], env, cfg, console)
         return _update(path, results, env, cfg, console, wall)
     decisions = list(check.compare_all(results, baseline_mod.samples(old), cfg))
+    _write_results(run_dir, decisions, env, cfg, console)
     console.print(table(decisions, cfg))
     return verdict(decisions, old, cfg, console, wall)
+
+
+def _write_results(
+    run_dir: Path, rows: list[tuple[Result, Decision | None]], env: dict, cfg: CheckConfig, console: Console
+) -> None:
+    """check.csv and, beside it, benchmark.json (harness/dashboard.py)."""
+    df = baseline_mod.result_rows(rows, env, cfg)
+    df.to_csv(run_dir / "check.csv", index=False)
+    dashboard.write(run_dir / dashboard.FILE, dashboard.check_records(df.to_dict("records")))
+    console.print(f"results: {escape(str(run_dir / 'check.csv'))} (and {dashboard.FILE} beside it)")
 
 
 def _threads(cfg: CheckConfig) -> int:

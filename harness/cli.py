@@ -18,6 +18,8 @@ from rich.table import Table
 
 import attn_variants as av
 
+from . import __version__
+from . import config as config_mod
 from .config import load as load_config
 
 app = typer.Typer(
@@ -30,9 +32,34 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        typer.echo(f"attnbench {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
     """Benchmark and ablate attention variants: latency, memory, FLOPs and accuracy."""
+
+
+# Every command that reads settings takes this option (harness/config.py `find`).
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Settings file (it must exist). Default: ./bench.toml if there is one, else the built-in "
+        "defaults (write them out with `attnbench init`)."
+    ),
+]
 
 
 def fail_cleanly(fn: F) -> F:
@@ -43,7 +70,7 @@ def fail_cleanly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ValueError as err:
-            typer.echo(f"error: {err}", err=True)
+            typer.echo("error: " + " ".join(str(err).splitlines()), err=True)  # one line, always
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -59,8 +86,9 @@ def split_csv(value: str | None) -> list[str] | None:
 def variant_table() -> Table:
     """The registry as a rich table: what `attnbench list` prints."""
     table = Table(title="attention variants", show_lines=False)
-    for column in ("name", "description", "paper", "modes", "multimodal", "causal-safe", "options"):
-        table.add_column(column, overflow="fold")
+    columns = ("name", "description", "paper", "modes", "multimodal", "causal-safe", "uses g", "options")
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column == "paper")
     for name in av.names():
         entry = av.info(name)
         options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
@@ -71,6 +99,7 @@ def variant_table() -> Table:
             ",".join(entry.modes),
             "yes" if entry.multimodal else "no",
             "yes" if entry.causal_safe else "NO (reads later tokens)",
+            "yes" if entry.uses_kv_heads else "no (latent)",
             options,
         )
         table.add_row(*map(escape, cells))  # registry text is plain: "[visual; text]" is not markup
@@ -161,7 +190,7 @@ def sweep_command(
     profile: Annotated[
         str | None, typer.Option(help="Named profile from bench.toml: quick, ci, gpu.")
     ] = None,
-    config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
+    config: ConfigOption = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Finish an interrupted run: its folder (settings come from its run.json)."),
@@ -203,10 +232,13 @@ def sweep_command(
         given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])
         if given:
             raise ValueError(f"--resume takes its settings from run.json; drop {given}")
-        cfg = sweep.resume_config(resume)
+        cfg, record = sweep.resume_config(resume), None  # run.json keeps the first session's record
     else:
-        cfg = load_config(sweep.SweepConfig, "sweep", path=config, profile=profile, overrides=overrides)
-    code = sweep_view.main(cfg, resume=resume, console=Console(width=160), report=not no_report)
+        settings = config_mod.find(config)
+        cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=overrides)
+        record = settings.record(profile)
+    console = Console(width=160)
+    code = sweep_view.main(cfg, resume=resume, console=console, report=not no_report, settings=record)
     raise typer.Exit(code)
 
 
@@ -272,7 +304,7 @@ def accuracy_command(
     device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
-    config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
+    config: ConfigOption = None,
     no_report: Annotated[
         bool, typer.Option("--no-report", help="Skip drawing the figures and index.html at the end.")
     ] = False,
@@ -294,10 +326,13 @@ def accuracy_command(
         device=device,
         out=out,
     )
-    cfg = load_config(accuracy.AccuracyConfig, "accuracy", path=config, profile=profile, overrides=overrides)
-    accuracy.cells(cfg)  # unknown variants or options fail here, before any output
-    code = accuracy_view.main(cfg, console=Console(width=160), report=not no_report)
-    raise typer.Exit(code)
+    settings = config_mod.find(config)
+    cfg = load_config(
+        accuracy.AccuracyConfig, "accuracy", settings=settings, profile=profile, overrides=overrides
+    )
+    accuracy.preflight(cfg)  # unknown variants, bad options or an unwritable --out fail here, before any run
+    console, record = Console(width=160), settings.record(profile)
+    raise typer.Exit(accuracy_view.main(cfg, console=console, report=not no_report, settings=record))
 
 
 # --- check (issue 8): CI performance regression check against a committed baseline of ratios ----
@@ -319,10 +354,13 @@ def check_command(
         str | None, typer.Option(help="Comma-separated names, 'all', or name:key=value (not the reference).")
     ] = None,
     modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Output folder; check.csv and benchmark.json go to <out>/<run_id>/.")
+    ] = None,
     update_baseline: Annotated[
         bool, typer.Option("--update-baseline", help="Measure and rewrite the baseline instead of checking.")
     ] = False,
-    config: Annotated[Path, typer.Option(help="Settings file.")] = Path("bench.toml"),
+    config: ConfigOption = None,
 ) -> None:
     """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's."""
     from . import check, check_view
@@ -334,9 +372,30 @@ def check_command(
         rounds=rounds,
         variants=split_csv(variants),
         modes=split_csv(modes),
+        out=out,
     )
-    cfg = load_config(check.CheckConfig, "check", path=config, profile=profile, overrides=overrides)
-    raise typer.Exit(check_view.main(cfg, update=update_baseline, console=Console(width=160)))
+    settings = config_mod.find(config)
+    cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=overrides)
+    console, record = Console(width=160), settings.record(profile)
+    raise typer.Exit(check_view.main(cfg, update=update_baseline, console=console, settings=record))
+
+
+# --- init (issue 14): the built-in defaults as an editable bench.toml -------------------------
+
+
+@app.command("init")
+@fail_cleanly
+def init_command(
+    path: Annotated[
+        Path, typer.Argument(help="File to write; a folder gets FOLDER/bench.toml.")
+    ] = config_mod.DEFAULT_PATH,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
+) -> None:
+    """Write the built-in defaults, with their comments, as an editable bench.toml."""
+    written = config_mod.write_defaults(path, force=force)
+    here = written.resolve() == config_mod.DEFAULT_PATH.resolve()
+    use = "commands run in this folder read it" if here else f"commands read it with --config {written}"
+    typer.echo(f"wrote {written}: the built-in defaults and profiles, with their comments; {use}")
 
 
 # --- calibrate, selftest (issue 13): this machine's roofs, and what to run first on a new box ---

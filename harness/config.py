@@ -4,6 +4,11 @@ bench.toml holds one table per command (`[sweep]`, `[accuracy]`, `[check]`, ...)
 defaults, and named profiles that override them: `[profiles.quick.sweep]`. Resolution order,
 as in fastapi-cli's `resolve()`: dataclass defaults < [section] < [profiles.NAME.section] <
 CLI flags. Unknown keys and wrong types raise ValueError naming the key.
+
+Which file (`find`): `--config FILE`, which must exist; else `./bench.toml` if there is one;
+else the built-in defaults, the package's `harness/bench.toml`. That file is a symlink to the
+checkout's top-level bench.toml, so the two are one file: the wheel carries its content
+(package-data), and an edit to either is an edit to both.
 """
 
 from __future__ import annotations
@@ -12,46 +17,103 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import tomllib
 
 T = TypeVar("T")
-DEFAULT_PATH = Path("bench.toml")
+DEFAULT_PATH = Path("bench.toml")  # looked for in the working folder
+BUILTIN = "built-in defaults"
+Source = Literal["--config", "./bench.toml", "built-in defaults"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A parsed settings file and where it came from (run.json records `record()`)."""
+
+    data: Mapping[str, Any]
+    source: Source
+    path: str  # the file read: absolute, or the packaged defaults' location
+
+    def record(self, profile: str | None = None) -> dict[str, Any]:
+        """run.json's `settings`: which file the run's config was read from, and the profile."""
+        return {"source": self.source, "path": self.path, "profile": profile}
+
+
+def defaults_text() -> str:
+    """The built-in defaults with their comments: the installed package's bench.toml."""
+    return resources.files("harness").joinpath("bench.toml").read_text(encoding="utf-8")
+
+
+def find(path: Path | None = None) -> Settings:
+    """`path` (it must exist), else ./bench.toml if present, else the built-in defaults."""
+    if path is not None:
+        return Settings(read_toml(path), "--config", str(Path(path).resolve()))
+    if DEFAULT_PATH.is_file():
+        return Settings(read_toml(DEFAULT_PATH), "./bench.toml", str(DEFAULT_PATH.resolve()))
+    where = str(resources.files("harness").joinpath("bench.toml"))
+    return Settings(parse_toml(defaults_text(), BUILTIN), BUILTIN, where)
+
+
+def write_defaults(path: Path, *, force: bool = False) -> Path:
+    """The built-in defaults, comments and all, written to `path` (a folder: FOLDER/bench.toml);
+    an existing file is kept unless `force`. Returns the file written."""
+    path = Path(path) / DEFAULT_PATH.name if Path(path).is_dir() else Path(path)
+    if path.exists() and not force:
+        raise ValueError(f"{str(path)!r} exists; keep it, or overwrite it with --force")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(defaults_text(), encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
+    return path
 
 
 def read_toml(path: Path) -> dict[str, Any]:
     """The parsed file; a missing or malformed file raises ValueError naming it."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"config file {str(path)!r} does not exist") from None
+        hint = f"write one with `attnbench init {path}`"
+        raise ValueError(f"config file {str(path)!r} does not exist ({hint})") from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, no permission, not text
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ValueError(f"config file {str(path)!r} cannot be read: {reason or err}") from None
+    return parse_toml(text, f"config file {str(path)!r}")
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        raise ValueError(f"{where} is not valid TOML: {err}") from None
 
 
 def load(
     cls: type[T],
     section: str,
     *,
-    path: Path | None = DEFAULT_PATH,
+    path: Path | None = None,
     profile: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
 ) -> T:
     """Build `cls` from `[section]`, then `[profiles.<profile>.<section>]`, then `overrides`.
 
-    `path=None` skips the file (dataclass defaults and overrides only). Overrides whose value
-    is None are ignored, so unset CLI flags fall through to the file.
+    The file is `settings`, or `find(path)`: `path`, ./bench.toml, or the built-in defaults.
+    Overrides whose value is None are ignored, so unset CLI flags fall through to the file.
     """
-    data = read_toml(path) if path is not None else {}
-    values: dict[str, Any] = dict(_table(data, section, str(path)))
+    settings = settings if settings is not None else find(path)
+    data, where = settings.data, settings.path
+    values: dict[str, Any] = dict(_table(data, section, where))
     if profile is not None:
-        profiles = _table(data, "profiles", str(path))
+        profiles = _table(data, "profiles", where)
         if profile not in profiles:
             raise ValueError(f"unknown profile {profile!r}; valid profiles: {sorted(profiles)}")
-        values.update(_table(profiles[profile], section, f"{path} [profiles.{profile}]"))
+        values.update(_table(profiles[profile], section, f"{where} [profiles.{profile}]"))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return build(cls, values, where=f"[{section}]")
 

@@ -116,6 +116,7 @@ class Count:
     flops: int
     flops_effective: int
     attention: tuple[AttentionCall, ...]
+    attention_flops: int = 0  # the attention core's share of flops (MoH's flops_active needs it)
 
 
 META = torch.device("meta")
@@ -135,7 +136,15 @@ def count(make: Callable[[torch.device], Callable[[], object]]) -> Count:
             step()
     flops, calls = counter.get_total_flops(), tuple(recorder.calls[first:])
     effective = flops - sum(c.flops(c.n * c.s) - c.flops(c.pairs()) for c in calls)
-    return Count(flops, effective, calls)
+    return Count(flops, effective, calls, _attention_flops(counter))
+
+
+def _attention_flops(counter: FlopCounterMode) -> int:
+    """The attention core's FLOPs, by op name as measure.count_flops_detail counts them."""
+    from .measure import ATTENTION_OPS  # measure imports nothing of this module
+
+    per_op = counter.get_flop_counts().get("Global", {})
+    return sum(n for op, n in per_op.items() if str(op).split(".")[-1].startswith(ATTENTION_OPS))
 
 
 def count_real(step: Callable[[], object]) -> Count:
@@ -145,15 +154,11 @@ def count_real(step: Callable[[], object]) -> Count:
     kdgqa/dgqa read their allocation on the host and pick a cheaper path when it is uniform
     (attn_variants.keydecode.on_host), which a meta tensor cannot show. A single query is never
     causally masked, so flops_effective = flops."""
-    total = measure_count(step)
-    return Count(total, total, ())
-
-
-def measure_count(step: Callable[[], object]) -> int:
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
         step()
-    return counter.get_total_flops()
+    total = counter.get_total_flops()
+    return Count(total, total, (), _attention_flops(counter))
 
 
 def peak_estimate(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> int:

@@ -166,10 +166,33 @@ def sdpa_backend(op_names: Iterable[str]) -> str:
 
 def count_flops(step: Callable[[], object]) -> int:
     """FLOPs of one call of `step`, counted under the math SDPA backend (see module doc)."""
+    return count_flops_detail(step)[0]
+
+
+# The attention core under the math backend: q k^T and p v are batched matmuls (bmm); the
+# projections are mm/addmm. Fused SDPA ops, where counted, are attention too.
+ATTENTION_OPS = ("bmm", "baddbmm", "_scaled_dot_product")
+
+
+def count_flops_detail(step: Callable[[], object]) -> tuple[int, int]:
+    """(all FLOPs, attention-core FLOPs) of one call of `step`, counted as in `count_flops`."""
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
         step()
-    return counter.get_total_flops()
+    per_op = counter.get_flop_counts().get("Global", {})
+    attention = sum(n for op, n in per_op.items() if str(op).split(".")[-1].startswith(ATTENTION_OPS))
+    return counter.get_total_flops(), attention
+
+
+def active_heads(module: torch.nn.Module, flops: int, attention_flops: int) -> dict[str, float | None]:
+    """`active_head_frac` (the share of non-zero head gates in the module's last call, MoH) and
+    `flops_active`: `flops` with the attention core counted for the active heads only, what a
+    kernel that skipped gated-off heads would do. Both None for variants without head gates."""
+    frac = getattr(module, "active_head_frac", None)
+    if frac is None:
+        return dict(active_head_frac=None, flops_active=None)
+    frac = float(frac)  # read after an untimed call, outside any timed region
+    return dict(active_head_frac=frac, flops_active=round(flops - (1.0 - frac) * attention_flops))
 
 
 # Allocation failures that are not torch.OutOfMemoryError: the CPU allocator's message, and

@@ -136,11 +136,19 @@ class TinyTransformer(nn.Module):
         return x + self.pos_embed[: x.shape[1]], n_visual
 
     def kv_cache_bytes(self, seq_len: int, batch: int = 1) -> int:
-        """The KV cache of every layer at `seq_len` tokens: L * 2*b*g*n*e*itemsize."""
-        spec = self.cfg.spec()
-        dtype = self.head.weight.dtype
-        per_layer = av.KVCache.bytes_for(batch, spec.n_kv_heads, seq_len, spec.head_dim, dtype)
+        """The KV cache of every layer at `seq_len` tokens: L * 2*b*g*n*e*itemsize for the GQA
+        family, the variant's own cache per token otherwise (mla: its latent and rope key)."""
+        entry, dtype = av.info(self.cfg.variant), self.head.weight.dtype
+        per_layer = entry.kv_cache_bytes(self.cfg.spec(), self.cfg.options, batch, seq_len, dtype)
         return self.cfg.layers * per_layer
+
+    def aux_loss(self) -> Tensor | None:
+        """aux_loss_coef x the mean over layers of the attention's aux loss (MoH's load-balance
+        loss, set by a training forward), or None when no layer has one."""
+        layers = [b.attn for b in self.blocks if getattr(b.attn, "aux_loss", None) is not None]
+        if not layers:
+            return None
+        return layers[0].aux_loss_coef * torch.stack([a.aux_loss for a in layers]).mean()
 
 
 def uptrain(source: TinyTransformer, cfg: ModelConfig) -> TinyTransformer:

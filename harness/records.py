@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +60,10 @@ class Row:
     # CPU the peak running sum of torch.profiler's allocation events. Not a formula.
     peak_mem_bytes: int | None = None
     peak_mem_estimate_bytes: int | None = None  # live storage at the peak of the fake-tensor pass
-    kv_cache_bytes: int | None = None  # analytic 2*b*g*n*e*itemsize, separate from the measurement
+    # Analytic b*n*(cached elements per token)*itemsize, separate from the measurement: the GQA
+    # family's 2*b*g*n*e*itemsize; mla's b*n*(kv_lora + rope)*itemsize (registry cache hook).
+    kv_cache_bytes: int | None = None
+    kv_heads_equiv: float | None = None  # the g of a GQA with this cache: cached per token / 2e
     # FlopCounterMode count of one call under the math SDPA backend. Convention: causal
     # attention is counted as if full (all n*s scores), as FlopCounterMode does everywhere;
     # the work a causal kernel actually needs is about half of the attention part.
@@ -67,12 +71,16 @@ class Row:
     # The FLOPs a causal kernel must do: flops with each attention call counted over the pairs
     # it computes, n(n+1)/2 exactly for causal n = s (not halved); MMCA by its blocks.
     flops_effective: int | None = None
-    tflops: float | None = None  # flops_effective / latency median / 1e12
     # Minimal memory traffic of the attention step: read q, k, v, write o (fwd); plus read
     # q, k, v, o, dO and write dq, dk, dv (fwd_bwd); decode reads the whole KV cache.
     bytes_moved: int | None = None
     flops_util: float | None = None  # flops_effective per second / calibrated matmul FLOP/s
     bw_util: float | None = None  # bytes_moved per second / calibrated copy bandwidth
+    # MoH: the mean share of heads with a non-zero gate in one call, and `flops` with the
+    # attention core counted for those heads only (the official code computes every head).
+    active_head_frac: float | None = None
+    flops_active: int | None = None
+    tflops: float | None = None  # flops_effective / latency median / 1e12
     sdpa_backend: str = ""  # SDPA kernel(s) torch ran, from profiler op names: flash_cpu, flash, math...
     cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
     timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)
@@ -132,6 +140,19 @@ def read_frame(path: Path, text_columns: tuple[str, ...]) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str))
     df[list(text_columns)] = df[list(text_columns)].fillna("")
     return df
+
+
+def check_writable(folder: Path) -> None:
+    """Make `folder` and write a scratch file in it; ValueError naming it if either fails.
+
+    Called after every other input check, just before the first cell, so a bad --out is one
+    line and exit 2 rather than a traceback after the work has started."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {str(folder)!r} is not writable: {err.strerror or err}") from None
 
 
 def write_run_json(run_dir: Path, config: Any, env: dict, cells: int, **extra: Any) -> None:

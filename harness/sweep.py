@@ -34,10 +34,10 @@ import torch
 import attn_variants as av
 from attn_variants.registry import Mode
 
-from . import calibrate, executors, flops, measure, timing, workload
+from . import calibrate, dashboard, executors, flops, measure, timing, workload
 from . import config as config_mod
-from .records import CsvSink, Row, read_frame, read_rows, write_run_json
-from .variant_choice import VariantChoice, parse_variants
+from .records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
+from .variant_choice import VariantChoice, check_builds, parse_variants
 
 TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend")
 
@@ -205,11 +205,31 @@ def resume_config(run_dir: Path) -> SweepConfig:
     return config_mod.build(SweepConfig, json.loads(path.read_text())["config"], where=str(path))
 
 
-def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | None = None) -> pd.DataFrame:
+def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell], list[tuple[int, int]]]:
+    """`grid(cfg)`, with every input checked before any cell runs (ValueError): each distinct
+    variant built once (its options), the device, then the output folder made and written to."""
+    cells, skipped = grid(cfg)
+    check_builds((c.choice, c.spec) for c in cells)
+    if cfg.executor == "local":  # a Ray cluster's devices are its workers' (executors.py)
+        measure.resolve_device(cfg.device)  # 'cuda' without a GPU
+    check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
+    return cells, skipped
+
+
+def run(
+    cfg: SweepConfig,
+    *,
+    run_dir: Path | None = None,
+    observer: Observer | None = None,
+    settings: dict | None = None,
+) -> pd.DataFrame:
     """Measure every cell of `cfg`'s grid not already in `run_dir`/sweep.csv; return all rows.
 
+    `settings` (`config.Settings.record()`: which file the config came from) goes to run.json.
     The frame's `attrs` hold run_dir, csv, skipped pairs, and this session's wall and timed seconds.
+    At the end, benchmark.json beside the CSV holds every ok row as dashboard records (dashboard.py).
     """
+    preflight(cfg, run_dir)  # before Ray starts or any cell runs
     pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads)
     device = pool.device(cfg.device)
     cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # run.json and rows: the real one
@@ -227,7 +247,7 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
         env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
-        _write_run_json(run_dir, cfg, env, skipped, len(cells), peaks)
+        _write_run_json(run_dir, cfg, env, skipped, len(cells), settings, peaks)
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
         task = functools.partial(
@@ -242,6 +262,8 @@ def run(cfg: SweepConfig, *, run_dir: Path | None = None, observer: Observer | N
                 if observer:
                     observer.cell(cell, row)
     df = load(csv_path)
+    records = dashboard.sweep_records(dashboard.read_csv(csv_path), dashboard.metric_columns(Row))
+    dashboard.write(run_dir / dashboard.FILE, records)
     df.attrs.update(
         run_dir=str(run_dir),
         csv=str(csv_path),
@@ -266,13 +288,19 @@ def load(csv_path: Path) -> pd.DataFrame:
 
 
 def _write_run_json(
-    run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int, peaks: Any
+    run_dir: Path,
+    cfg: SweepConfig,
+    env: dict,
+    skipped: Sequence,
+    cells: int,
+    settings: dict | None,
+    peaks: Any = None,
 ) -> None:
     if (run_dir / "run.json").exists():  # resuming: the first session's record stays unchanged
         return
     calibration = dataclasses.asdict(peaks) if peaks is not None else None
     pairs = [list(p) for p in skipped]
-    write_run_json(run_dir, cfg, env, cells, skipped_pairs=pairs, calibration=calibration)
+    write_run_json(run_dir, cfg, env, cells, skipped_pairs=pairs, settings=settings, calibration=calibration)
 
 
 def measure_cell(
@@ -356,6 +384,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     for _ in range(cfg.warmup):
         w.step()
     probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
+    heads = measure.active_heads(w.module, counted.flops, counted.attention_flops)  # MoH's gates
     fn, method = _timed_fn(w.step, cell.mode, cfg, device)
     flush = timing.L2Flush(device, cfg.l2_flush and cell.mode != "decode")
     samples = timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
@@ -374,12 +403,14 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         peak_mem_bytes=probe.peak_mem_bytes,
         peak_mem_estimate_bytes=estimate,
         kv_cache_bytes=w.kv_cache_bytes,
+        kv_heads_equiv=av.info(cell.choice.name).kv_heads_equiv(w.spec, dict(cell.choice.options)),
         flops=counted.flops,
         flops_effective=counted.flops_effective,
         tflops=counted.flops_effective / t.median / 1e12,
         bytes_moved=moved,
         flops_util=counted.flops_effective / t.median / peaks.peak_flops,
         bw_util=moved / t.median / peaks.peak_bytes_per_s,
+        **heads,
         sdpa_backend=probe.sdpa_backend,
         timed_s=sum(samples),
     )

@@ -33,18 +33,27 @@ class ProgressBar:
         self.task = self.progress.add_task("sweep", total=total, completed=done)
 
     def cell(self, cell: sweep.Cell, row: Row) -> None:
-        what = f"{cell.choice.label(cell.spec.n_kv_heads)} {cell.mode} n={cell.seq_len}: {row.status}"
+        what = f"{cell.choice.label_for(cell.spec)} {cell.mode} n={cell.seq_len}: {row.status}"
         self.progress.update(self.task, advance=1, description=escape(what))
 
 
-def main(cfg: sweep.SweepConfig, *, resume: Path | None, console: Console, report: bool = True) -> int:
-    """Run the sweep with a progress bar, print the summary, CSV path and report; the exit code."""
+def main(
+    cfg: sweep.SweepConfig,
+    *,
+    resume: Path | None,
+    console: Console,
+    report: bool = True,
+    settings: dict | None = None,
+) -> int:
+    """Run the sweep with a progress bar, print the summary, CSV path and report; the exit code.
+    `settings` (which file the config came from) is recorded in run.json."""
+    sweep.preflight(cfg, resume)  # bad options or --out: one line and exit 2, before the progress bar
     run_dir = Path(resume) if resume is not None else sweep.new_run_dir(cfg)
     columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn())
     progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     try:
         with progress:
-            df = sweep.run(cfg, run_dir=run_dir, observer=ProgressBar(progress))
+            df = sweep.run(cfg, run_dir=run_dir, observer=ProgressBar(progress), settings=settings)
     except KeyboardInterrupt:
         console.print(f"interrupted: finished rows are kept in {run_dir / 'sweep.csv'}")
         console.print(f"finish the missing cells with: attnbench sweep --resume {run_dir}")
@@ -89,7 +98,8 @@ def summary_table(df: pd.DataFrame, reference: str) -> Table:
         ms = f"{at_max['latency_ms_median'].iloc[0]:.3f}" if len(at_max) else "-"
         mib = f"{at_max['peak_mem_bytes'].iloc[0] / 2**20:.1f}" if len(at_max) else "-"
         statuses = "" if len(ok) == len(rows) else " (" + ",".join(sorted(set(rows["status"]) - {"ok"})) + ")"
-        label = choice.label(int(g))
+        equiv = rows["kv_heads_equiv"].dropna() if "kv_heads_equiv" in rows else rows["seq_len"][:0]
+        label = choice.label(int(g), float(equiv.iloc[0]) if len(equiv) else None)
         table.add_row(escape(label), str(h), mode, f"{len(ok)}/{len(rows)}{statuses}", ms, mib, _speedup(ok))
     return table
 

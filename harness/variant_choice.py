@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 import attn_variants as av
 
 BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -27,10 +29,19 @@ class VariantChoice:
         """'key=value;...', the CSV `options` column ('' = registry defaults)."""
         return ";".join(f"{k}={format_value(v)}" for k, v in self.options)
 
-    def label(self, n_kv_heads: int) -> str:
-        """Names carry their parameters: 'gqa_g2', 'mmca_g2[visual_attention=full]'."""
+    def label(self, n_kv_heads: int, kv_heads_equiv: float | None = None) -> str:
+        """Names carry their parameters: 'gqa_g2', 'mmca_g2[visual_attention=full]'. A variant
+        that ignores n_kv_heads (mla) gives its cache as GQA heads instead: 'mla(≡2.25 KV heads)'."""
         suffix = f"[{self.options_text}]" if self.options else ""
-        return f"{self.name}_g{n_kv_heads}{suffix}"
+        if av.info(self.name).uses_kv_heads:
+            return f"{self.name}_g{n_kv_heads}{suffix}"
+        equiv = "" if kv_heads_equiv is None else f"(≡{kv_heads_equiv:.3g} KV heads)"
+        return f"{self.name}{equiv}{suffix}"
+
+    def label_for(self, spec: av.AttnSpec) -> str:
+        """`label` at a resolved spec, the cache equivalent taken from the registry."""
+        equiv = av.info(self.name).kv_heads_equiv(spec, dict(self.options))
+        return self.label(spec.n_kv_heads, equiv)
 
 
 def parse_variants(items: Iterable[str], reference: str = "none") -> list[VariantChoice]:
@@ -59,6 +70,37 @@ def parse_one(text: str) -> VariantChoice:
         entry.resolve_options({key: None})  # unknown keys raise, naming the valid options
         given[key.strip()] = parse_value(raw.strip(), entry.options[key], f"{name}:{key}")
     return VariantChoice(name, tuple(sorted(given.items())))
+
+
+def check_builds(cells: Iterable[tuple[VariantChoice, av.AttnSpec]]) -> None:
+    """Build each distinct (variant, options) at each distinct spec of the run, once, before
+    any cell runs: a bad option value (`mmca:visual_attention=bogus`, `pgqa:seed=x`) raises
+    ValueError naming the variant, instead of an `invalid` row per cell.
+
+    The builds are on the meta device: the run's own specs, with no memory and no weights
+    drawn. A variant is refused only when none of its specs builds; one that builds at some
+    shapes leaves the others to their cells (an `invalid` row, the run goes on)."""
+    specs: dict[VariantChoice, dict[av.AttnSpec, None]] = {}
+    for choice, spec in cells:
+        specs.setdefault(choice, {})[spec] = None
+    for choice, group in specs.items():
+        errors = [_build_error(choice, spec) for spec in group]
+        if errors and all(errors):
+            text = ":".join([choice.name, *(f"{k}={format_value(v)}" for k, v in choice.options)])
+            raise ValueError(f"variant {text!r} cannot be built: {errors[0]}")
+
+
+def _build_error(choice: VariantChoice, spec: av.AttnSpec) -> str:
+    """Why `choice` does not build at `spec` ('' if it does). Only ValueError and TypeError
+    count: anything else may be the meta device's doing, and the cell itself will tell."""
+    try:
+        with torch.device("meta"):
+            av.create(choice.name, spec, **dict(choice.options))
+    except (ValueError, TypeError) as err:
+        return str(err)
+    except Exception:  # noqa: BLE001 (not evidence against the options; see above)
+        return ""
+    return ""
 
 
 def parse_value(raw: str, default: Any, where: str) -> Any:

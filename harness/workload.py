@@ -31,7 +31,7 @@ class Workload:
     module: nn.Module
     spec: av.AttnSpec  # the spec the variant runs with (presets resolved)
     step: Callable[[], object]
-    kv_cache_bytes: int  # analytic 2*b*g*n*e*itemsize at this shape
+    kv_cache_bytes: int  # analytic b*n*(cache elements per token)*itemsize; GQA family: 2*b*g*n*e*itemsize
     # Drops what the previous call left behind that the next call replaces (fwd_bwd: the
     # gradients), so a memory baseline taken after it counts them in the call's peak.
     reset: Callable[[], None] = lambda: None
@@ -76,7 +76,7 @@ def build(
     layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
     made = make(module, x, layout_kw, gen)
     step, reset = made if isinstance(made, tuple) else (made, lambda: None)
-    kv_bytes = av.KVCache.bytes_for(batch, resolved.n_kv_heads, seq_len, resolved.head_dim, dtype)
+    kv_bytes = entry.kv_cache_bytes(resolved, options, batch, seq_len, dtype)
     return Workload(module, resolved, step, kv_bytes, reset)
 
 

@@ -160,4 +160,22 @@ def with_labels(
     cols = series_columns(df, candidates, run)
     out = df.copy()
     out["label"] = [series_label(dict(zip(cols, row, strict=True))) for row in df[cols].itertuples(False)]
+    if {"kv_heads_equiv", "n_kv_heads"} <= set(df.columns):
+        # A variant whose g means nothing (mla) names its cache as GQA heads instead of g.
+        latent = df["kv_heads_equiv"].notna() & (df["kv_heads_equiv"] != df["n_kv_heads"])
+        picked = df.loc[latent, ["n_kv_heads", "kv_heads_equiv"]].itertuples(index=False)
+        labels = out.loc[latent, "label"]
+        out.loc[latent, "label"] = [
+            cache_label(lab, g, x) for lab, (g, x) in zip(labels, picked, strict=True)
+        ]
     return out
+
+
+def cache_label(label: str, n_kv_heads: Any, kv_heads_equiv: float) -> str:
+    """'mla h=8 g=8' -> 'mla h=8 (≡2.25 KV heads)'; without a g part the tag follows the name."""
+    tag = f"(≡{kv_heads_equiv:.3g} KV heads)"
+    g_part = f" g={_fmt(n_kv_heads)}"
+    if g_part in label:
+        return label.replace(g_part, f" {tag}", 1)
+    head, _, rest = label.partition(" ")
+    return " ".join(part for part in (head, tag, rest) if part)

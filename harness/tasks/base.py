@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
+from ..accuracy_config import AccuracyConfig
 from ..measure import resolve_device
 from ..model import ModelConfig, TinyTransformer
-
-if TYPE_CHECKING:
-    from ..accuracy import AccuracyConfig
 
 Init = Literal["scratch", "uptrained"]
 

@@ -10,19 +10,15 @@ sequence as one causal stream, the "concat" baseline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..accuracy_config import AccuracyConfig
 from ..model import TinyTransformer
 from .base import Init, Job, Outcome, build, outcome
 from .images import NAMES, SIDE, patchify, sample, split
 from .train import IGNORE, fit
-
-if TYPE_CHECKING:
-    from ..accuracy import AccuracyConfig
 
 PAD, BOS, EOS = 0, 1, 2
 CHARS = sorted(set("".join(NAMES)))

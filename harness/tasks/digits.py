@@ -9,19 +9,15 @@ MHA model's steps is the init="scratch" row. Attention is bidirectional: it is a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..accuracy_config import AccuracyConfig
 from ..model import TinyTransformer, uptrain
 from .base import Init, Job, Outcome, build, outcome
 from .images import SIDE, patchify, sample, split
 from .train import fit
-
-if TYPE_CHECKING:
-    from ..accuracy import AccuracyConfig
 
 SOURCE = "mha"  # the protocol uptrains from multi-head attention (g = h)
 CLASSES = 10

@@ -10,18 +10,14 @@ chance is 1 / (vocab / 2). Answering needs attention: the value sits earlier in 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..accuracy_config import AccuracyConfig
 from ..model import TinyTransformer
 from .base import Init, Job, Outcome, build, outcome
 from .train import IGNORE, fit
-
-if TYPE_CHECKING:
-    from ..accuracy import AccuracyConfig
 
 TEST_SEED = 1_000_003  # test sequences come from seed + this, a stream training never reads
 

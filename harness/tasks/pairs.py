@@ -11,19 +11,15 @@ unimodal variant, `concat` among them, reads the same sequence as one causal str
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..accuracy_config import AccuracyConfig
 from ..model import TinyTransformer
 from .base import Init, Job, Outcome, build, outcome
 from .images import NAMES, SIDE, patchify, sample, split
 from .train import IGNORE, fit
-
-if TYPE_CHECKING:
-    from ..accuracy import AccuracyConfig
 
 PAD, BOS, EOS, SPACE, LOOK, AND = range(6)  # LOOK: the prompt before image 1; AND: between images
 CHARS = sorted(set("".join(NAMES)))

@@ -24,6 +24,9 @@ def fit(
 ) -> float:
     """Run `steps` optimizer steps on `step_loss(step)`; return the mean loss of the last 10%.
 
+    A model with `aux_loss()` (TinyTransformer: MoH's load-balance loss, coef x mean over
+    layers) has it added to the task loss for the gradient; the returned loss is the task's.
+
     Warm-up is the first 10% of the steps, then cosine decay to 10% of `lr` (nanoGPT's schedule).
     A loss that goes NaN or inf raises, naming its step, at the next check (every
     `check_every` steps and at the end); the cell becomes an error row, the run goes on.
@@ -40,8 +43,9 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step, steps, warm)
         loss = step_loss(step)
+        aux = model.aux_loss() if hasattr(model, "aux_loss") else None  # MoH's load balance
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if aux is None else loss + aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         recent.append(loss.detach())

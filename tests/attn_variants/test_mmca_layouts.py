@@ -314,12 +314,21 @@ def test_an_image_reappearing_in_a_later_round_is_refused():
     assert cache.length == 4
 
 
-def test_unimodal_variants_ignore_a_valid_modality():
+# Every registered variant but mmca reads the layout as one causal stream (pgqa is random in eval).
+UNIMODAL = [name for name in av.names() if name not in ("mmca", "pgqa")]
+
+
+@pytest.mark.parametrize("name", UNIMODAL)
+def test_unimodal_variants_ignore_a_valid_modality_and_reject_a_bad_one(name):
     spec = av.AttnSpec(64, 8, 2)
     x, ids = x_of(2, 10), batch_ids(2, 10, seed=1)
-    for name in ("gqa", "concat", "kdgqa", "dgqa"):  # pgqa is random in eval
-        module = make(spec, name=name).eval()
+    module = av.create(name, spec).double().eval()
+    with torch.no_grad():
         assert torch.equal(module(x, modality=ids), module(x))
+    with pytest.raises(ValueError, match="negative"):
+        module(x, modality=-ids - 1)
+    with pytest.raises(ValueError, match="modality has shape"):
+        module(x, modality=ids[:, :3])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

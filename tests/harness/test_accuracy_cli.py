@@ -140,7 +140,7 @@ def test_variants_all_expands_to_the_registry(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--tasks", "sudoku"], "unknown task 'sudoku'"),
+        (["--tasks", "sudoku"], "tasks='sudoku' is not one of ['mqar', 'digits', 'captions', 'pairs']"),
         (["--variants", "nope"], "unknown variant 'nope'"),
         (["--variants", "gqa:bogus=1"], "unknown option(s) ['bogus']"),
         (["--kv-heads", "3"], "kv_heads [3] must be positive divisors of heads=4"),

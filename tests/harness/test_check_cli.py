@@ -82,7 +82,10 @@ def setup(tmp_path):
 
 def check(setup, *extra):
     config, baseline = setup
-    return runner.invoke(app, ["check", "--config", str(config), "--baseline", str(baseline), *extra])
+    out = config.parent / "out"  # each run's check.csv and benchmark.json
+    return runner.invoke(
+        app, ["check", "--config", str(config), "--baseline", str(baseline), "--out", str(out), *extra]
+    )
 
 
 def test_missing_baseline_exits_2_and_says_how_to_make_one(setup):

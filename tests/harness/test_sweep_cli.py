@@ -48,6 +48,8 @@ class Failing(av.GroupedQueryAttention):
     def __init__(self, spec, *, fail="none", backend="sdpa"):
         super().__init__(spec, backend=backend)
         self.fail = fail
+        if next(self.parameters()).is_meta:  # the sweep's preflight build: checks options, runs nothing
+            return
         Failing.builds += 1
         if Failing.interrupt_after is not None and Failing.builds > Failing.interrupt_after:
             raise KeyboardInterrupt
@@ -127,7 +129,7 @@ def test_failing_cells_become_rows_and_the_sweep_goes_on(tmp_path, failing):
 
 def test_interrupted_run_keeps_rows_and_resume_finishes_without_duplicates(tmp_path, failing):
     args = tiny(tmp_path, "--variants", failing, "--kv-heads", "1,2", "--modes", "fwd")
-    Failing.interrupt_after = 4  # Ctrl-C in the third cell of this variant (2 builds a cell: fake, real)
+    Failing.interrupt_after = 2  # Ctrl-C while building the third cell of this variant
     result = runner.invoke(app, args)
     assert result.exit_code == 130, result.output
     assert "--resume" in result.output
@@ -142,8 +144,7 @@ def test_interrupted_run_keeps_rows_and_resume_finishes_without_duplicates(tmp_p
     keys = [sweep.row_key(r) for r in rows]
     assert len(rows) == 6 and len(set(keys)) == 6
     assert rows[: len(kept)] == kept  # earlier rows untouched
-    # each cell builds its module twice: over fake tensors (FLOPs, memory estimate), then for real
-    assert Failing.builds - builds_before == 2 * sum(r["variant"] == failing for r in rows[len(kept) :])
+    assert Failing.builds - builds_before == sum(r["variant"] == failing for r in rows[len(kept) :])
 
 
 def test_resume_rejects_other_flags(tmp_path):
