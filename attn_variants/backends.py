@@ -5,6 +5,14 @@ grouped; so do we. A variant calls `BACKENDS[name](q, k, v, causal=..., dropout_
 optionally with `mask`: a bool (b or 1, 1, n, s), True where a query may see a key (MMCA's
 layouts); with a mask, `causal` must be False (the mask says everything).
 
+- `sdpa`: `F.scaled_dot_product_attention`, PyTorch picks the kernel;
+- `sdpa_flash`, `sdpa_efficient`, `sdpa_cudnn`, `sdpa_math`: the same call with one kernel
+  forced by `torch.nn.attention.sdpa_kernel` (it raises "No available kernel" where that
+  kernel cannot run: `unsupported` says why before a benchmark tries);
+- `eager`: the reference, softmax(q k^T / sqrt(e)) v written out;
+- `flex`: `torch.nn.attention.flex_attention` with a `BlockMask` (flex.py), built once per
+  shape and device and kept in `MASKS`, whose build time is recorded apart.
+
 q is (b, h, n, e); k and v are (b, g, s, e) with h % g == 0, and query head i reads KV head
 i // (h/g) (GQA, arXiv 2305.13245). With a KV cache s > n: query i sits at absolute position
 s - n + i, so the causal mask is aligned bottom-right.
@@ -17,6 +25,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from . import flex
 
 Backend = Callable[..., Tensor]
 
@@ -100,7 +111,70 @@ def eager(
     return weights @ v  # (b, h, n, e)
 
 
-BACKENDS: dict[str, Backend] = {"sdpa": sdpa, "eager": eager}
+# Forced kernels. Flash and math take `enable_gqa`. Memory-efficient does not (see
+# `no_fused_gqa`), and cuDNN's GQA support depends on the torch/cuDNN build, so both get K/V
+# expanded to h heads first, as HF transformers' `repeat_kv` does: the forced kernel then
+# runs wherever its dtype and shape rules allow, and the repeat is part of the timed call.
+FORCED: dict[str, tuple[SDPBackend, bool]] = {
+    "sdpa_flash": (SDPBackend.FLASH_ATTENTION, True),
+    "sdpa_efficient": (SDPBackend.EFFICIENT_ATTENTION, False),
+    "sdpa_cudnn": (SDPBackend.CUDNN_ATTENTION, False),
+    "sdpa_math": (SDPBackend.MATH, True),
+}
+
+
+def forced(name: str) -> Backend:
+    """`sdpa` with the kernel of FORCED[name] and nothing else allowed."""
+    kernel, gqa = FORCED[name]
+
+    def run(
+        q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0, mask: Tensor | None = None
+    ) -> Tensor:
+        if not gqa:
+            k, v = expand_kv(q, k), expand_kv(q, v)  # (b, h, s, e)
+        with sdpa_kernel(kernel):
+            return sdpa(q, k, v, causal=causal, dropout_p=dropout_p, mask=mask)
+
+    run.__name__ = run.__qualname__ = name
+    return run
+
+
+def expand_kv(q: Tensor, t: Tensor) -> Tensor:
+    """t (b, g, s, e) -> (b, h, s, e), KV head i // (h/g) for query head i."""
+    _check_heads(q, t)
+    return t.repeat_interleave(q.shape[1] // t.shape[1], dim=1)
+
+
+def unsupported(name: str, device: torch.device | str, mode: str) -> str:
+    """Why backend `name` cannot run `mode` on `device`, or '' if it can (as far as torch says
+    before trying; a kernel refusing a dtype or shape raises "No available kernel" at the call)."""
+    get_backend(name)
+    kind = torch.device(device).type
+    if name in ("sdpa_efficient", "sdpa_cudnn") and kind == "cpu":
+        kernel = FORCED[name][0].name
+        return f"backend {name!r}: SDPA has no CPU kernel for {kernel} (CUDA only)"
+    if name == "flex" and kind == "cpu" and mode == "fwd_bwd":
+        return "backend 'flex': FlexAttention does not support backward on CPU (torch: inference only)"
+    return ""
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """True when torch refuses to run this here: SDPA's "No available kernel" for a forced
+    kernel at this dtype/shape/device, or a NotImplementedError, bare or wrapped by Inductor
+    (torch 2.13's CPU flex template cannot take a fused epilogue: "Unsupported for
+    `epilogue_nodes` in CppFlexAttentionTemplate", compiled mmca decode through flex)."""
+    if isinstance(err, NotImplementedError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("No available kernel" in text or "NotImplementedError" in text)
+
+
+BACKENDS: dict[str, Backend] = {
+    "sdpa": sdpa,
+    **{name: forced(name) for name in FORCED},
+    "eager": eager,
+    "flex": flex.attend,
+}
 
 
 def get_backend(name: str) -> Backend:

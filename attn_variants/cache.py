@@ -121,7 +121,7 @@ class KVCache:
     @property
     def length(self) -> int:
         """Tokens held (the longest field: within one call a field appended first is ahead)."""
-        return max((f.length for f in self._fields.values()), default=0)
+        return max([0] + [f.length for f in self._fields.values()])  # no max(default=): torch.compile
 
     def truncate(self, length: int) -> None:
         """Forget every token from `length` on, in every field (used to repeat a decode step)."""

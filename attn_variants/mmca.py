@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import flex
 from . import modality as layout
 from .cache import KVCache
 from .grouped import GQA_PAPER, GroupedQueryAttention
@@ -162,6 +163,10 @@ class MultiModalCausalAttention(GroupedQueryAttention):
 
     def _prefix(self, q: Tensor, k: Tensor, v: Tensor, m: int) -> Tensor:
         """Keys [image (m); text]: three SDPA calls on slices, no mask tensor (the fast path)."""
+        if self.backend_name == "flex" and k.shape[2] == q.shape[2]:  # block masks, whole sequence
+            return flex.mmca(
+                q, k, v, n_visual=m, visual_attention=self.visual_attention, causal=self.spec.causal
+            )
         n_v = max(0, m - (k.shape[2] - q.shape[2]))  # image queries: all m, or none (decode)
         if n_v == 0:
             return self._text(q, k, v, m)  # (b, h, n, e)

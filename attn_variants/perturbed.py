@@ -17,6 +17,8 @@ output at position t depends on later tokens. With the perturbation off it is ex
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -89,6 +91,8 @@ class PerturbedGQA(GroupedQueryAttention):
         self.perturb_eval = perturb_eval
         self.seed = check_seed(seed)
         self._generator: torch.Generator | None = None
+        # Draws made under torch.compile (counter_uniform's counter); not in the state dict.
+        self.register_buffer("compiled_draws", torch.zeros((), dtype=torch.long), persistent=False)
 
     @property
     def perturbing(self) -> bool:
@@ -106,7 +110,14 @@ class PerturbedGQA(GroupedQueryAttention):
         _, h, n, e = o.shape
         g = self.spec.n_kv_heads
         work = torch.promote_types(o.dtype, torch.float32)
-        u = torch.rand(g, h // g, n * e, generator=self.generator(o.device), device=o.device, dtype=work)
+        if self.seed is not None and torch.compiler.is_compiling():
+            # torch.compile cannot trace a torch.Generator ("Failed to convert args/kwargs to
+            # proxy"): a seeded module draws from a counter-based hash instead, reproducible
+            # per seed under compile, though not the same numbers as the eager generator.
+            u = counter_uniform((g, h // g, n * e), self.seed, self.compiled_draws, work)
+            self.compiled_draws.add_(1)
+        else:
+            u = torch.rand(g, h // g, n * e, generator=self.generator(o.device), device=o.device, dtype=work)
         u.diagonal(dim1=-2, dim2=-1).zero_()  # each group's (h/g, n*e) diagonal, as the paper
         return u
 
@@ -120,6 +131,25 @@ class PerturbedGQA(GroupedQueryAttention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, perturb_eval={self.perturb_eval}, seed={self.seed}"
+
+
+MASK32 = 0xFFFFFFFF
+
+
+def counter_uniform(shape: tuple[int, ...], seed: int, counter: Tensor, dtype: torch.dtype) -> Tensor:
+    """Uniform [0, 1) noise of `shape` from an integer hash of (seed, counter, index): stateless,
+    so torch.compile traces it. Two rounds of xorshift-multiply (Wellons' "lowbias32" shape)
+    on 32-bit values in int64; every multiplier is < 2**31, so no product overflows. 24 bits
+    per value. The counter (a 0-dim int64 tensor) makes each call's draw differ."""
+    size = math.prod(shape)
+    key = (seed * 0x9E3779B1) & MASK32  # Python ints: exact
+    x = torch.arange(size, device=counter.device, dtype=torch.int64) + counter * size  # (size,)
+    x = (x ^ key) & MASK32
+    for mult in (0x7FEB352D, 0x2C1B3C6D):
+        x = x ^ (x >> 16)
+        x = (x * mult) & MASK32  # < 2**32 * 2**31: fits int64
+    x = x ^ (x >> 15)
+    return ((x >> 8).to(dtype) / 2**24).reshape(shape)  # (shape)
 
 
 def reference_forward(module: PerturbedGQA, x: Tensor, u: Tensor) -> Tensor:

@@ -24,10 +24,13 @@ KEY = (  # `Cell.key()`, as sweep.row_key reads it
     "variant", "options", "mode", "batch", "seq_len", "n_visual", "n_heads", "n_kv_heads", "head_dim",
     "dtype",
 )  # fmt: skip
+# `Cell.key()`'s last part; a baseline written before it existed was all "off".
+OPTIONAL = {"compile": "off"}
 ENVIRONMENT = ("device", "device_name", "torch_version", "threads", "git_commit", "host", "date")
 COLUMNS = (
     "cell",  # 'gqa_g2 fwd n=128 h=8', as the check prints it
     *KEY,
+    *OPTIONAL,
     "reference",  # the variant the ratios are taken against (mha)
     "rounds",
     "ratio_median",  # variant / reference, per round
@@ -75,6 +78,9 @@ def read(path: Path) -> pd.DataFrame:
             f"`attnbench check --update-baseline` (same flags/profile), commit it, then run the check"
         )
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column, default in OPTIONAL.items():
+        if column not in df:
+            df.insert(len(KEY) + 1, column, default)
     missing = sorted(set(COLUMNS) - set(df.columns))
     if missing:
         raise ValueError(f"baseline {str(path)!r} lacks column(s) {missing}; rewrite it: --update-baseline")
@@ -173,7 +179,7 @@ def _key_row(r: Result, env: Mapping[str, object], reference: str, date: str) ->
     values = dict(
         cell=r.name, variant=c.choice.name, options=c.choice.options_text, mode=c.mode, batch=c.batch,
         seq_len=c.seq_len, n_visual=c.n_visual, n_heads=c.spec.n_heads, n_kv_heads=c.spec.n_kv_heads,
-        head_dim=c.spec.head_dim, dtype=c.dtype, reference=reference, date=date,
+        head_dim=c.spec.head_dim, dtype=c.dtype, compile=c.compile, reference=reference, date=date,
         **{k: env[k] for k in ENVIRONMENT if k != "date"},
     )  # fmt: skip
     return {k: str(v) for k, v in values.items()}

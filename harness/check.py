@@ -26,12 +26,13 @@ from typing import Literal
 import torch
 
 import attn_variants as av
+from attn_variants.backends import is_unavailable
 from attn_variants.registry import Mode
 
 from . import compare, measure, stats, timing, workload
 from .records import check_writable
-from .sweep import Cell, cell_at
-from .variant_choice import VariantChoice, check_builds, parse_variants
+from .sweep import Cell, CompileMode, cell_at
+from .variant_choice import VariantChoice, check_builds, parse_variants, with_backends
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class CheckConfig:
     heads: tuple[int, ...] = (8,)
     kv_heads: tuple[int, ...] = (2,)  # g < h, so the grouped variants run grouped (mha/mqa fix g)
     modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
+    # Kernel and compilation axes, as in the sweep: every variant cell once per backend (a
+    # variant's own `backend` option wins) and per torch.compile mode. The reference stays
+    # mha through sdpa, uncompiled, so a compiled cell's ratio is against eager mha.
+    backend: tuple[str, ...] = ("sdpa",)
+    compile: tuple[CompileMode, ...] = ("off",)
     batch: int = 1
     head_dim: int = 32
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
@@ -67,9 +73,11 @@ class CheckConfig:
     out: str = "results"  # every run writes check.csv, run.json and benchmark.json to <out>/<run_id>/
 
     def __post_init__(self) -> None:
-        for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
+        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile"):
             if not getattr(self, name):
                 raise ValueError(f"empty check grid: {name} has no values")
+        for name in self.backend:
+            av.get_backend(name)  # unknown names raise, listing the valid backends
         lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
         for name, low in lows + (("min_sample_s", 0),):
             if getattr(self, name) < low:
@@ -110,13 +118,17 @@ class Result:
 
 
 def cell_name(cell: Cell) -> str:
-    """'gqa_g2 fwd n=128 h=8': the label in the table, the messages and the baseline's `cell` column."""
-    return f"{cell.choice.label_for(cell.spec)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
+    """'gqa_g2 fwd n=128 h=8' ('... compile=default' when compiled): the label in the table, the
+    messages and the baseline's `cell` column."""
+    name = f"{cell.choice.label_for(cell.spec)} {cell.mode} n={cell.seq_len} h={cell.spec.n_heads}"
+    return name if cell.compile == "off" else f"{name} compile={cell.compile}"
 
 
 def cells(cfg: CheckConfig) -> list[Cell]:
     """variants x modes x seq_len x (h, g), deduplicated by resolved spec, the reference left out."""
     choices = [c for c in parse_variants(cfg.variants) if (c.name, c.options) != (cfg.reference, ())]
+    runs = [(c, comp) for c in with_backends(choices, cfg.backend) for comp in cfg.compile]
+    runs = [(c, comp) for c, comp in runs if (c.name, c.options, comp) != (cfg.reference, (), "off")]
     pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads if g <= h and h % g == 0]
     if not pairs:
         raise ValueError(f"no valid (h, g) pair in heads={cfg.heads}, kv_heads={cfg.kv_heads}")
@@ -124,8 +136,8 @@ def cells(cfg: CheckConfig) -> list[Cell]:
     for mode in cfg.modes:
         for n in cfg.seq_len:
             for h, g in pairs:
-                for choice in choices:
-                    cell = cell_at(choice, mode, n, h, g, cfg)
+                for choice, comp in runs:
+                    cell = cell_at(choice, mode, n, h, g, cfg, comp)
                     out.setdefault(cell.key(), cell)
     return list(out.values())
 
@@ -192,11 +204,11 @@ def measure_cell(
     """The cell's ratios; a failure becomes status 'error' (or 'unsupported' per the registry)."""
     gc.collect()
     try:
-        step = _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device)
+        step = _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device, cell.compile)
         key = (cell.mode, cell.batch, cell.seq_len, cell.n_visual, cell.spec.n_heads, cell.spec.dim)
         if key not in references:  # one reference per shape, shared by the variants at that shape
             spec = av.info(cfg.reference).resolve(av.AttnSpec(cell.spec.dim, cell.spec.n_heads))
-            references[key] = _step(cfg.reference, {}, spec, cell, cfg, device)
+            references[key] = _step(cfg.reference, {}, spec, cell, cfg, device, "off")
         samples = compare.interleaved(
             {"variant": step, "reference": references[key]},
             device,
@@ -208,6 +220,9 @@ def measure_cell(
         times, ref_times = samples["variant"], samples["reference"]
     except workload.UnsupportedMode as err:
         return Result(cell, "unsupported", str(err))
+    except RuntimeError as err:
+        status = "unsupported" if is_unavailable(err) else "error"  # a forced kernel refused
+        return Result(cell, status, f"{type(err).__name__}: {err}"[:500])
     except Exception as err:  # noqa: BLE001 (a failing cell is reported and fails the check)
         return Result(cell, "error", f"{type(err).__name__}: {err}"[:500])
     ratios = tuple(a / b for a, b in zip(times, ref_times, strict=True))
@@ -215,7 +230,13 @@ def measure_cell(
 
 
 def _step(
-    variant: str, options: dict, spec: av.AttnSpec, cell: Cell, cfg: CheckConfig, device: torch.device
+    variant: str,
+    options: dict,
+    spec: av.AttnSpec,
+    cell: Cell,
+    cfg: CheckConfig,
+    device: torch.device,
+    compile: str,
 ) -> Callable[[], object]:
     return workload.build(
         variant,
@@ -228,6 +249,7 @@ def _step(
         device=device,
         options=options,
         seed=cfg.seed,
+        compile=compile,
     ).step
 
 

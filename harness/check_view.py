@@ -157,7 +157,8 @@ def verdict(
 def _notes(rows: list[tuple[Result, Decision | None]], old, console: Console) -> None:
     unsupported = [r.name for r, _ in rows if r.status == "unsupported"]
     if unsupported:
-        console.print(f"not run (mode not in the variant's registry entry): {escape(', '.join(unsupported))}")
+        why = "a mode not in the registry entry, or a backend this device lacks"
+        console.print(f"not run (unsupported: {why}): {escape(', '.join(unsupported))}")
     measured = {r.cell.key() for r, _ in rows}
     gone = [row["cell"] for row in old.to_dict("records") if row_key(row) not in measured]
     if gone:

@@ -145,6 +145,13 @@ def sweep_command(
         str | None, typer.Option(help="KV head counts g (pairs with h % g != 0 are skipped).")
     ] = None,
     modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Kernels: sdpa, sdpa_flash, sdpa_efficient, sdpa_cudnn, sdpa_math, eager, flex."),
+    ] = None,
+    compile: Annotated[
+        str | None, typer.Option(help="torch.compile modes (fullgraph): off, default, max-autotune.")
+    ] = None,
     batch: Annotated[int | None, typer.Option(help="Batch size b.")] = None,
     head_dim: Annotated[int | None, typer.Option(help="Head dim e (d = h * e).")] = None,
     dtype: Annotated[
@@ -209,6 +216,8 @@ def sweep_command(
         heads=split_ints("--heads", heads),
         kv_heads=split_ints("--kv-heads", kv_heads),
         modes=split_csv(modes),
+        backend=split_csv(backend),
+        compile=split_csv(compile),
         batch=batch,
         head_dim=head_dim,
         dtype=dtype,
@@ -354,6 +363,13 @@ def check_command(
         str | None, typer.Option(help="Comma-separated names, 'all', or name:key=value (not the reference).")
     ] = None,
     modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Kernels: sdpa, sdpa_flash, sdpa_efficient, sdpa_cudnn, sdpa_math, eager, flex."),
+    ] = None,
+    compile: Annotated[
+        str | None, typer.Option(help="torch.compile modes (fullgraph): off, default, max-autotune.")
+    ] = None,
     out: Annotated[
         str | None, typer.Option(help="Output folder; check.csv and benchmark.json go to <out>/<run_id>/.")
     ] = None,
@@ -372,6 +388,8 @@ def check_command(
         rounds=rounds,
         variants=split_csv(variants),
         modes=split_csv(modes),
+        backend=split_csv(backend),
+        compile=split_csv(compile),
         out=out,
     )
     settings = config_mod.find(config)

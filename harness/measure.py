@@ -42,6 +42,7 @@ SDPA_OPS = {
     "aten::_scaled_dot_product_cudnn_attention": "cudnn",
     "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
     "aten::_scaled_dot_product_attention_math": "math",
+    "FlexAttentionAutogradOp": "flex",  # eager flex_attention (the compiled one is inside the graph)
 }
 
 

@@ -81,7 +81,12 @@ class Row:
     active_head_frac: float | None = None
     flops_active: int | None = None
     tflops: float | None = None  # flops_effective / latency median / 1e12
-    sdpa_backend: str = ""  # SDPA kernel(s) torch ran, from profiler op names: flash_cpu, flash, math...
+    sdpa_backend: str = ""  # kernel(s) torch ran (profiler op names): flash_cpu, flash, math, flex; inductor
+    backend: str = ""  # the kernel asked for, the variant's `backend` option: sdpa, sdpa_math, eager, flex...
+    compile: str = "off"  # torch.compile mode (fullgraph=True): off, default, max-autotune
+    compile_s: float | None = None  # wall seconds of the first compiled call; never in the latency
+    setup_s: float | None = None  # seconds building flex block masks for this cell; never in the latency
+    recompiles: int | None = None  # graphs dynamo compiled during the timed calls (compiled cells)
     cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
     timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)
 

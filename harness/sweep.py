@@ -5,12 +5,15 @@ Python API (the CLI is a thin layer over it):
     cfg = harness.config.load(SweepConfig, "sweep", profile="quick")
     df = harness.sweep.run(cfg)          # pandas.DataFrame, also <out>/<run_id>/sweep.csv
 
-The grid is variants x modes x seq_len x n_heads x n_kv_heads. Cells are deduplicated by the
-spec each variant resolves to (mha and mqa fix g), pairs with h % g != 0 or g > h are skipped
-and counted, and the cells of one shape run back to back so that a variant and its mha
-reference see the same machine state. Each cell: FLOPs counted on the meta device (harness/flops.py),
-on CUDA a peak estimate over fake tensors (too big: a skipped_memory row), build, `warmup` calls,
-one profiled call (memory, SDPA backend), then `repeats` timed calls (timing.method_name).
+The grid is variants x backend x compile x modes x seq_len x n_heads x n_kv_heads. Cells are
+deduplicated by the spec each variant resolves to (mha and mqa fix g), pairs with h % g != 0
+or g > h are skipped and counted, and the cells of one shape run back to back so that a
+variant and its mha reference see the same machine state. Each cell: build (with `compile`:
+one eager call, which builds flex's block masks, `setup_s`, then the first compiled call,
+`compile_s`), FLOPs of the uncompiled step counted on the meta device (harness/flops.py), on
+CUDA a peak estimate over fake tensors first (too big: a skipped_memory row), `warmup` calls,
+one profiled call (memory, SDPA backend), then `repeats` timed calls (timing.method_name);
+graphs compiled during them are counted (`recompiles`) and named in `error`.
 A failing cell becomes a row with its status; Ctrl-C keeps the rows written so far.
 """
 
@@ -32,14 +35,17 @@ import pandas as pd
 import torch
 
 import attn_variants as av
+from attn_variants.backends import is_unavailable
+from attn_variants.flex import MASKS
 from attn_variants.registry import Mode
 
 from . import calibrate, dashboard, executors, flops, measure, timing, workload
 from . import config as config_mod
 from .records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
-from .variant_choice import VariantChoice, check_builds, parse_variants
+from .variant_choice import VariantChoice, check_builds, parse_one, parse_variants, with_backends
 
-TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend")
+TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile")
+CompileMode = Literal["off", "default", "max-autotune"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,11 @@ class SweepConfig:
     heads: tuple[int, ...] = (8,)
     kv_heads: tuple[int, ...] = (1, 2, 4, 8)
     modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
+    # The kernel axis: each variant runs with each of these `backend` options (one given in
+    # the variant's own options wins); the reference stays on sdpa. See attn_variants/backends.py.
+    backend: tuple[str, ...] = ("sdpa",)
+    # torch.compile(mode=..., fullgraph=True) axis; "off" is eager. The reference stays "off".
+    compile: tuple[CompileMode, ...] = ("off",)
     batch: int = 2
     head_dim: int = 64  # e; the model width is d = h * e, so every h keeps the same head size
     # auto: bfloat16 on CUDA (no fused CUDA kernel takes float32 with h != g, see
@@ -85,9 +96,11 @@ class SweepConfig:
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
 
     def __post_init__(self) -> None:
-        for name in ("variants", "seq_len", "heads", "kv_heads", "modes"):
+        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile"):
             if not getattr(self, name):
                 raise ValueError(f"empty grid: {name} has no values")
+        for name in self.backend:
+            av.get_backend(name)  # unknown names raise, listing the valid backends
         for name in ("seq_len", "heads", "kv_heads"):
             bad = [v for v in getattr(self, name) if v <= 0]
             if bad:
@@ -124,13 +137,21 @@ class Cell:
     dtype: str
     layout: str = "prefix"  # where the n_visual image tokens sit (multimodal variants)
     n_images: int = 0  # images in the sequence: 1 for prefix with n_visual > 0
+    compile: str = "off"
 
     def key(self) -> tuple[str, ...]:
         s = self.spec
         values = (self.choice.name, self.choice.options_text, self.mode, self.batch, self.seq_len)
         key = (*values, self.n_visual, s.n_heads, s.n_kv_heads, s.head_dim, self.dtype)
-        # The prefix layout keeps its old key, so existing CSVs and the check baseline still match.
-        return tuple(map(str, key if self.layout == "prefix" else (*key, self.layout, self.n_images)))
+        # The prefix layout and compile "off" keep the old key, so existing CSVs and the check
+        # baseline still match.
+        key = key if self.layout == "prefix" else (*key, self.layout, self.n_images)
+        return tuple(map(str, key if self.compile == "off" else (*key, f"compile={self.compile}")))
+
+    @property
+    def backend(self) -> str:
+        """The kernel this cell asks for: its `backend` option, or the registry default."""
+        return dict(self.choice.options).get("backend", av.info(self.choice.name).options["backend"])
 
 
 def row_key(row: dict[str, str]) -> tuple[str, ...]:
@@ -139,20 +160,26 @@ def row_key(row: dict[str, str]) -> tuple[str, ...]:
     key = tuple(str(row[k]) for k in (*names, "head_dim", "dtype"))
     layout = row.get("layout")
     layout = layout if isinstance(layout, str) and layout else "prefix"  # older CSVs: prefix
-    return key if layout == "prefix" else (*key, layout, str(row["n_images"]))
+    key = key if layout == "prefix" else (*key, layout, str(row["n_images"]))
+    compile = row.get("compile")
+    compile = compile if isinstance(compile, str) and compile else "off"  # older CSVs: off
+    return key if compile == "off" else (*key, f"compile={compile}")
 
 
 def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
     """The cells to run, and the (n_heads, n_kv_heads) pairs skipped as invalid."""
-    choices = parse_variants(cfg.variants, cfg.reference)
+    choices = with_backends(parse_variants(cfg.variants), cfg.backend)
+    runs = [(c, comp) for c in choices for comp in cfg.compile]
+    if cfg.reference != "none":
+        runs.insert(0, (parse_one(cfg.reference), "off"))  # the speedup baseline: sdpa, eager
     pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads]
     skipped = [(h, g) for h, g in pairs if g > h or h % g]
     cells: dict[tuple[str, ...], Cell] = {}
     for mode in cfg.modes:
         for n in cfg.seq_len:
             for h, g in (p for p in pairs if p not in skipped):
-                for choice in choices:
-                    cell = cell_at(choice, mode, n, h, g, cfg)
+                for choice, comp in runs:
+                    cell = cell_at(choice, mode, n, h, g, cfg, comp)
                     cells.setdefault(cell.key(), cell)
     if not cells:
         raise ValueError(
@@ -162,7 +189,9 @@ def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
     return _by_shape(cells.values()), skipped
 
 
-def cell_at(choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig | Any) -> Cell:
+def cell_at(
+    choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig | Any, compile: str = "off"
+) -> Cell:
     """The cell of `choice` at (mode, n, h, g): the variant's preset resolves g, multimodal
     variants get round(visual_frac * n) visual tokens. `cfg` gives batch, head_dim, dtype and
     visual_frac (a SweepConfig, or the check's CheckConfig, which has the same fields; the
@@ -173,7 +202,7 @@ def cell_at(choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: Sweep
     n_visual = round(cfg.visual_frac * n) if entry.multimodal else 0
     cell_layout = getattr(cfg, "layout", "prefix") if n_visual else "prefix"
     images = getattr(cfg, "images", 1) if cell_layout == "interleaved" else int(n_visual > 0)
-    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype, cell_layout, images)
+    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype, cell_layout, images, compile)
 
 
 def _by_shape(cells: Iterable[Cell]) -> list[Cell]:
@@ -308,20 +337,30 @@ def measure_cell(
 ) -> Row:
     """One row: the cell measured, or its failure as status and error (the sweep goes on)."""
     start = time.perf_counter()
+    MASKS.clear()  # each cell builds, and times, its own block masks
     try:
-        status, error, fields = "ok", "", _measure(cell, cfg, device, dtype)
+        fields = _measure(cell, cfg, device, dtype)
+        status, error = "ok", fields.pop("error")  # ok, maybe with a note (recompiles)
     except workload.UnsupportedMode as err:
         status, error, fields = "unsupported", str(err), {}
     except measure.MemorySkip as err:
         status, error, fields = "skipped_memory", str(err), {"peak_mem_estimate_bytes": err.estimate}
     except Exception as err:  # noqa: BLE001 (any failure is recorded, the sweep goes on)
-        status = "oom" if measure.is_oom(err) else "invalid" if isinstance(err, ValueError) else "error"
+        status = _failure_status(err)
         error, fields = f"{type(err).__name__}: {err}"[:500], {}
     if status in ("oom", "error"):  # the exception (now gone) held the cell's tensors: free them
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return _row(cell, env, run_id, status, error, cell_s=round(time.perf_counter() - start, 6), **fields)
+
+
+def _failure_status(err: BaseException) -> str:
+    if measure.is_oom(err):
+        return "oom"
+    if is_unavailable(err):  # a forced SDPA kernel refused this dtype/shape/device
+        return "unsupported"
+    return "invalid" if isinstance(err, ValueError) else "error"
 
 
 def _measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
@@ -357,39 +396,40 @@ def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: 
         head_dim=s.head_dim,
         status=status,
         error=error,
+        backend=cell.backend,
+        compile=cell.compile,
         **fields,
     )
 
 
 def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    def build(on: torch.device) -> workload.Workload:
-        return workload.build(
-            cell.choice.name, cell.spec, cell.mode, batch=cell.batch, seq_len=cell.seq_len,
-            n_visual=cell.n_visual, layout=cell.layout, images=cell.n_images, dtype=dtype, device=on,
-            options=dict(cell.choice.options), seed=cfg.seed,
-        )  # fmt: skip
+    options = dict(cell.choice.options)
+    # FLOPs of the uncompiled step; flex through its sdpa twin (FlopCounterMode has no flex rule)
+    flop_options = {**options, "backend": "sdpa"} if cell.backend == "flex" else options
 
-    def make(on: torch.device) -> Callable[[], object]:
-        return build(on).step
+    def make(on: torch.device, opts: dict = flop_options) -> Callable[[], object]:
+        return _build(cell, cfg, on, dtype, opts, "off").step
 
     # fwd, fwd_bwd: on the meta device (no data, no n^2 allocation); decode: on the real
     # workload below (one query, linear memory; its ops can depend on values, see count_real)
     counted = flops.count(make) if cell.mode != "decode" else None
     limit = measure.memory_limit(device, cfg.memory_limit_mb)
-    estimate = _estimate(make, device) if limit is not None else None
+    estimate = _estimate(functools.partial(make, opts=options), device) if limit is not None else None
     if estimate is not None:
         measure.check_fits(estimate, limit)
-    w = build(device)
-    counted = counted or flops.count_real(w.step)
+    w = _build(cell, cfg, device, dtype, options, cell.compile)
+    counted = counted or flops.count_real(_flop_step(w, cell, cfg, device, dtype))
     for _ in range(cfg.warmup):
         w.step()
     probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
     heads = measure.active_heads(w.module, counted.flops, counted.attention_flops)  # MoH's gates
     fn, method = _timed_fn(w.step, cell.mode, cfg, device)
     flush = timing.L2Flush(device, cfg.l2_flush and cell.mode != "decode")
+    before = w.graphs_since_build()
     samples = timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
     while sum(samples) < cfg.min_time_s:  # batches of `repeats` (timing.summarize keeps them all)
         samples += timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
+    recompiles = w.graphs_since_build() - before
     t = timing.summarize(samples)
     moved = flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
     peaks = calibrate.get(device, cell.dtype)
@@ -411,8 +451,14 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         flops_util=counted.flops_effective / t.median / peaks.peak_flops,
         bw_util=moved / t.median / peaks.peak_bytes_per_s,
         **heads,
-        sdpa_backend=probe.sdpa_backend,
+        sdpa_backend=_kernel_name(probe.sdpa_backend, cell.compile),
         timed_s=sum(samples),
+        compile_s=w.compile_s,
+        setup_s=w.setup_s,
+        recompiles=recompiles if w.compile != "off" else None,
+        error=f"recompiled {recompiles} time(s) during timing: latency includes compilation"
+        if recompiles
+        else "",
     )
 
 
@@ -440,6 +486,38 @@ def _timed_fn(
         return step, f"cuda_event (graph capture failed: {reason})"
 
 
+def _kernel_name(seen: str, compile: str) -> str:
+    """The profiler's kernel name; 'inductor' for a compiled cell whose attention the profiler
+    cannot see (Inductor generated it inside its graph, e.g. compiled flex or decomposed math)."""
+    return "inductor" if compile != "off" and seen == "none" else seen
+
+
+def _build(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype, options, compile):
+    return workload.build(
+        cell.choice.name,
+        cell.spec,
+        cell.mode,
+        batch=cell.batch,
+        seq_len=cell.seq_len,
+        n_visual=cell.n_visual,
+        dtype=dtype,
+        device=device,
+        layout=cell.layout,
+        images=cell.n_images,
+        options=options,
+        seed=cfg.seed,
+        compile=compile,
+    )
+
+
+def _flop_step(w: workload.Workload, cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype):
+    """The uncompiled step; for flex, the same variant through sdpa: FlopCounterMode has no
+    rule for the flex_attention higher-order op (it raises), and the math is the same."""
+    if cell.backend != "flex":
+        return w.uncompiled
+    return _build(cell, cfg, device, dtype, {**dict(cell.choice.options), "backend": "sdpa"}, "off").step
+
+
 SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]
 
 
@@ -449,6 +527,8 @@ def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
     where that is not this row's `sdpa_backend`: such a speedup compares kernels, not variants
     (CUDA float32 GQA on math against MHA on memory-efficient, or an eager variant)."""
     ok = df[df["status"] == "ok"]
+    if "compile" in ok:  # the reference is uncompiled mha (a compiled mha row is a variant row)
+        ok = ok[ok["compile"].isin(["off", ""])]
     ref = ok[(ok["variant"] == reference) & (ok["options"] == "")]
     ref = ref.groupby(SHAPE, as_index=False).agg(
         _ref_ms=("latency_ms_median", "median"), reference_sdpa_backend=("sdpa_backend", _kernels)

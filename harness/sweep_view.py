@@ -33,7 +33,8 @@ class ProgressBar:
         self.task = self.progress.add_task("sweep", total=total, completed=done)
 
     def cell(self, cell: sweep.Cell, row: Row) -> None:
-        what = f"{cell.choice.label_for(cell.spec)} {cell.mode} n={cell.seq_len}: {row.status}"
+        compiled = "" if cell.compile == "off" else f" compile={cell.compile}"
+        what = f"{cell.choice.label_for(cell.spec)}{compiled} {cell.mode} n={cell.seq_len}: {row.status}"
         self.progress.update(self.task, advance=1, description=escape(what))
 
 
@@ -90,8 +91,9 @@ def summary_table(df: pd.DataFrame, reference: str) -> Table:
     for col in ("variant", "h", "mode", "ok/cells", f"ms @ n={n_max}", f"peak MiB @ n={n_max}"):
         table.add_column(col, justify="left" if col in ("variant", "mode") else "right")
     table.add_column(escape(f"speedup vs {reference}: geo-mean [min, max] over n"), justify="right")
-    keys = ["variant", "options", "n_heads", "n_kv_heads", "mode"]
-    for (variant, options, h, g, mode), rows in df.groupby(keys, sort=False):
+    df = df.assign(compile=df["compile"] if "compile" in df else "off")
+    keys = ["variant", "options", "compile", "n_heads", "n_kv_heads", "mode"]
+    for (variant, options, comp, h, g, mode), rows in df.groupby(keys, sort=False):
         choice = VariantChoice(variant, tuple(p.split("=", 1) for p in options.split(";") if p))
         ok = rows[rows["status"] == "ok"]
         at_max = ok[ok["seq_len"] == n_max]
@@ -100,6 +102,7 @@ def summary_table(df: pd.DataFrame, reference: str) -> Table:
         statuses = "" if len(ok) == len(rows) else " (" + ",".join(sorted(set(rows["status"]) - {"ok"})) + ")"
         equiv = rows["kv_heads_equiv"].dropna() if "kv_heads_equiv" in rows else rows["seq_len"][:0]
         label = choice.label(int(g), float(equiv.iloc[0]) if len(equiv) else None)
+        label += "" if comp in ("off", "") else f" compile={comp}"
         table.add_row(escape(label), str(h), mode, f"{len(ok)}/{len(rows)}{statuses}", ms, mib, _speedup(ok))
     return table
 

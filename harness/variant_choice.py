@@ -6,7 +6,7 @@ registry default (bool: true/false), so any registered variant works with no cha
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,19 @@ def parse_variants(items: Iterable[str], reference: str = "none") -> list[Varian
         av.info(reference)  # an unknown reference names the valid variants
         choices.insert(0, VariantChoice(reference))
     return list(dict.fromkeys(choices))
+
+
+def with_backends(choices: Sequence[VariantChoice], backends: Sequence[str]) -> list[VariantChoice]:
+    """Each choice once per backend, as its `backend` option (left out for the registry
+    default, so default rows keep options ''); a choice that names a backend keeps it."""
+    out: list[VariantChoice] = []
+    for choice in choices:
+        given = dict(choice.options)
+        for backend in [given["backend"]] if "backend" in given else backends:
+            default = av.info(choice.name).options["backend"]
+            options = {**given, "backend": backend} if backend != default else given
+            out.append(VariantChoice(choice.name, tuple(sorted(options.items()))))
+    return list(dict.fromkeys(out))
 
 
 def parse_one(text: str) -> VariantChoice:

@@ -20,9 +20,15 @@ ACCURACY_CORE = ("task", "variant", "accuracy", "status")
 # Shape columns that may vary across a sweep; a series is named by the ones that do.
 # A sweep gives multimodal variants m = visual_frac * n visual tokens, so m grows with n: a
 # series is named by the fraction m/n (`visual_frac`, derived on load), not by m.
-SHAPE_COLUMNS = ("batch", "dim", "n_heads", "n_kv_heads", "head_dim", "visual_frac", "dtype")
+SHAPE_COLUMNS = ("batch", "dim", "n_heads", "n_kv_heads", "head_dim", "visual_frac", "dtype", "compile")
 SHAPE_SYMBOLS = {"batch": "b", "dim": "d", "n_heads": "h", "n_kv_heads": "g", "head_dim": "e"}
-SHAPE_SYMBOLS |= {"n_visual": "m", "visual_frac": "m/n", "dtype": "dtype", "init": "init"}
+SHAPE_SYMBOLS |= {
+    "n_visual": "m",
+    "visual_frac": "m/n",
+    "dtype": "dtype",
+    "init": "init",
+    "compile": "compile",
+}
 
 
 @dataclass(frozen=True)

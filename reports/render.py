@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from . import accuracy_figures as af
 from . import comparison as cmp
 from . import comparison_figure as cf
+from . import kernel_figures as kf
 from . import roofline as rf
 from . import sweep_figures as sf
 from . import tables
@@ -53,6 +54,10 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "Each ok cell at its arithmetic intensity (flops_effective / bytes_moved) and achieved "
                    "FLOP/s, under the roof of this machine's measured matmul FLOP/s and copy bandwidth "
                    "(attnbench calibrate).", rf.roofline_figure),
+        FigureSpec("backend_compile", "sweep", ("backend", "compile"), "Kernels and compilation",
+                   "Median latency per backend and torch.compile mode at one shape (the largest n, or "
+                   "--seq-len); c: first compiled call (compile_s), m: block-mask build (setup_s), "
+                   "neither in the latency.", lambda df: kf.backend_compile_figure(df, seq_len)),
         FigureSpec("accuracy", "accuracy", (), "Accuracy per task",
                    "Mean over seeds with ±1 std; every seed is a dot.", af.accuracy_figure),
         FigureSpec("accuracy_vs_kv_cache", "accuracy", ("kv_cache_bytes",), "Accuracy against KV-cache size",
@@ -91,6 +96,8 @@ def _why_not(spec: FigureSpec, df: pd.DataFrame | None) -> str | None:
     missing = [c for c in spec.needs if c not in df.columns or df[c].isna().all()]
     if missing:
         return f"{spec.name}: {spec.table}.csv has no values in {missing}"
+    if spec.name == "backend_compile" and not kf.has_axes(df):
+        return f"{spec.name}: one backend and one compile mode only"
     if spec.name == "speedup_vs_mha" and not (df["variant"] == "mha").any():
         return f"{spec.name}: no mha rows to compare against"
     if spec.name == "speedup_vs_mha" and not (df["variant"] != "mha").any():

@@ -3,13 +3,9 @@
 A task has `name`, `visual` (it has leading visual tokens), `inits(variant, cfg)`,
 `chance(cfg)`, `seq_len(cfg)` and `run(job, context) -> Outcome`. Which variant runs which task is decided
 from the registry, never from variant names: a multimodal variant needs visual tokens, so it
-<<<<<<< HEAD
 runs captions and pairs only; a unimodal variant runs every task (on captions it is the concat baseline).
-=======
-runs captions only; a unimodal variant runs every task (on captions it is the concat baseline).
 Uptraining from MHA (digits) needs the GQA family's projections: mla's uptrained row is
 `unsupported`, and it is trained from scratch.
->>>>>>> issue-15
 A variant with `causal_safe=False` still runs: every test re-runs only the tokens a causal
 model may see (mqar's answers are never inputs, captions decodes from the prefix), so a leak
 could hurt its training but never inflate its score.

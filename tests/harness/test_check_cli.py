@@ -152,7 +152,8 @@ def test_new_variant_is_new_and_unsupported_mode_is_listed(setup, broken, monkey
     assert "1 ok, 1 new" in result.output
     monkeypatch.setattr(Broken, "attend", av.GroupedQueryAttention.attend)  # runs; decode still unsupported
     result = check(setup, "--variants", f"gqa,{broken}", "--modes", "fwd,decode", "--rounds", "5")
-    assert f"not run (mode not in the variant's registry entry): {broken}_g2 decode" in result.output
+    assert "not run (unsupported: a mode not in the registry entry" in result.output
+    assert f"lacks): {broken}_g2 decode" in result.output
 
 
 def test_nothing_in_the_baseline_is_refused_not_passed(setup):
@@ -186,3 +187,31 @@ def test_update_with_a_failing_cell_writes_the_others_and_exits_1(setup, broken)
     result = check(setup, "--variants", f"gqa,{broken}", "--update-baseline")
     assert result.exit_code == 1 and f"error {broken}_g2 fwd n=32 h=4: RuntimeError" in result.output
     assert list(pd.read_csv(setup[1])["variant"]) == ["gqa"]
+
+
+def test_compile_and_backend_are_cell_axes_with_their_own_baseline_rows(setup, monkeypatch):
+    from harness import workload
+
+    build = workload.build  # dynamo capture without Inductor's C++ code generation: seconds, not minutes
+    monkeypatch.setattr(workload, "build", lambda *a, **k: build(*a, **{**k, "compiler": "eager"}))
+    flags = ("--variants", "gqa", "--backend", "sdpa_math,sdpa_cudnn", "--compile", "off,default")
+    update = check(setup, *flags, "--update-baseline")
+    assert update.exit_code == 0, update.output
+    df = pd.read_csv(setup[1], dtype=str, keep_default_na=False)
+    assert sorted(zip(df["options"], df["compile"], strict=True)) == [
+        ("backend=sdpa_math", "default"), ("backend=sdpa_math", "off")
+    ]  # fmt: skip
+    assert "gqa_g2[backend=sdpa_math] fwd n=32 h=4 compile=default" in set(df["cell"])
+    result = check(setup, *flags)
+    assert result.exit_code == 0, result.output
+    assert "2 ok" in result.output and "sdpa_cudnn" in result.output  # not run here: a CUDA kernel
+
+
+def test_a_baseline_without_a_compile_column_reads_as_uncompiled(setup):
+    assert check(setup, "--variants", "gqa", "--update-baseline").exit_code == 0
+    df = pd.read_csv(setup[1], dtype=str, keep_default_na=False).drop(columns="compile")
+    df.to_csv(setup[1], index=False)  # as the committed baseline was written before compile existed
+    result = check(setup, "--variants", "gqa")
+    assert (
+        result.exit_code == 0 and "1 ok" in result.output and "│ new" not in result.output
+    )  # verdict not 'new'
