@@ -432,7 +432,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     recompiles = w.graphs_since_build() - before
     t = timing.summarize(samples)
     moved = flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
-    peaks = calibrate.get(device, cell.dtype)
+    peaks = calibrate.get(device, str(dtype).removeprefix("torch."))  # the dtype the cell ran in
     return dict(
         latency_ms_median=t.median * 1e3,
         latency_ms_p10=t.p10 * 1e3,
