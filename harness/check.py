@@ -190,13 +190,15 @@ def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = No
     av.info(cfg.reference)  # an unknown reference names the valid variants before any work
     todo = cells(cfg)
     results = {cell.key(): Result(cell, "ok") for cell in todo}
+    flush = timing.L2Flush(device)  # as the sweep: fwd and fwd_bwd start with a cold L2 on CUDA
     with timing.threads(cfg.threads):
         for rounds in pass_rounds(cfg.rounds, cfg.passes):
             references: dict[tuple, Callable[[], object]] = {}  # rebuilt each pass (same seed)
             for cell in todo:
                 done = results[cell.key()]
                 if done.status == "ok":
-                    results[cell.key()] = merge(done, measure_cell(cell, cfg, device, references, rounds))
+                    measured = measure_cell(cell, cfg, device, references, rounds, flush)
+                    results[cell.key()] = merge(done, measured)
                 if progress:
                     progress(results[cell.key()])
     return list(results.values())
@@ -222,6 +224,7 @@ def measure_cell(
     device: torch.device,
     references: dict[tuple, Callable[[], object]],
     rounds: int,
+    flush: Callable[[], None] | None = None,
 ) -> Result:
     """The cell's ratios; a failure becomes status 'error' (or 'unsupported' per the registry)."""
     gc.collect()
@@ -237,6 +240,7 @@ def measure_cell(
             rounds=rounds,
             warmup=cfg.warmup,
             min_sample_s=cfg.min_sample_s,
+            flush=flush if cell.mode != "decode" else None,
         )
         times, ref_times = samples["variant"], samples["reference"]
     except workload.UnsupportedMode as err:

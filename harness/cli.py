@@ -183,6 +183,17 @@ def sweep_command(
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to join: auto or HOST:PORT ('' starts a local one).")
     ] = None,
+    l2_flush: Annotated[
+        bool | None,
+        typer.Option("--l2-flush/--no-l2-flush", help="CUDA: cool the L2 before each fwd/fwd_bwd call."),
+    ] = None,
+    cuda_graph: Annotated[
+        bool | None, typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA: time decode as graph replays.")
+    ] = None,
+    memory_limit_mb: Annotated[
+        float | None,
+        typer.Option(help="Skip cells whose estimated peak exceeds this (0: CUDA free memory; CPU none)."),
+    ] = None,
     profile: Annotated[
         str | None, typer.Option(help="Named profile from bench.toml: quick, ci, gpu.")
     ] = None,
@@ -222,6 +233,9 @@ def sweep_command(
         out=out,
         executor=executor,
         ray_address=ray_address,
+        l2_flush=l2_flush,
+        cuda_graph=cuda_graph,
+        memory_limit_mb=memory_limit_mb,
     )
     if resume is not None:
         given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])
@@ -406,6 +420,48 @@ def init_command(
     here = written.resolve() == config_mod.DEFAULT_PATH.resolve()
     use = "commands run in this folder read it" if here else f"commands read it with --config {written}"
     typer.echo(f"wrote {written}: the built-in defaults and profiles, with their comments; {use}")
+
+
+# --- calibrate, selftest (issue 13): this machine's roofs, and what to run first on a new box ---
+
+
+@app.command("calibrate")
+@fail_cleanly
+def calibrate_command(
+    device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, float64, float16 or bfloat16.")] = "float32",
+    threads: Annotated[int, typer.Option(help="CPU: torch threads (0: torch default).")] = 0,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Measure again even if cached.")] = False,
+) -> None:
+    """Measure dense matmul FLOP/s and copy bandwidth on the device (cached per device and dtype)."""
+    from . import calibrate, measure, timing
+
+    if dtype not in measure.DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {sorted(measure.DTYPES)}")
+    with timing.threads(threads):
+        c = calibrate.get(measure.resolve_device(device), dtype, refresh=refresh)
+    typer.echo(
+        f"{c.device_name} {c.dtype} threads={c.threads}: matmul {c.peak_flops / 1e12:.3f} TFLOP/s "
+        f"(k={c.matmul_k}), copy {c.peak_bytes_per_s / 1e9:.1f} GB/s; measured {c.measured}, "
+        f"cached in {calibrate.cache_dir() / 'calibration.json'}"
+    )
+
+
+@app.command("selftest")
+@fail_cleanly
+def selftest_command(
+    device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Folder for the tiny sweep's run and selftest.csv.")] = Path(
+        "results/selftest"
+    ),
+) -> None:
+    """Check every variant x mode against its reference on the device, then a tiny sweep and
+    one check round; print one table, exit 1 on any failure."""
+    from . import measure, selftest
+
+    dev = measure.resolve_device(device)
+    outcomes = selftest.run(dev, out)
+    raise typer.Exit(selftest.report(outcomes, out, Console(width=200)))
 
 
 # --- compare (issue 19): two finished runs, cell by cell: ratio, interval, significance --------

@@ -23,6 +23,7 @@ def interleaved(
     rounds: int = 20,
     warmup: int = 3,
     min_sample_s: float = 0.0,
+    flush: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each fn: `rounds` rounds, each fn sampled once per round.
 
@@ -30,18 +31,24 @@ def interleaved(
     equally often and none always runs in another's wake (caches, clock ramps, allocator); with
     two fns the order alternates. With `min_sample_s` > 0 a sample is `calls_for` calls in a
     row, divided by that count (tiny shapes: one call is near the timer's own noise).
+
+    On CUDA a sample is always one synchronised call, as in the sweep (`min_sample_s` is
+    ignored): back-to-back calls between one pair of events would let the host launch the next
+    call while the GPU runs this one, timing throughput rather than the sweep's latency.
+    `flush` (timing.L2Flush) runs before each timed call, outside the events.
     """
     device = torch.device(device)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     names = list(fns)
-    calls = {name: calls_for(fns[name], device, min_sample_s) if min_sample_s > 0 else 1 for name in names}
+    repeat = min_sample_s > 0 and device.type != "cuda"
+    calls = {name: calls_for(fns[name], device, min_sample_s) if repeat else 1 for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = functools.partial(_repeat, fns[name], calls[name])
-            samples[name].append(time_call(fn, device) / calls[name])
+            samples[name].append(time_call(fn, device, flush) / calls[name])
     return samples
 
 

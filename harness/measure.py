@@ -110,8 +110,14 @@ class Probe:
     sdpa_backend: str  # e.g. 'flash_cpu', 'flash', 'math'; 'a+b' if several; 'none' if no SDPA op ran
 
 
-def probe(step: Callable[[], object], device: torch.device) -> Probe:
-    """Run `step` once under the profiler: its peak memory and the SDPA kernels it called."""
+def probe(step: Callable[[], object], device: torch.device, reset: Callable[[], None] | None = None) -> Probe:
+    """Run `step` once under the profiler: its peak memory and the SDPA kernels it called.
+
+    `reset` (Workload.reset) runs first, outside the measurement: in fwd_bwd it drops the last
+    call's gradients, so on both devices the peak counts the gradients the call allocates (on
+    CUDA the baseline used to hold the old ones, which the call then freed: issue 20)."""
+    if reset is not None:
+        reset()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -190,9 +196,53 @@ def active_heads(module: torch.nn.Module, flops: int, attention_flops: int) -> d
     return dict(active_head_frac=frac, flops_active=round(flops - (1.0 - frac) * attention_flops))
 
 
+# Allocation failures that are not torch.OutOfMemoryError: the CPU allocator's message, and
+# cuBLAS/cuDNN failing to get workspace ("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate").
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cudnn_status_not_enough_workspace",
+    "cusolver_status_alloc_failed",
+)
+
+
 def is_oom(err: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator failing to allocate."""
+    """CUDA's OutOfMemoryError, the CPU allocator failing, or a cuBLAS/cuDNN allocation failure."""
     if isinstance(err, torch.OutOfMemoryError):
         return True
     text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(err, RuntimeError) and any(m in text for m in OOM_MESSAGES)
+
+
+class MemorySkip(Exception):
+    """A cell whose estimated peak does not fit the memory it may use (status skipped_memory)."""
+
+    def __init__(self, message: str, estimate: int) -> None:
+        super().__init__(message)
+        self.estimate = estimate
+
+
+def memory_limit(device: torch.device, limit_mb: float = 0.0) -> int | None:
+    """Bytes a cell may use: `limit_mb` when > 0; on CUDA otherwise what the allocator can still
+    get, the smaller of the driver's free memory plus this process's cached blocks and the
+    per-process fraction's cap; None (no check) on CPU without a limit."""
+    if limit_mb > 0:
+        return int(limit_mb * 2**20)
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    cap = int(torch.cuda.get_per_process_memory_fraction(device) * total) - allocated
+    return min(free + torch.cuda.memory_reserved(device) - allocated, cap)
+
+
+def check_fits(estimate: int, limit: int | None) -> None:
+    """Raise MemorySkip naming both figures when `estimate` exceeds `limit`."""
+    if limit is not None and estimate > limit:
+        raise MemorySkip(
+            f"estimated peak {estimate / 2**30:.2f} GiB (fake-tensor pass) exceeds the "
+            f"{limit / 2**30:.2f} GiB this cell may use",
+            estimate,
+        )

@@ -16,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-STATUSES = ("ok", "oom", "unsupported", "invalid", "error")
+# skipped_memory: the fake-tensor estimate of the cell's peak did not fit (never ran); oom: it ran
+# out of memory (CUDA, cuBLAS/cuDNN workspace or the CPU allocator).
+STATUSES = ("ok", "oom", "skipped_memory", "unsupported", "invalid", "error")
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,13 @@ class Row:
     latency_ms_p90: float | None = None
     repeats: int | None = None  # timed calls, after the warm-up
     latency_ms_samples: str = ""  # every timed sample, ';'-separated, so any statistic can be redone
+    # How each sample was taken (timing.method_name): cpu_perf_counter, or on CUDA cuda_event /
+    # cuda_graph, '+l2_flush' when a 256 MiB write cooled the L2 first. Always one call per sample.
+    timing: str = ""
     # Measured peak allocated above the start of one call: CUDA allocator statistics, or on
     # CPU the peak running sum of torch.profiler's allocation events. Not a formula.
     peak_mem_bytes: int | None = None
+    peak_mem_estimate_bytes: int | None = None  # live storage at the peak of the fake-tensor pass
     # Analytic b*n*(cached elements per token)*itemsize, separate from the measurement: the GQA
     # family's 2*b*g*n*e*itemsize; mla's b*n*(kv_lora + rope)*itemsize (registry cache hook).
     kv_cache_bytes: int | None = None
@@ -62,11 +68,19 @@ class Row:
     # attention is counted as if full (all n*s scores), as FlopCounterMode does everywhere;
     # the work a causal kernel actually needs is about half of the attention part.
     flops: int | None = None
+    # The FLOPs a causal kernel must do: flops with each attention call counted over the pairs
+    # it computes, n(n+1)/2 exactly for causal n = s (not halved); MMCA by its blocks.
+    flops_effective: int | None = None
+    # Minimal memory traffic of the attention step: read q, k, v, write o (fwd); plus read
+    # q, k, v, o, dO and write dq, dk, dv (fwd_bwd); decode reads the whole KV cache.
+    bytes_moved: int | None = None
+    flops_util: float | None = None  # flops_effective per second / calibrated matmul FLOP/s
+    bw_util: float | None = None  # bytes_moved per second / calibrated copy bandwidth
     # MoH: the mean share of heads with a non-zero gate in one call, and `flops` with the
     # attention core counted for those heads only (the official code computes every head).
     active_head_frac: float | None = None
     flops_active: int | None = None
-    tflops: float | None = None  # flops / latency median / 1e12 (causal counted as full, see flops)
+    tflops: float | None = None  # flops_effective / latency median / 1e12
     sdpa_backend: str = ""  # kernel(s) torch ran (profiler op names): flash_cpu, flash, math, flex; inductor
     backend: str = ""  # the kernel asked for, the variant's `backend` option: sdpa, sdpa_math, eager, flex...
     compile: str = "off"  # torch.compile mode (fullgraph=True): off, default, max-autotune

@@ -10,9 +10,10 @@ deduplicated by the spec each variant resolves to (mha and mqa fix g), pairs wit
 or g > h are skipped and counted, and the cells of one shape run back to back so that a
 variant and its mha reference see the same machine state. Each cell: build (with `compile`:
 one eager call, which builds flex's block masks, `setup_s`, then the first compiled call,
-`compile_s`), one FLOP-counting pass (uncompiled) under the math backend, `warmup` calls, one
-profiled call (memory, SDPA backend), then `repeats` timed calls; graphs compiled during them
-are counted (`recompiles`) and named in `error`.
+`compile_s`), FLOPs of the uncompiled step counted on the meta device (harness/flops.py), on
+CUDA a peak estimate over fake tensors first (too big: a skipped_memory row), `warmup` calls,
+one profiled call (memory, SDPA backend), then `repeats` timed calls (timing.method_name);
+graphs compiled during them are counted (`recompiles`) and named in `error`.
 A failing cell becomes a row with its status; Ctrl-C keeps the rows written so far.
 """
 
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,8 +39,8 @@ from attn_variants.backends import is_unavailable
 from attn_variants.flex import MASKS
 from attn_variants.registry import Mode
 
+from . import calibrate, dashboard, executors, flops, measure, timing, workload
 from . import config as config_mod
-from . import dashboard, executors, measure, timing, workload
 from .records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
 from .variant_choice import VariantChoice, check_builds, parse_one, parse_variants, with_backends
 
@@ -82,6 +84,14 @@ class SweepConfig:
     out: str = "results"
     # local: cells run one by one in this process. ray: one Ray task per cell, holding a whole
     # GPU (GPU sweeps) or one CPU slot per thread (CPU sweeps), so cells never share a device.
+    # CUDA timing (no-ops on CPU; the `timing` column names the method): zero a 256 MiB buffer
+    # before each fwd/fwd_bwd call so it starts with a cold L2 (triton's do_bench), and time
+    # decode as replays of a captured CUDA graph (a decode step is mostly launch overhead).
+    l2_flush: bool = True
+    cuda_graph: bool = False
+    # Cells whose fake-tensor peak estimate exceeds this many MiB become skipped_memory rows;
+    # 0: on CUDA what the allocator can still get, on CPU no limit.
+    memory_limit_mb: float = 0.0
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
 
@@ -102,6 +112,7 @@ class SweepConfig:
             ("warmup", 0),
             ("threads", 0),
             ("min_time_s", 0),
+            ("memory_limit_mb", 0),
             ("images", 1),
         )
         for name, low in lows:
@@ -258,10 +269,14 @@ def run(
     csv_path = run_dir / "sweep.csv"
     done = {row_key(r) for r in read_rows(csv_path)}
     todo = [c for c in cells if c.key() not in done]
+    with timing.threads(cfg.threads):
+        # The roof of the roofline, before the clock starts (cached: measured once per machine,
+        # dtype and thread count). Ray workers calibrate their own device in their first cell.
+        peaks = calibrate.get(device, cfg.dtype) if cfg.executor == "local" else None
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
         env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
-        _write_run_json(run_dir, cfg, env, skipped, len(cells), settings)
+        _write_run_json(run_dir, cfg, env, skipped, len(cells), settings, peaks)
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
         task = functools.partial(
@@ -302,11 +317,19 @@ def load(csv_path: Path) -> pd.DataFrame:
 
 
 def _write_run_json(
-    run_dir: Path, cfg: SweepConfig, env: dict, skipped: Sequence, cells: int, settings: dict | None
+    run_dir: Path,
+    cfg: SweepConfig,
+    env: dict,
+    skipped: Sequence,
+    cells: int,
+    settings: dict | None,
+    peaks: Any = None,
 ) -> None:
     if (run_dir / "run.json").exists():  # resuming: the first session's record stays unchanged
         return
-    write_run_json(run_dir, cfg, env, cells, skipped_pairs=[list(p) for p in skipped], settings=settings)
+    calibration = dataclasses.asdict(peaks) if peaks is not None else None
+    pairs = [list(p) for p in skipped]
+    write_run_json(run_dir, cfg, env, cells, skipped_pairs=pairs, settings=settings, calibration=calibration)
 
 
 def measure_cell(
@@ -320,9 +343,13 @@ def measure_cell(
         status, error = "ok", fields.pop("error")  # ok, maybe with a note (recompiles)
     except workload.UnsupportedMode as err:
         status, error, fields = "unsupported", str(err), {}
+    except measure.MemorySkip as err:
+        status, error, fields = "skipped_memory", str(err), {"peak_mem_estimate_bytes": err.estimate}
     except Exception as err:  # noqa: BLE001 (any failure is recorded, the sweep goes on)
         status = _failure_status(err)
         error, fields = f"{type(err).__name__}: {err}"[:500], {}
+    if status in ("oom", "error"):  # the exception (now gone) held the cell's tensors: free them
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return _row(cell, env, run_id, status, error, cell_s=round(time.perf_counter() - start, 6), **fields)
@@ -376,31 +403,54 @@ def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: 
 
 
 def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    w = _build(cell, cfg, device, dtype, dict(cell.choice.options), cell.compile)
-    flop_step = _flop_step(w, cell, cfg, device, dtype)
-    flops, attention_flops = measure.count_flops_detail(flop_step)  # untimed, math backend
+    options = dict(cell.choice.options)
+    # FLOPs of the uncompiled step; flex through its sdpa twin (FlopCounterMode has no flex rule)
+    flop_options = {**options, "backend": "sdpa"} if cell.backend == "flex" else options
+
+    def make(on: torch.device, opts: dict = flop_options) -> Callable[[], object]:
+        return _build(cell, cfg, on, dtype, opts, "off").step
+
+    # fwd, fwd_bwd: on the meta device (no data, no n^2 allocation); decode: on the real
+    # workload below (one query, linear memory; its ops can depend on values, see count_real)
+    counted = flops.count(make) if cell.mode != "decode" else None
+    limit = measure.memory_limit(device, cfg.memory_limit_mb)
+    estimate = _estimate(functools.partial(make, opts=options), device) if limit is not None else None
+    if estimate is not None:
+        measure.check_fits(estimate, limit)
+    w = _build(cell, cfg, device, dtype, options, cell.compile)
+    counted = counted or flops.count_real(_flop_step(w, cell, cfg, device, dtype))
     for _ in range(cfg.warmup):
         w.step()
-    probe = measure.probe(w.step, device)  # untimed, the backend the timed calls use
-    heads = measure.active_heads(w.module, flops, attention_flops)  # MoH's gates of that call
+    probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
+    heads = measure.active_heads(w.module, counted.flops, counted.attention_flops)  # MoH's gates
+    fn, method = _timed_fn(w.step, cell.mode, cfg, device)
+    flush = timing.L2Flush(device, cfg.l2_flush and cell.mode != "decode")
     before = w.graphs_since_build()
-    samples = timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
+    samples = timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
     while sum(samples) < cfg.min_time_s:  # batches of `repeats` (timing.summarize keeps them all)
-        samples += timing.sample(w.step, device, warmup=0, repeats=cfg.repeats)
+        samples += timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
     recompiles = w.graphs_since_build() - before
     t = timing.summarize(samples)
+    moved = flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
+    peaks = calibrate.get(device, str(dtype).removeprefix("torch."))  # the dtype the cell ran in
     return dict(
         latency_ms_median=t.median * 1e3,
         latency_ms_p10=t.p10 * 1e3,
         latency_ms_p90=t.p90 * 1e3,
         repeats=t.n,
         latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
+        timing=method,
         peak_mem_bytes=probe.peak_mem_bytes,
+        peak_mem_estimate_bytes=estimate,
         kv_cache_bytes=w.kv_cache_bytes,
         kv_heads_equiv=av.info(cell.choice.name).kv_heads_equiv(w.spec, dict(cell.choice.options)),
-        flops=flops,
+        flops=counted.flops,
+        flops_effective=counted.flops_effective,
+        tflops=counted.flops_effective / t.median / 1e12,
+        bytes_moved=moved,
+        flops_util=counted.flops_effective / t.median / peaks.peak_flops,
+        bw_util=moved / t.median / peaks.peak_bytes_per_s,
         **heads,
-        tflops=flops / t.median / 1e12,
         sdpa_backend=_kernel_name(probe.sdpa_backend, cell.compile),
         timed_s=sum(samples),
         compile_s=w.compile_s,
@@ -410,6 +460,30 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         if recompiles
         else "",
     )
+
+
+def _estimate(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> int | None:
+    """The fake-tensor peak estimate, or None (the cell runs unguarded, a real OOM is an oom
+    row) where an op has no fake implementation: a safety check must not fail the cell."""
+    try:
+        return flops.peak_estimate(make, device)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _timed_fn(
+    step: Callable[[], object], mode: str, cfg: SweepConfig, device: torch.device
+) -> tuple[Callable[[], object], str]:
+    """What the samples time, and the `timing` column naming it."""
+    flush = cfg.l2_flush and mode != "decode"
+    if not (cfg.cuda_graph and mode == "decode" and device.type == "cuda"):
+        return step, timing.method_name(device, l2_flush=flush, cuda_graph=False)
+    try:
+        return timing.cuda_graph(step, device), timing.method_name(device, l2_flush=False, cuda_graph=True)
+    except RuntimeError as err:  # a host sync or dynamic shape in the step: time it eagerly
+        torch.cuda.synchronize(device)
+        reason = str(err).splitlines()[0][:80]
+        return step, f"cuda_event (graph capture failed: {reason})"
 
 
 def _kernel_name(seen: str, compile: str) -> str:

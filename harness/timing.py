@@ -1,7 +1,8 @@
 """Honest timing primitives: warm-up, device synchronisation, every sample kept.
 
-On CUDA, CUDA events bracket the call and the host waits for the end event; on CPU,
-`time.perf_counter_ns` around the call, with the thread count fixed by the caller.
+On CUDA, CUDA events bracket one call and the host waits for the end event (optionally after
+an L2 flush, or replaying a CUDA graph of the call); on CPU, `time.perf_counter_ns` around the
+call, with the thread count fixed by the caller.
 """
 
 from __future__ import annotations
@@ -15,13 +16,48 @@ import torch
 # Median and p10/p90 of samples: one definition, shared with reports/ (reports.stats imports no torch).
 from reports.stats import Summary, summarize
 
-__all__ = ["Summary", "sample", "summarize", "threads", "time_call"]
+__all__ = [
+    "CPU_TIMING", "L2Flush", "Summary", "cuda_graph", "method_name", "sample", "summarize", "threads",
+    "time_call",
+]  # fmt: skip
 
 
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of `fn` takes on `device` (synchronised)."""
+# triton.testing.do_bench's practice: before each timed call, write a buffer larger than the
+# L2 cache (50 MB on H100 and H200), so the call reads its inputs from HBM as it would inside a
+# model, not from the cache the previous call of the same step left warm.
+L2_FLUSH_BYTES = 256 * 2**20
+CPU_TIMING = "cpu_perf_counter"  # on CPU the L2 flush and the CUDA graph are no-ops
+
+
+def method_name(device: torch.device, *, l2_flush: bool, cuda_graph: bool) -> str:
+    """The `timing` column: how the samples were taken. Every method times one call per sample,
+    the host waiting for it (latency, not the throughput of back-to-back calls)."""
+    if device.type != "cuda":
+        return CPU_TIMING
+    return "+".join(["cuda_graph" if cuda_graph else "cuda_event"] + (["l2_flush"] if l2_flush else []))
+
+
+class L2Flush:
+    """Zeroes a 256 MiB buffer on the device, outside the timed events; a no-op on CPU."""
+
+    def __init__(self, device: torch.device, enabled: bool = True) -> None:
+        on = enabled and device.type == "cuda"
+        self.buffer = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device) if on else None
+
+    def __call__(self) -> None:
+        if self.buffer is not None:
+            self.buffer.zero_()
+
+
+def time_call(
+    fn: Callable[[], object], device: torch.device, flush: Callable[[], None] | None = None
+) -> float:
+    """Seconds one call of `fn` takes on `device` (synchronised); `flush` runs before the
+    start event, so it is not timed but the call starts with a cold L2."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if flush is not None:
+            flush()
         start.record()
         fn()
         end.record()
@@ -32,7 +68,14 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter_ns() - t0) / 1e9
 
 
-def sample(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
+def sample(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int,
+    repeats: int,
+    flush: Callable[[], None] | None = None,
+) -> list[float]:
     """`warmup` untimed calls, then `repeats` timed ones; every sample in seconds."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
@@ -40,7 +83,26 @@ def sample(fn: Callable[[], object], device: torch.device, *, warmup: int, repea
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return [time_call(fn, device) for _ in range(repeats)]
+    return [time_call(fn, device, flush) for _ in range(repeats)]
+
+
+def cuda_graph(fn: Callable[[], object], device: torch.device, warmup: int = 3) -> Callable[[], None]:
+    """`fn` captured once into a CUDA graph; the returned callable replays it.
+
+    The documented pattern (torch.cuda.graphs): warm up on a side stream so lazy
+    initialisation (cuBLAS handles, autotuning) happens outside the capture, then capture.
+    A step that syncs with the host or changes shapes between calls cannot be captured
+    (torch raises); the caller falls back to eager timing and says so."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 @contextmanager

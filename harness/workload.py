@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 import attn_variants as av
 from attn_variants import backends
@@ -48,6 +49,9 @@ class Workload:
     compile_s: float | None = None  # wall seconds of the first compiled call (None: not compiled)
     setup_s: float = 0.0  # seconds spent building block masks (flex) for this step
     graphs: int = 0  # dynamo's graph count right after the first compiled call
+    # Drops what the previous call left behind that the next call replaces (fwd_bwd: the
+    # gradients), so a memory baseline taken after it counts them in the call's peak.
+    reset: Callable[[], None] = lambda: None
 
     @property
     def uncompiled(self) -> Step:
@@ -103,21 +107,22 @@ def build(
         raise UnsupportedMode(why)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)  # parameter init
-    module = av.create(variant, spec, **options).to(device=device, dtype=dtype)
+    with device:  # initialise the weights where they will live: d = 4096 on the CPU takes seconds
+        module = to(av.create(variant, spec, **options), device, dtype)
     resolved = module.spec
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
-    x = torch.randn(batch, seq_len, spec.dim, generator=gen).to(device=device, dtype=dtype)
+    x = randn((batch, seq_len, spec.dim), gen, device, dtype)  # (b, n, d)
     layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
     kv_bytes = entry.kv_cache_bytes(resolved, options, batch, seq_len, dtype)
     masks_before, inputs = MASKS.seconds, gen.get_state()
     eager_step = make(module, module, x, layout_kw, gen)
     backend = options.get("backend", entry.options["backend"])
     if compile == "off" and backend != "flex":
-        return Workload(module, resolved, eager_step, kv_bytes)
+        return Workload(module, resolved, eager_step, kv_bytes, reset=_reset(eager_step))
     eager_step()  # block masks come from an untimed eager call, never from a timed one or a graph
     setup_s = MASKS.seconds - masks_before
     if compile == "off":
-        return Workload(module, resolved, eager_step, kv_bytes, setup_s=setup_s)
+        return Workload(module, resolved, eager_step, kv_bytes, setup_s=setup_s, reset=_reset(eager_step))
     torch._dynamo.reset()  # each cell compiles afresh: no cache-size limit reached over a sweep
     mode_arg = None if compile == "default" else compile
     compiled = torch.compile(module, mode=mode_arg, fullgraph=True, backend=compiler)
@@ -128,8 +133,47 @@ def build(
     _sync(device)
     compile_s = time.perf_counter() - start
     return Workload(
-        module, resolved, step, kv_bytes, eager_step, compile, compile_s, setup_s, dynamo_graphs()
+        module,
+        resolved,
+        step,
+        kv_bytes,
+        eager_step,
+        compile,
+        compile_s,
+        setup_s,
+        dynamo_graphs(),
+        reset=_reset(step),
     )
+
+
+def _reset(step: Step) -> Callable[[], None]:
+    """The step's reset (fwd_bwd: drop its gradients), or nothing to do."""
+    return getattr(step, "reset", lambda: None)
+
+
+def randn(shape: tuple[int, ...], gen: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Seeded normal values drawn on the CPU (the same on every device), then moved; on the meta
+    device or under FakeTensorMode (harness/flops.py) no values are drawn: at n = 16k, d = 4096
+    drawing them takes the CPU about a second, for tensors that hold no data."""
+    if device.type == "meta" or isinstance(torch.empty(0), FakeTensor):
+        return torch.empty(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+
+
+def to(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """`module.to(device, dtype)`; under FakeTensorMode (harness/flops.py) each parameter and
+    buffer is replaced instead, since `nn.Module._apply` swaps fake parameters in place and the
+    swap fails when the fake tensor has a weak reference (it does, at random)."""
+    if not isinstance(torch.empty(0), FakeTensor):
+        return module.to(device=device, dtype=dtype)
+    for mod in module.modules():
+        for slots in (mod._parameters, mod._buffers):
+            for name, t in slots.items():
+                if t is None:
+                    continue
+                moved = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                slots[name] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
+    return module
 
 
 def _check_mode(variant: str, mode: str, modes: tuple[str, ...], compile: str) -> None:
@@ -194,14 +238,18 @@ def _forward_backward(
 ) -> Step:
     module.train()
     x = x.detach().requires_grad_(True)
-    grad = torch.randn(x.shape, generator=gen).to(x)  # a random upstream gradient (b, n, d)
+    grad = randn(x.shape, gen, x.device, x.dtype)  # a random upstream gradient (b, n, d)
 
-    def step() -> object:
+    def reset() -> None:
         module.zero_grad(set_to_none=True)
         x.grad = None
+
+    def step() -> object:
+        reset()
         run(x, **layout_kw).backward(grad)
         return x.grad
 
+    step.reset = reset  # type: ignore[attr-defined]  (Workload.reset)
     return step
 
 
@@ -210,7 +258,7 @@ def _decode(module: nn.Module, run: Callable, x: torch.Tensor, layout_kw: dict, 
     with one untimed eager step; each step decodes one more text token with `run`."""
     module.eval()
     cache = av.KVCache()
-    x_next = torch.randn(x.shape[0], 1, x.shape[2], generator=gen).to(x)  # (b, 1, d)
+    x_next = randn((x.shape[0], 1, x.shape[2]), gen, x.device, x.dtype)  # (b, 1, d)
     with torch.no_grad():
         module(x, **layout_kw, cache=cache)
         prefill = cache.length

@@ -14,6 +14,7 @@ from . import accuracy_figures as af
 from . import comparison as cmp
 from . import comparison_figure as cf
 from . import kernel_figures as kf
+from . import roofline as rf
 from . import sweep_figures as sf
 from . import tables
 from .load import Run, combined, load_runs
@@ -47,7 +48,12 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "(sdpa_backend), so that speedup compares kernels, not variants.",
                    lambda df: sf.speedup_figure(df, seq_len)),
         FigureSpec("tflops", "sweep", ("tflops",), "Achieved TFLOP/s",
-                   "FLOPs counted by torch.utils.flop_counter over the median latency.", sf.tflops_figure),
+                   "flops_effective (torch.utils.flop_counter, causal attention over the pairs it computes) "
+                   "over the median latency.", sf.tflops_figure),
+        FigureSpec("roofline", "sweep", rf.ROOFLINE_COLUMNS, "Roofline",
+                   "Each ok cell at its arithmetic intensity (flops_effective / bytes_moved) and achieved "
+                   "FLOP/s, under the roof of this machine's measured matmul FLOP/s and copy bandwidth "
+                   "(attnbench calibrate).", rf.roofline_figure),
         FigureSpec("backend_compile", "sweep", ("backend", "compile"), "Kernels and compilation",
                    "Median latency per backend and torch.compile mode at one shape (the largest n, or "
                    "--seq-len); c: first compiled call (compile_s), m: block-mask build (setup_s), "

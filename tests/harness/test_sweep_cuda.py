@@ -8,7 +8,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from harness import config, executors, measure, sweep, sweep_view
+from harness import calibrate, config, executors, measure, sweep, sweep_view
 from harness.records import read_rows
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -42,6 +42,7 @@ def fake_cuda(monkeypatch):
     env |= {"torch_version": torch.__version__, "threads": 1}
     monkeypatch.setattr(executors.LocalExecutor, "device", lambda self, name: CUDA)
     monkeypatch.setattr(measure, "environment", lambda device: env)
+    monkeypatch.setattr(calibrate, "get", lambda device, dtype, **kw: None)  # no GPU to calibrate
     seen = []
 
     def measure_cell(cell, cfg, device, dtype, env, run_id):

@@ -170,3 +170,26 @@ def test_a_speedup_between_different_sdpa_kernels_is_starred(run_dir):
 def test_no_star_where_every_kernel_matches(sweep):
     assert not sf.speedup_cells(sweep)["kernels_differ"].any()  # the fabricated run: math everywhere
     assert "sdpa kernels" not in tables.speedup_table(sweep).columns
+
+
+def test_roofline_recovers_the_roof_from_the_rows_and_draws_it():
+    """The roof comes back from flops_util and bw_util (reports/ reads CSVs only)."""
+    from reports import roofline
+
+    peak_flops, peak_bw = 2e12, 1e11
+    rows = []
+    for variant, mode, flops_eff, moved, ms in [
+        ("mha", "fwd", 4e9, 4e6, 4.0),
+        ("gqa", "decode", 1e6, 2e6, 0.05),
+    ]:
+        t = ms / 1e3
+        rows.append(dict(run="r", device_name="gpu", dtype="bfloat16", variant=variant, options="", mode=mode,
+                         status="ok", flops_effective=flops_eff, bytes_moved=moved, latency_ms_median=ms,
+                         flops_util=flops_eff / t / peak_flops, bw_util=moved / t / peak_bw, seq_len=128,
+                         n_heads=8, n_kv_heads=2, batch=1))  # fmt: skip
+    points = roofline.roofline_points(pd.DataFrame(rows))
+    assert points["peak_flops"].tolist() == pytest.approx([peak_flops] * 2)
+    assert points["peak_bw"].tolist() == pytest.approx([peak_bw] * 2)
+    fig = roofline.roofline_figure(pd.DataFrame(rows))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "roof: 2 TFLOP/s, 100 GB/s" in labels
