@@ -94,11 +94,10 @@ class CheckConfig:
         for name, low in lows + (("min_sample_s", 0),):
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
-        if not 0 < self.tolerance < 1 or not 0 < self.alpha < 1 or not 0 < self.instructions_tolerance < 1:
-            raise ValueError(
-                f"tolerance={self.tolerance}, alpha={self.alpha} and instructions_tolerance="
-                f"{self.instructions_tolerance} must be in (0, 1)"
-            )
+        if not 0 < self.tolerance < 1 or not 0 < self.alpha < 1:
+            raise ValueError(f"tolerance={self.tolerance} and alpha={self.alpha} must be in (0, 1)")
+        if not 0 < self.instructions_tolerance < 1:
+            raise ValueError(f"instructions_tolerance={self.instructions_tolerance} must be in (0, 1)")
         if self.passes > self.rounds:
             raise ValueError(f"passes={self.passes} must be <= rounds={self.rounds}")
         if stats.smallest_p(self.rounds, self.rounds) >= self.alpha:
