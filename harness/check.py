@@ -18,6 +18,7 @@ definition.
 from __future__ import annotations
 
 import gc
+import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,16 @@ class CheckConfig:
     baseline: str = "tests/bench/baselines/ci-cpu.csv"
     seed: int = 0
     out: str = "results"  # every run writes check.csv, run.json and benchmark.json to <out>/<run_id>/
+    # "time": interleaved ratios to the reference (above). "instructions": each cell's
+    # instruction count under callgrind against a committed count (harness/instructions.py);
+    # deterministic to ~0.03%, so a 1% tolerance holds on a noisy machine.
+    metric: Literal["time", "instructions"] = "time"
+    instructions_calls: int = 5  # counted calls per cell; the median is compared (robust to one odd call)
+    instructions_tolerance: float = 0.01  # a count may grow 1% before it is REGRESSED
+    instructions_baseline: str = "tests/bench/baselines/ci-instructions.csv"
+    # Modules imported before the grid is built, e.g. one that registers a project's own
+    # variant with `@attn_variants.register`; the callgrind child imports them too.
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile"):
@@ -79,11 +90,14 @@ class CheckConfig:
         for name in self.backend:
             av.get_backend(name)  # unknown names raise, listing the valid backends
         lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
+        lows += (("instructions_calls", 1),)
         for name, low in lows + (("min_sample_s", 0),):
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
         if not 0 < self.tolerance < 1 or not 0 < self.alpha < 1:
             raise ValueError(f"tolerance={self.tolerance} and alpha={self.alpha} must be in (0, 1)")
+        if not 0 < self.instructions_tolerance < 1:
+            raise ValueError(f"instructions_tolerance={self.instructions_tolerance} must be in (0, 1)")
         if self.passes > self.rounds:
             raise ValueError(f"passes={self.passes} must be <= rounds={self.rounds}")
         if stats.smallest_p(self.rounds, self.rounds) >= self.alpha:
@@ -124,8 +138,18 @@ def cell_name(cell: Cell) -> str:
     return name if cell.compile == "off" else f"{name} compile={cell.compile}"
 
 
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import each module (it registers variants or patches them); a missing one is a ValueError."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"plugins: cannot import {module!r} ({err})") from None
+
+
 def cells(cfg: CheckConfig) -> list[Cell]:
     """variants x modes x seq_len x (h, g), deduplicated by resolved spec, the reference left out."""
+    import_plugins(cfg.plugins)
     choices = [c for c in parse_variants(cfg.variants) if (c.name, c.options) != (cfg.reference, ())]
     runs = [(c, comp) for c in with_backends(choices, cfg.backend) for comp in cfg.compile]
     runs = [(c, comp) for c, comp in runs if (c.name, c.options, comp) != (cfg.reference, (), "off")]
@@ -204,7 +228,7 @@ def measure_cell(
     """The cell's ratios; a failure becomes status 'error' (or 'unsupported' per the registry)."""
     gc.collect()
     try:
-        step = _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device, cell.compile)
+        step = cell_step(cell, cfg, device)
         key = (cell.mode, cell.batch, cell.seq_len, cell.n_visual, cell.spec.n_heads, cell.spec.dim)
         if key not in references:  # one reference per shape, shared by the variants at that shape
             spec = av.info(cfg.reference).resolve(av.AttnSpec(cell.spec.dim, cell.spec.n_heads))
@@ -227,6 +251,11 @@ def measure_cell(
         return Result(cell, "error", f"{type(err).__name__}: {err}"[:500])
     ratios = tuple(a / b for a, b in zip(times, ref_times, strict=True))
     return Result(cell, "ok", "", ratios, tuple(times), tuple(ref_times))
+
+
+def cell_step(cell: Cell, cfg: CheckConfig, device: torch.device) -> Callable[[], object]:
+    """The step the cell measures (its variant, options, mode and shape), built on `device`."""
+    return _step(cell.choice.name, dict(cell.choice.options), cell.spec, cell, cfg, device, cell.compile)
 
 
 def _step(

@@ -373,13 +373,17 @@ def check_command(
     out: Annotated[
         str | None, typer.Option(help="Output folder; check.csv and benchmark.json go to <out>/<run_id>/.")
     ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="time (ratios to mha) or instructions (counts under callgrind; needs valgrind)."),
+    ] = None,
     update_baseline: Annotated[
         bool, typer.Option("--update-baseline", help="Measure and rewrite the baseline instead of checking.")
     ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's."""
-    from . import check, check_view
+    from . import check, check_view, instructions_view
 
     overrides = dict(
         baseline=baseline,
@@ -391,11 +395,13 @@ def check_command(
         backend=split_csv(backend),
         compile=split_csv(compile),
         out=out,
+        metric=metric,
     )
     settings = config_mod.find(config)
     cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=overrides)
     console, record = Console(width=160), settings.record(profile)
-    raise typer.Exit(check_view.main(cfg, update=update_baseline, console=console, settings=record))
+    view = instructions_view if cfg.metric == "instructions" else check_view
+    raise typer.Exit(view.main(cfg, update=update_baseline, console=console, settings=record))
 
 
 # --- init (issue 14): the built-in defaults as an editable bench.toml -------------------------

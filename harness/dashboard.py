@@ -200,6 +200,23 @@ def check_records(rows: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
     return out
 
 
+def instruction_records(rows: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """One record per counted cell of `check --metric instructions`: every counted call's
+    instruction count (`instructions`), target_value the baseline's count."""
+    out = []
+    for row in rows:
+        if row.get("status", "ok") != "ok":
+            continue
+        context = _context(row, set(INSTRUCTION_VALUES), command="check")
+        target = {"target_value": float(row["baseline"])} if row.get("baseline") else {}
+        extra = {k: row.get(k, "") for k in ("instructions", "spread", "ratio", "verdict")}
+        out.append({**context, "metric": metric("instructions", row["calls"].split(";"), extra, **target)})
+    return out
+
+
+# The instruction-count run's measured columns (harness/instructions_view.py).
+INSTRUCTION_VALUES = ("cell", "instructions", "calls", "spread", "baseline", "ratio", "verdict", "date")
+
 # check.csv's measured columns (harness/baseline.py): metrics above, never benchmark extra_info.
 CHECK_VALUES = (
     "cell", "rounds", "ratio_median", "ratio_p10", "ratio_p90", "variant_ms", "reference_ms",

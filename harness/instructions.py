@@ -1,0 +1,150 @@
+"""`attnbench check --metric instructions`: CPU instruction counts under callgrind.
+
+Time on a shared 2-core machine moves by 15-20% between runs; the number of instructions a
+step executes barely moves (a gqa forward: 0.03% between two runs). PyTorch guards its own CPU
+fast paths the same way (`benchmarks/instruction_counts`, `Timer.collect_callgrind`).
+
+How: ONE valgrind process runs every cell, so valgrind's start-up (loading torch, ~45-70 s) is
+paid once. Collection is off from the start (`--collect-atstart=no`); the child
+(harness/instructions_child.py) switches it on around each counted call with
+`torch._C._valgrind_toggle()` and off with `torch._C._valgrind_toggle_and_dump_stats()`, as
+torch's own wrapper does. Every counted call thus becomes one numbered callgrind dump whose
+`summary:` line is that call's instruction count.
+
+Stable counts, by other means than torch's `CallgrindStats.denoise` (which drops CPython's
+dict/refcount bookkeeping function by function from an annotated per-function profile; we keep
+only totals, so there is nothing to filter):
+- PYTHONHASHSEED=0 and one thread: dict layouts and OpenMP scheduling are the same every run;
+- `gc.collect()` before and the collector disabled during each counted call, so a collection
+  triggered by an allocation count never lands inside one cell's count;
+- `warmup` uncounted calls first (lazy init, allocator and oneDNN caches), then the median of
+  `instructions_calls` separately dumped calls; `spread` ((max - min) / median) is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from . import measure, timing
+from .check import CheckConfig, cell_name, cell_step, cells
+from .sweep import Cell
+
+INSTALL_HINT = (
+    "valgrind is not installed, and --metric instructions counts under callgrind: install it "
+    "(Debian/Ubuntu: `sudo apt-get install valgrind`; Fedora: `sudo dnf install valgrind`; "
+    "macOS has none) or use --metric time"
+)
+CALLGRIND = (
+    "--tool=callgrind",
+    "--collect-atstart=no",  # counted only between the child's toggles
+    "--dump-line=no",  # totals are all we read: smaller dumps, faster runs
+    "--dump-instr=no",
+)
+
+
+@dataclass(frozen=True)
+class Count:
+    """One cell of an instruction-count run: the count of each counted call, or why none."""
+
+    cell: Cell
+    status: Literal["ok", "unsupported", "error"]
+    error: str = ""
+    calls: tuple[int, ...] = ()  # instructions of each separately dumped call
+    sdpa_backend: str = ""  # the SDPA kernel the cell's step ran (a baseline is per kernel)
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.cell)
+
+    @property
+    def instructions(self) -> int:
+        """The median count of the counted calls."""
+        return int(statistics.median(self.calls))
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median over the counted calls: how repeatable this cell's count is."""
+        return (max(self.calls) - min(self.calls)) / max(self.instructions, 1)
+
+
+def valgrind() -> str:
+    """The valgrind executable; its absence is a ValueError (exit 2) saying how to install it."""
+    exe = shutil.which("valgrind")
+    if exe is None:
+        raise ValueError(INSTALL_HINT)
+    return exe
+
+
+def valgrind_version(exe: str) -> str:
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+def measure_all(cfg: CheckConfig, *, log: Path | None = None) -> tuple[list[Count], dict[str, str]]:
+    """Count every cell of `cfg` in one valgrind process; the counts and the run's environment
+    (torch version, CPU ISA as torch sees it under valgrind, Python, valgrind)."""
+    exe, todo = valgrind(), cells(cfg)
+    with tempfile.TemporaryDirectory(prefix="attnbench-callgrind-") as tmp:
+        plan, out = Path(tmp, "plan.json"), Path(tmp, "counts.jsonl")
+        plan.write_text(json.dumps(asdict(cfg)))
+        proc = _run_child(exe, plan, out, Path(tmp), log)
+        lines = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
+        if not lines:
+            raise RuntimeError(f"the callgrind run failed (exit {proc.returncode}): {proc.stderr[-800:]}")
+        header, records = lines[0], lines[1:]
+        dumps = read_dumps(Path(tmp), header["pid"])
+    counts = [_count(cell, rec, dumps, cfg) for cell, rec in zip(todo, records, strict=False)]
+    counts += [Count(c, "error", "the callgrind run stopped before this cell") for c in todo[len(counts) :]]
+    env = {k: str(v) for k, v in header.items() if k != "pid"}
+    return counts, {**env, "valgrind_version": valgrind_version(exe)}
+
+
+def _run_child(exe: str, plan: Path, out: Path, tmp: Path, log: Path | None) -> subprocess.CompletedProcess:
+    cmd = [exe, *CALLGRIND, f"--callgrind-out-file={tmp}/cg.%p", sys.executable]
+    cmd += ["-m", "harness.instructions_child", str(plan), str(out)]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if log is not None:
+        log.write_text(proc.stdout + proc.stderr)
+    return proc
+
+
+def read_dumps(folder: Path, pid: int) -> dict[int, int]:
+    """Dump number -> instructions, from callgrind's `cg.<pid>.<n>` files (their `summary:` line)."""
+    found = {}
+    for path in folder.glob(f"cg.{pid}.*"):
+        number = path.name.rsplit(".", 1)[1]
+        match = re.search(r"^summary:\s*(\d+)", path.read_text(), re.M)
+        if number.isdigit() and match:
+            found[int(number)] = int(match.group(1))
+    return found
+
+
+def _count(cell: Cell, rec: dict, dumps: dict[int, int], cfg: CheckConfig) -> Count:
+    if rec["status"] != "ok":
+        return Count(cell, rec["status"], rec["error"])
+    missing = [d for d in rec["dumps"] if d not in dumps]
+    if missing:
+        return Count(cell, "error", f"callgrind dumps {missing} were not written")
+    return Count(cell, "ok", "", tuple(dumps[d] for d in rec["dumps"]), kernel(cell, cfg))
+
+
+def kernel(cell: Cell, cfg: CheckConfig) -> str:
+    """The SDPA kernel the cell's step runs, from one profiled call here, outside valgrind (the
+    profiler is slow under it; the CPU dispatch between flash_cpu and math does not depend on
+    the instruction set valgrind emulates)."""
+    with timing.threads(1):
+        step = cell_step(cell, cfg, torch.device("cpu"))
+        return measure.probe(step, torch.device("cpu")).sdpa_backend
