@@ -92,33 +92,45 @@ def valgrind_version(exe: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def measure_all(cfg: CheckConfig, *, log: Path | None = None) -> tuple[list[Count], dict[str, str]]:
-    """Count every cell of `cfg` in one valgrind process; the counts and the run's environment
-    (torch version, CPU ISA as torch sees it under valgrind, Python, valgrind)."""
+def measure_all(cfg: CheckConfig) -> tuple[list[Count], dict[str, str]]:
+    """Count every cell of `cfg` in `instructions_jobs` valgrind processes side by side (valgrind
+    runs on one core; a count does not depend on its neighbour); the counts, in `cells(cfg)`
+    order, and the run's environment (torch, CPU ISA as torch sees it under valgrind, Python)."""
     exe, todo = valgrind(), cells(cfg)
+    jobs = max(1, min(cfg.instructions_jobs, len(todo)))
     with tempfile.TemporaryDirectory(prefix="attnbench-callgrind-") as tmp:
-        plan, out = Path(tmp, "plan.json"), Path(tmp, "counts.jsonl")
+        plan = Path(tmp, "plan.json")
         plan.write_text(json.dumps(asdict(cfg)))
-        proc = _run_child(exe, plan, out, Path(tmp), log)
-        lines = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
-        if not lines:
-            raise RuntimeError(f"the callgrind run failed (exit {proc.returncode}): {proc.stderr[-800:]}")
-        header, records = lines[0], lines[1:]
-        dumps = read_dumps(Path(tmp), header["pid"])
-    counts = [_count(cell, rec, dumps, cfg) for cell, rec in zip(todo, records, strict=False)]
-    counts += [Count(c, "error", "the callgrind run stopped before this cell") for c in todo[len(counts) :]]
-    env = {k: str(v) for k, v in header.items() if k != "pid"}
+        folders = [Path(tmp, f"job{j}") for j in range(jobs)]
+        procs = [_start_child(exe, plan, folder, j, jobs) for j, folder in enumerate(folders)]
+        done = [_finish(proc, folder) for proc, folder in zip(procs, folders, strict=True)]
+    counted = {}
+    for j, (_, records, dumps) in enumerate(done):
+        for cell, rec in zip(todo[j::jobs], records, strict=False):
+            counted[cell.key()] = _count(cell, rec, dumps, cfg)
+    stopped = "the callgrind run stopped before this cell"
+    counts = [counted.get(c.key(), Count(c, "error", stopped)) for c in todo]
+    env = {k: str(v) for k, v in done[0][0].items() if k != "pid"}
     return counts, {**env, "valgrind_version": valgrind_version(exe)}
 
 
-def _run_child(exe: str, plan: Path, out: Path, tmp: Path, log: Path | None) -> subprocess.CompletedProcess:
-    cmd = [exe, *CALLGRIND, f"--callgrind-out-file={tmp}/cg.%p", sys.executable]
-    cmd += ["-m", "harness.instructions_child", str(plan), str(out)]
+def _start_child(exe: str, plan: Path, folder: Path, job: int, jobs: int) -> subprocess.Popen:
+    """`python -m harness.instructions_child` under callgrind, counting cells job, job + jobs, ..."""
+    folder.mkdir()
+    cmd = [exe, *CALLGRIND, f"--callgrind-out-file={folder}/cg.%p", sys.executable]
+    cmd += ["-m", "harness.instructions_child", str(plan), str(folder / "counts.jsonl"), str(job), str(jobs)]
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if log is not None:
-        log.write_text(proc.stdout + proc.stderr)
-    return proc
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, folder: Path) -> tuple[dict, list[dict], dict[int, int]]:
+    """Wait for one child: its header, its per-cell records and its dumps' counts."""
+    log, _ = proc.communicate()
+    out = folder / "counts.jsonl"
+    lines = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
+    if not lines:
+        raise RuntimeError(f"the callgrind run failed (exit {proc.returncode}): {log[-800:]}")
+    return lines[0], lines[1:], read_dumps(folder, lines[0]["pid"])
 
 
 def read_dumps(folder: Path, pid: int) -> dict[int, int]:
@@ -138,7 +150,8 @@ def _count(cell: Cell, rec: dict, dumps: dict[int, int], cfg: CheckConfig) -> Co
     missing = [d for d in rec["dumps"] if d not in dumps]
     if missing:
         return Count(cell, "error", f"callgrind dumps {missing} were not written")
-    return Count(cell, "ok", "", tuple(dumps[d] for d in rec["dumps"]), kernel(cell, cfg))
+    per_step = tuple(round(dumps[d] / rec["steps"]) for d in rec["dumps"])
+    return Count(cell, "ok", "", per_step, kernel(cell, cfg))
 
 
 def kernel(cell: Cell, cfg: CheckConfig) -> str:
