@@ -64,6 +64,9 @@ def main(
     if note:
         console.print(f"[yellow]{escape(note)}[/]")
     console.print(footer(df))
+    roof = roof_note(df)
+    if roof:
+        console.print(f"[yellow]{escape(roof)}[/]")
     if report:
         draw_report(run_dir, console)
     console.print(f"CSV: {df.attrs['csv']}")
@@ -133,6 +136,21 @@ def kernel_note(df: pd.DataFrame, reference: str) -> str:
     return (
         f"* that speedup compares kernels, not variants: sdpa_backend differs from {reference}'s "
         f"at the same shape in {len(odd)} row(s): {', '.join(parts)}"
+    )
+
+
+def roof_note(df: pd.DataFrame, slack: float = 1.2) -> str:
+    """A warning when rows beat the calibrated peaks by more than noise: the cached calibration
+    (harness/calibrate.py) was then measured low, e.g. on a loaded machine, and every
+    `flops_util`/`bw_util` of the run is inflated by the same factor."""
+    worst = {c: pd.to_numeric(df.get(c), errors="coerce").max() for c in ("flops_util", "bw_util")}
+    over = {c: v for c, v in worst.items() if v == v and v > slack}  # v == v: not NaN
+    if not over:
+        return ""
+    shown = ", ".join(f"{c} up to {v:.2f}" for c, v in over.items())
+    return (
+        f"rows exceed the calibrated peaks ({shown}): the cached calibration is too low (measured "
+        "under load?); run `attnbench calibrate --refresh` on a quiet machine, then sweep again"
     )
 
 

@@ -256,3 +256,18 @@ def test_row_has_the_new_columns():
 def test_choice_label_still_works():  # the sweep view labels rows the same way
     assert VariantChoice("gqa").label(2) == "gqa_g2"
     assert flops.AttentionCall(1, 1, 4, 4, 1, True, False).pairs() == 10
+
+
+def test_rows_above_the_calibrated_roof_are_flagged():
+    """A calibration cached from a loaded machine is too low: every utilisation of the run is
+    inflated by the same factor, and the sweep's summary says so instead of plotting points
+    above the roof silently."""
+    import pandas as pd
+
+    from harness.sweep_view import roof_note
+
+    high = pd.DataFrame({"flops_util": [0.5, 4.5], "bw_util": [0.1, 0.2]})
+    assert "flops_util up to 4.50" in roof_note(high)
+    assert "calibrate --refresh" in roof_note(pd.DataFrame({"flops_util": [0.5], "bw_util": [1.3]}))
+    assert roof_note(pd.DataFrame({"flops_util": [0.5, 1.1], "bw_util": [0.1, None]})) == ""
+    assert roof_note(pd.DataFrame({"status": ["oom"]})) == ""
