@@ -138,7 +138,7 @@ def build_base(base, variant: str, mode: str, seq_len: int, seed: int = 0):
     torch.manual_seed(seed)
     module = base.create(variant, base.AttnSpec(D, H, G))
     x = torch.randn(B, seq_len, D, generator=gen)
-    return STEPS[mode](module, x, 0, gen)
+    return STEPS[mode](module, module, x, {"n_visual": 0}, gen)  # (module, run, x, layout_kw, gen)
 
 
 def report(samples: dict[str, list[float]], name: str, reference: str, op: str, goal: float | None) -> None:
