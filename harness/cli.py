@@ -52,6 +52,13 @@ def _root(
     """Benchmark and ablate attention variants: latency, memory, FLOPs and accuracy."""
 
 
+# Options that sweep and check share: the grid's kernel, compile and mode axes.
+BackendOption = Annotated[str | None, typer.Option(help=f"Kernels: {', '.join(av.BACKENDS)}.")]
+CompileOption = Annotated[
+    str | None, typer.Option(help="torch.compile modes (fullgraph): off, default, max-autotune.")
+]
+ModesOption = Annotated[str | None, typer.Option(help=f"Modes: {', '.join(av.MODES)}.")]
+
 # Every command that reads settings takes this option (harness/config.py `find`).
 ConfigOption = Annotated[
     Path | None,
@@ -144,14 +151,9 @@ def sweep_command(
     kv_heads: Annotated[
         str | None, typer.Option(help="KV head counts g (pairs with h % g != 0 are skipped).")
     ] = None,
-    modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(help="Kernels: sdpa, sdpa_flash, sdpa_efficient, sdpa_cudnn, sdpa_math, eager, flex."),
-    ] = None,
-    compile: Annotated[
-        str | None, typer.Option(help="torch.compile modes (fullgraph): off, default, max-autotune.")
-    ] = None,
+    modes: ModesOption = None,
+    backend: BackendOption = None,
+    compile: CompileOption = None,
     batch: Annotated[int | None, typer.Option(help="Batch size b.")] = None,
     head_dim: Annotated[int | None, typer.Option(help="Head dim e (d = h * e).")] = None,
     dtype: Annotated[
@@ -362,14 +364,9 @@ def check_command(
     variants: Annotated[
         str | None, typer.Option(help="Comma-separated names, 'all', or name:key=value (not the reference).")
     ] = None,
-    modes: Annotated[str | None, typer.Option(help="Modes: fwd, fwd_bwd, decode.")] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(help="Kernels: sdpa, sdpa_flash, sdpa_efficient, sdpa_cudnn, sdpa_math, eager, flex."),
-    ] = None,
-    compile: Annotated[
-        str | None, typer.Option(help="torch.compile modes (fullgraph): off, default, max-autotune.")
-    ] = None,
+    modes: ModesOption = None,
+    backend: BackendOption = None,
+    compile: CompileOption = None,
     out: Annotated[
         str | None, typer.Option(help="Output folder; check.csv and benchmark.json go to <out>/<run_id>/.")
     ] = None,

@@ -23,6 +23,7 @@ from rich.table import Table
 from . import baseline as time_baseline
 from . import check, dashboard, instructions, measure
 from .check import CheckConfig
+from .check_view import STYLE
 from .instructions import Count
 from .records import write_run_json
 from .sweep import new_run_dir, row_key
@@ -32,7 +33,6 @@ ENVIRONMENT = ("torch_version", "python_version", "cpu_capability")  # refused a
 INFO = ("valgrind_version", "device_name", "git_commit", "host", "date")  # recorded, not compared
 COLUMNS = ("cell", *KEY, "compile", "instructions", "calls", "spread", "sdpa_backend", *ENVIRONMENT, *INFO)
 RESULT_EXTRA = ("status", "error", "baseline", "ratio", "verdict")  # instructions.csv of every run
-STYLE = {"ok": "green", "REGRESSED": "bold red", "improved": "cyan", "new": "yellow"}
 
 
 def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | None = None) -> int:

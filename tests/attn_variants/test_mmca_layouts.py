@@ -9,17 +9,7 @@ from torch.testing import assert_close
 import attn_variants as av
 from attn_variants import modality as layout
 from attn_variants.mmca import reference
-
-VISUAL = ["self", "full"]
-
-
-def make(spec, visual_attention="self", backend="sdpa", name="mmca"):
-    opts = {"visual_attention": visual_attention} if name == "mmca" else {}
-    return av.create(name, spec, backend=backend, **opts).to(torch.float64)
-
-
-def x_of(b, n, d=64):
-    return torch.randn(b, n, d, dtype=torch.float64)
+from tests.attn_variants.test_mmca import VISUAL, make, x_of
 
 
 def segments(*parts):
