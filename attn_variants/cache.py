@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 
@@ -141,9 +140,3 @@ class KVCache:
     def fields(self) -> dict[str, tuple[int, ...]]:
         """Each field's live shape, e.g. {"k": (b, g, s, e), "v": (b, g, s, e)}."""
         return {name: tuple(f.live().shape) for name, f in self._fields.items()}
-
-    @staticmethod
-    def bytes_for(batch: int, n_kv_heads: int, seq_len: int, head_dim: int, dtype: torch.dtype) -> int:
-        """The analytic K/V cache size 2*b*g*n*e*itemsize, for a cache not yet built."""
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return 2 * batch * n_kv_heads * seq_len * head_dim * itemsize
