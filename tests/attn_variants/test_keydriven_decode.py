@@ -135,7 +135,9 @@ def test_statistics_stay_float64_and_are_counted_in_nbytes():
         module(torch.randn(2, 9, 64, dtype=torch.bfloat16), cache=cache)
     stats = cache.get(kdd.KEY_STATS)
     assert stats.dtype == torch.float64 and stats.shape == (2, 4, 9)
-    assert cache.nbytes == av.KVCache.bytes_for(2, 4, 9, 8, torch.bfloat16) + 2 * 4 * 9 * 8
+    kv_bytes = av.info("kdgqa").kv_cache_bytes(av.AttnSpec(64, 8, 4), {}, 2, 9, torch.bfloat16)
+    assert kv_bytes == 2 * 2 * 4 * 9 * 8 * 2  # K and V, (b, g, s, e), bf16
+    assert cache.nbytes == kv_bytes + 2 * 4 * 9 * 8  # plus the float64 statistics (b, g, s)
 
 
 @pytest.mark.parametrize("name, opts", VARIANTS)
