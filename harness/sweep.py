@@ -347,7 +347,7 @@ def measure_cell(
         status, error, fields = "skipped_memory", str(err), {"peak_mem_estimate_bytes": err.estimate}
     except Exception as err:  # noqa: BLE001 (any failure is recorded, the sweep goes on)
         status = _failure_status(err)
-        error, fields = f"{type(err).__name__}: {err}"[:500], {}
+        error, fields = error_text(err), {}
     if status in ("oom", "error"):  # the exception (now gone) held the cell's tensors: free them
         gc.collect()
         if device.type == "cuda":
@@ -372,7 +372,17 @@ def _measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) 
 
 def failed_row(cell: Cell, err: BaseException, env: dict, run_id: str) -> Row:
     """The row of a cell whose worker died or raised outside the measurement (status error)."""
-    return _row(cell, {**env, "host": ""}, run_id, "error", f"{type(err).__name__}: {err}"[:500])
+    return _row(cell, {**env, "host": ""}, run_id, "error", error_text(err))
+
+
+def error_text(err: BaseException, limit: int = 500) -> str:
+    """`Type: message`, cut at `limit` characters. A Ray task error is named by the exception
+    the worker raised (its `cause`): Ray's own wrapper starts with a header (colours, pid, actor
+    id, the remote traceback) that fills the limit before the message, and its length depends on
+    the checkout's path."""
+    cause = getattr(err, "cause", None)
+    err = cause if isinstance(cause, BaseException) else err
+    return f"{type(err).__name__}: {err}"[:limit]
 
 
 def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: Any) -> Row:
