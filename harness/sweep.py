@@ -270,9 +270,11 @@ def run(
     done = {row_key(r) for r in read_rows(csv_path)}
     todo = [c for c in cells if c.key() not in done]
     with timing.threads(cfg.threads):
-        # The roof of the roofline, before the clock starts (cached: measured once per machine,
-        # dtype and thread count). Ray workers calibrate their own device in their first cell.
+        # Before the clock starts: the roof of the roofline (cached: measured once per machine,
+        # dtype and thread count) and the tools' one-off imports. Ray workers pay both in their
+        # first cell.
         peaks = calibrate.get(device, cfg.dtype) if cfg.executor == "local" else None
+        startup = measure.warm_up_tools(device) if cfg.executor == "local" else 0.0
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
         env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
@@ -300,6 +302,7 @@ def run(
         measured=len(todo),
         wall_s=time.perf_counter() - t0,
         timed_s=timed,
+        startup_s=startup,
     )
     return df
 

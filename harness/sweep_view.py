@@ -164,8 +164,10 @@ def footer(df: pd.DataFrame) -> str:
     wall, timed = df.attrs.get("wall_s", 0.0), df.attrs.get("timed_s", 0.0)
     if wall > 0 and df.attrs.get("measured"):
         overhead = 1 - timed / wall
+        startup = df.attrs.get("startup_s", 0.0)
         lines.append(
             f"measured {df.attrs['measured']} cell(s) in {wall:.1f} s; timed repeats {timed:.1f} s, "
-            f"harness overhead (build, FLOP and memory passes, warm-up, CSV) {overhead:.0%}"
+            f"harness overhead (build, FLOP and memory passes, warm-up, CSV) {overhead:.1%}; "
+            f"before that, {startup:.1f} s of one-off tool start-up (imports)"
         )
     return "\n".join(lines)

@@ -155,7 +155,8 @@ def test_sweep_probes_fwd_bwd_after_dropping_the_last_gradients(tmp_path, monkey
 
     monkeypatch.setattr(measure, "probe", probe)
     sweep.run(_cfg(tmp_path, modes=("fwd_bwd",), seq_len=(16,), reference="none"))
-    assert len(seen) == 1 and seen[0] is not None
+    assert len(seen) == 2 and seen[0] is None  # the tools' warm-up before the clock (no step to reset)
+    assert seen[1] is not None  # the cell's probe
     w = workload.build("gqa", av.AttnSpec(dim=64, n_heads=4, n_kv_heads=2), "fwd_bwd", batch=1, seq_len=8)
     x_grad = w.step()
     assert x_grad is not None and all(p.grad is not None for p in w.module.parameters())

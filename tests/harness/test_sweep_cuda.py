@@ -43,6 +43,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(executors.LocalExecutor, "device", lambda self, name: CUDA)
     monkeypatch.setattr(measure, "environment", lambda device: env)
     monkeypatch.setattr(calibrate, "get", lambda device, dtype, **kw: None)  # no GPU to calibrate
+    monkeypatch.setattr(measure, "warm_up_tools", lambda device: 0.0)  # nor to profile
     seen = []
 
     def measure_cell(cell, cfg, device, dtype, env, run_id):

@@ -65,6 +65,17 @@ def test_sdpa_backend_from_op_names():
     assert measure.sdpa_backend(["aten::bmm", "aten::softmax"]) == "none"
     w = workload.build("gqa", av.AttnSpec(32, 4, 2), "fwd", batch=1, seq_len=8, options={"backend": "eager"})
     assert measure.probe(w.step, CPU).sdpa_backend == "none"
+    w = workload.build("gqa", av.AttnSpec(32, 4, 2), "fwd", batch=1, seq_len=8, options={"backend": "sdpa_math"})
+    assert measure.probe(w.step, CPU).sdpa_backend == "math"  # read from the profiler's raw events
+
+
+def test_the_summary_footer_splits_overhead_from_one_off_start_up(tmp_path):
+    from harness.sweep_view import footer
+
+    df = sweep.run(tiny_config(tmp_path, variants=("gqa",), kv_heads=(2,)))
+    assert df.attrs["startup_s"] > 0 and df.attrs["wall_s"] > df.attrs["timed_s"] > 0
+    line = footer(df)
+    assert "harness overhead" in line and f"{df.attrs['startup_s']:.1f} s of one-off tool start-up" in line
 
 
 def test_run_returns_the_csv_as_a_frame_with_speedups(tmp_path):
