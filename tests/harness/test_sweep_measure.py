@@ -65,7 +65,8 @@ def test_sdpa_backend_from_op_names():
     assert measure.sdpa_backend(["aten::bmm", "aten::softmax"]) == "none"
     w = workload.build("gqa", av.AttnSpec(32, 4, 2), "fwd", batch=1, seq_len=8, options={"backend": "eager"})
     assert measure.probe(w.step, CPU).sdpa_backend == "none"
-    w = workload.build("gqa", av.AttnSpec(32, 4, 2), "fwd", batch=1, seq_len=8, options={"backend": "sdpa_math"})
+    math = {"backend": "sdpa_math"}
+    w = workload.build("gqa", av.AttnSpec(32, 4, 2), "fwd", batch=1, seq_len=8, options=math)
     assert measure.probe(w.step, CPU).sdpa_backend == "math"  # read from the profiler's raw events
 
 
