@@ -7,6 +7,16 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_cache(tmp_path_factory):
+    """Sweeps calibrate the machine's roof (harness/calibrate.py) into a cache of the session's
+    own: the user's ~/.cache/attnbench is not the tests' to write, and a roof measured while the
+    suite loads both cores would be cached too low for the user's next sweep."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("attnbench-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     """Seed, and one intra-op thread: the tests' shapes are tiny, and on a shared 2-core machine

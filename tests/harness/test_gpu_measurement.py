@@ -4,6 +4,7 @@ skipped_memory and oom rows, gradients in the fwd_bwd peak, the timing column, c
 from __future__ import annotations
 
 import weakref
+from dataclasses import asdict, replace
 
 import pandas as pd
 import pytest
@@ -272,3 +273,24 @@ def test_rows_above_the_calibrated_roof_are_flagged():
     assert "calibrate --refresh" in roof_note(pd.DataFrame({"flops_util": [0.5], "bw_util": [1.3]}))
     assert roof_note(pd.DataFrame({"flops_util": [0.5, 1.1], "bw_util": [0.1, None]})) == ""
     assert roof_note(pd.DataFrame({"status": ["oom"]})) == ""
+
+
+def _calibration(peak_flops, peak_bytes_per_s, load_avg):
+    args = ("cpu-x", "float32", 1, peak_flops, peak_bytes_per_s, 4, 8, "2.13", "now", load_avg)
+    return calibrate.Calibration(*args)
+
+
+@pytest.mark.parametrize(
+    ("cached_load", "now", "retaken"), [(6.0, 1.0, True), (1.5, 1.0, False), (-1.0, 0.0, False)]
+)
+def test_a_calibration_taken_under_load_is_retaken_when_quieter(monkeypatch, cached_load, now, retaken):
+    """Busier than now by a core or more: measured again, each peak the better of the two."""
+    old, new = _calibration(1e9, 5e10, cached_load), _calibration(4e9, 3e10, now)
+    monkeypatch.setattr(calibrate, "measure_peaks", lambda *args: new)
+    monkeypatch.setattr(calibrate, "load_avg", lambda: now)
+    monkeypatch.setattr(calibrate, "_read", lambda path: {calibrate.key("cpu-x", "float32", 1): asdict(old)})
+    monkeypatch.setattr(calibrate.measure, "host_environment", lambda device: {"device_name": "cpu-x"})
+    monkeypatch.setattr(calibrate.torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(calibrate, "_SEEN", {})  # nothing from this process's earlier calls
+    got = calibrate.get(torch.device("cpu"), "float32")
+    assert got == (replace(new, peak_flops=4e9, peak_bytes_per_s=5e10) if retaken else old)
