@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from .check import CheckConfig, Result
+from .grid import row_key
 from .stats import Decision
-from .sweep import row_key
 from .timing import summarize
 
-KEY = (  # `Cell.key()`, as sweep.row_key reads it
+KEY = (  # `Cell.key()`, as grid.row_key reads it
     "variant", "options", "mode", "batch", "seq_len", "n_visual", "n_heads", "n_kv_heads", "head_dim",
     "dtype",
 )  # fmt: skip

@@ -31,8 +31,9 @@ from attn_variants.backends import is_unavailable
 from attn_variants.registry import Mode
 
 from . import compare, measure, stats, timing, workload
+from .grid import Cell, cell_at
 from .records import check_writable
-from .sweep import Cell, CompileMode, cell_at
+from .sweep import CompileMode
 from .variant_choice import VariantChoice, check_builds, parse_variants, with_backends
 
 

@@ -17,9 +17,10 @@ from rich.table import Table
 from . import baseline as baseline_mod
 from . import check, dashboard, measure
 from .check import CheckConfig, Result
+from .grid import row_key
 from .records import write_run_json
 from .stats import Decision
-from .sweep import new_run_dir, row_key
+from .sweep import new_run_dir
 from .timing import summarize
 
 STYLE = {"ok": "green", "REGRESSED": "bold red", "improved": "cyan", "new": "yellow"}

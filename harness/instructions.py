@@ -39,7 +39,7 @@ import torch
 
 from . import measure, timing
 from .check import CheckConfig, cell_name, cell_step, cells
-from .sweep import Cell
+from .grid import Cell
 
 INSTALL_HINT = (
     "valgrind is not installed, and --metric instructions counts under callgrind: install it "

@@ -24,9 +24,10 @@ from . import baseline as time_baseline
 from . import check, dashboard, instructions, measure
 from .check import CheckConfig
 from .check_view import STYLE
+from .grid import row_key
 from .instructions import Count
 from .records import write_run_json
-from .sweep import new_run_dir, row_key
+from .sweep import new_run_dir
 
 KEY = time_baseline.KEY  # the cell's key columns, as in the time baseline
 ENVIRONMENT = ("torch_version", "python_version", "cpu_capability")  # refused across

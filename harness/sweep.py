@@ -5,29 +5,23 @@ Python API (the CLI is a thin layer over it):
     cfg = harness.config.load(SweepConfig, "sweep", profile="quick")
     df = harness.sweep.run(cfg)          # pandas.DataFrame, also <out>/<run_id>/sweep.csv
 
-The grid is variants x backend x compile x modes x seq_len x n_heads x n_kv_heads. Cells are
-deduplicated by the spec each variant resolves to (mha and mqa fix g), pairs with h % g != 0
-or g > h are skipped and counted, and the cells of one shape run back to back so that a
-variant and its mha reference see the same machine state. Each cell: build (with `compile`:
-one eager call, which builds flex's block masks, `setup_s`, then the first compiled call,
-`compile_s`), FLOPs of the uncompiled step counted on the meta device (harness/flops.py), on
-CUDA a peak estimate over fake tensors first (too big: a skipped_memory row), `warmup` calls,
-one profiled call (memory, SDPA backend), then `repeats` timed calls (timing.method_name);
-graphs compiled during them are counted (`recompiles`) and named in `error`.
-A failing cell becomes a row with its status; Ctrl-C keeps the rows written so far.
+This module runs a sweep: the config, the checks before any cell runs, the run folder
+(run.json, sweep.csv, benchmark.json), resuming, and the speedup against the reference. The
+cells are harness/grid.py's; each is measured by harness/sweep_cell.py, on the executor the
+config names (executors.py). A failing cell becomes a row with its status; Ctrl-C keeps the
+rows written so far.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -35,14 +29,13 @@ import pandas as pd
 import torch
 
 import attn_variants as av
-from attn_variants.backends import is_unavailable
-from attn_variants.flex import MASKS
 from attn_variants.registry import Mode
 
-from . import calibrate, dashboard, executors, flops, measure, timing, workload
+from . import calibrate, dashboard, executors, measure, sweep_cell, timing, workload
 from . import config as config_mod
+from .grid import Cell, grid, row_key
 from .records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
-from .variant_choice import VariantChoice, check_builds, parse_one, parse_variants, with_backends
+from .variant_choice import check_builds
 
 TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile")
 CompileMode = Literal["off", "default", "max-autotune"]
@@ -124,94 +117,6 @@ class SweepConfig:
             raise ValueError(f"layout={self.layout!r} is not one of {list(workload.LAYOUTS)}")
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid: a variant (with options) at one resolved shape and mode."""
-
-    choice: VariantChoice
-    mode: str
-    batch: int
-    seq_len: int
-    n_visual: int
-    spec: av.AttnSpec  # after the variant's preset
-    dtype: str
-    layout: str = "prefix"  # where the n_visual image tokens sit (multimodal variants)
-    n_images: int = 0  # images in the sequence: 1 for prefix with n_visual > 0
-    compile: str = "off"
-
-    def key(self) -> tuple[str, ...]:
-        s = self.spec
-        values = (self.choice.name, self.choice.options_text, self.mode, self.batch, self.seq_len)
-        key = (*values, self.n_visual, s.n_heads, s.n_kv_heads, s.head_dim, self.dtype)
-        # The prefix layout and compile "off" keep the old key, so existing CSVs and the check
-        # baseline still match.
-        key = key if self.layout == "prefix" else (*key, self.layout, self.n_images)
-        return tuple(map(str, key if self.compile == "off" else (*key, f"compile={self.compile}")))
-
-    @property
-    def backend(self) -> str:
-        """The kernel this cell asks for: its `backend` option, or the registry default."""
-        return dict(self.choice.options).get("backend", av.info(self.choice.name).options["backend"])
-
-
-def row_key(row: dict[str, str]) -> tuple[str, ...]:
-    """The `Cell.key` of a row read back from a CSV (resume)."""
-    names = ("variant", "options", "mode", "batch", "seq_len", "n_visual", "n_heads", "n_kv_heads")
-    key = tuple(str(row[k]) for k in (*names, "head_dim", "dtype"))
-    layout = row.get("layout")
-    layout = layout if isinstance(layout, str) and layout else "prefix"  # older CSVs: prefix
-    key = key if layout == "prefix" else (*key, layout, str(row["n_images"]))
-    compile = row.get("compile")
-    compile = compile if isinstance(compile, str) and compile else "off"  # older CSVs: off
-    return key if compile == "off" else (*key, f"compile={compile}")
-
-
-def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
-    """The cells to run, and the (n_heads, n_kv_heads) pairs skipped as invalid."""
-    choices = with_backends(parse_variants(cfg.variants), cfg.backend)
-    runs = [(c, comp) for c in choices for comp in cfg.compile]
-    if cfg.reference != "none":
-        runs.insert(0, (parse_one(cfg.reference), "off"))  # the speedup baseline: sdpa, eager
-    pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads]
-    skipped = [(h, g) for h, g in pairs if g > h or h % g]
-    cells: dict[tuple[str, ...], Cell] = {}
-    for mode in cfg.modes:
-        for n in cfg.seq_len:
-            for h, g in (p for p in pairs if p not in skipped):
-                for choice, comp in runs:
-                    cell = cell_at(choice, mode, n, h, g, cfg, comp)
-                    cells.setdefault(cell.key(), cell)
-    if not cells:
-        raise ValueError(
-            f"empty grid: no valid (n_heads, n_kv_heads) pair in heads={cfg.heads}, "
-            f"kv_heads={cfg.kv_heads} (n_heads must be divisible by n_kv_heads)"
-        )
-    return _by_shape(cells.values()), skipped
-
-
-def cell_at(
-    choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig | Any, compile: str = "off"
-) -> Cell:
-    """The cell of `choice` at (mode, n, h, g): the variant's preset resolves g, multimodal
-    variants get round(visual_frac * n) visual tokens. `cfg` gives batch, head_dim, dtype and
-    visual_frac (a SweepConfig, or the check's CheckConfig, which has the same fields; the
-    check has no `layout`, so its cells are prefix). Multimodal cells of the interleaved
-    layout hold `images` images."""
-    entry = av.info(choice.name)
-    spec = entry.resolve(av.AttnSpec(dim=h * cfg.head_dim, n_heads=h, n_kv_heads=g))
-    n_visual = round(cfg.visual_frac * n) if entry.multimodal else 0
-    cell_layout = getattr(cfg, "layout", "prefix") if n_visual else "prefix"
-    images = getattr(cfg, "images", 1) if cell_layout == "interleaved" else int(n_visual > 0)
-    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype, cell_layout, images, compile)
-
-
-def _by_shape(cells: Iterable[Cell]) -> list[Cell]:
-    """Group the cells of one (mode, n, h) together, in grid order (stable)."""
-    cells = list(cells)
-    shapes = list(dict.fromkeys((c.mode, c.seq_len, c.spec.n_heads) for c in cells))
-    return sorted(cells, key=lambda c: shapes.index((c.mode, c.seq_len, c.spec.n_heads)))
-
-
 class Observer(Protocol):
     """Progress hooks (the CLI's rich progress bar)."""
 
@@ -282,12 +187,13 @@ def run(
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
         task = functools.partial(
-            _measure_on_host if cfg.executor == "ray" else measure_cell,
+            sweep_cell.measure_on_host if cfg.executor == "ray" else sweep_cell.measure_cell,
             cfg=cfg, device=device, dtype=dtype_ok, env=env, run_id=run_dir.name,
         )  # fmt: skip
         with CsvSink(csv_path) as sink:
             for cell, result in pool.map(task, todo, device=device):
-                row = result if isinstance(result, Row) else failed_row(cell, result, env, run_dir.name)
+                failed = not isinstance(result, Row)  # the worker died or raised outside the cell
+                row = sweep_cell.failed_row(cell, result, env, run_dir.name) if failed else result
                 sink.write(row)
                 timed += row.timed_s or 0.0
                 if observer:
@@ -333,202 +239,6 @@ def _write_run_json(
     calibration = dataclasses.asdict(peaks) if peaks is not None else None
     pairs = [list(p) for p in skipped]
     write_run_json(run_dir, cfg, env, cells, skipped_pairs=pairs, settings=settings, calibration=calibration)
-
-
-def measure_cell(
-    cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype, env: dict, run_id: str
-) -> Row:
-    """One row: the cell measured, or its failure as status and error (the sweep goes on)."""
-    start = time.perf_counter()
-    MASKS.clear()  # each cell builds, and times, its own block masks
-    try:
-        fields = _measure(cell, cfg, device, dtype)
-        status, error = "ok", fields.pop("error")  # ok, maybe with a note (recompiles)
-    except workload.UnsupportedMode as err:
-        status, error, fields = "unsupported", str(err), {}
-    except measure.MemorySkip as err:
-        status, error, fields = "skipped_memory", str(err), {"peak_mem_estimate_bytes": err.estimate}
-    except Exception as err:  # noqa: BLE001 (any failure is recorded, the sweep goes on)
-        status = _failure_status(err)
-        error, fields = error_text(err), {}
-    if status in ("oom", "error"):  # the exception (now gone) held the cell's tensors: free them
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return _row(cell, env, run_id, status, error, cell_s=round(time.perf_counter() - start, 6), **fields)
-
-
-def _failure_status(err: BaseException) -> str:
-    if measure.is_oom(err):
-        return "oom"
-    if is_unavailable(err):  # a forced SDPA kernel refused this dtype/shape/device
-        return "unsupported"
-    return "invalid" if isinstance(err, ValueError) else "error"
-
-
-def _measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
-    """`measure_cell` on a Ray worker (which fixed its thread count): the row describes the
-    worker's own machine, host and real thread count."""
-    local = measure.host_environment(kwargs["device"])
-    return measure_cell(cell, cfg=cfg, env={**env, **local}, **kwargs)
-
-
-def failed_row(cell: Cell, err: BaseException, env: dict, run_id: str) -> Row:
-    """The row of a cell whose worker died or raised outside the measurement (status error)."""
-    return _row(cell, {**env, "host": ""}, run_id, "error", error_text(err))
-
-
-def error_text(err: BaseException, limit: int = 500) -> str:
-    """`Type: message`, cut at `limit` characters. A Ray task error is named by the exception
-    the worker raised (its `cause`): Ray's own wrapper starts with a header (colours, pid, actor
-    id, the remote traceback) that fills the limit before the message, and its length depends on
-    the checkout's path."""
-    cause = getattr(err, "cause", None)
-    err = cause if isinstance(cause, BaseException) else err
-    return f"{type(err).__name__}: {err}"[:limit]
-
-
-def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: Any) -> Row:
-    s = cell.spec
-    return Row(
-        run_id=run_id,
-        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **env,
-        dtype=cell.dtype,
-        variant=cell.choice.name,
-        options=cell.choice.options_text,
-        mode=cell.mode,
-        batch=cell.batch,
-        seq_len=cell.seq_len,
-        n_visual=cell.n_visual,
-        layout=cell.layout,
-        n_images=cell.n_images,
-        dim=s.dim,
-        n_heads=s.n_heads,
-        n_kv_heads=s.n_kv_heads,
-        head_dim=s.head_dim,
-        status=status,
-        error=error,
-        backend=cell.backend,
-        compile=cell.compile,
-        **fields,
-    )
-
-
-def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    options = dict(cell.choice.options)
-    # FLOPs of the uncompiled step; flex through its sdpa twin (FlopCounterMode has no flex rule)
-    flop_options = {**options, "backend": "sdpa"} if cell.backend == "flex" else options
-
-    def make(on: torch.device, opts: dict = flop_options) -> Callable[[], object]:
-        return _build(cell, cfg, on, dtype, opts, "off").step
-
-    # fwd, fwd_bwd: on the meta device (no data, no n^2 allocation); decode: on the real
-    # workload below (one query, linear memory; its ops can depend on values, see count_real)
-    counted = flops.count(make) if cell.mode != "decode" else None
-    limit = measure.memory_limit(device, cfg.memory_limit_mb)
-    estimate = _estimate(functools.partial(make, opts=options), device) if limit is not None else None
-    if estimate is not None:
-        measure.check_fits(estimate, limit)
-    w = _build(cell, cfg, device, dtype, options, cell.compile)
-    counted = counted or flops.count_real(_flop_step(w, cell, cfg, device, dtype))
-    for _ in range(cfg.warmup):
-        w.step()
-    probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
-    heads = measure.active_heads(w.module, counted.flops, counted.attention_flops)  # MoH's gates
-    fn, method = _timed_fn(w.step, cell.mode, cfg, device)
-    flush = timing.L2Flush(device, cfg.l2_flush and cell.mode != "decode")
-    before = w.graphs_since_build()
-    samples = timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
-    while sum(samples) < cfg.min_time_s:  # batches of `repeats` (timing.summarize keeps them all)
-        samples += timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
-    recompiles = w.graphs_since_build() - before
-    t = timing.summarize(samples)
-    moved = flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
-    peaks = calibrate.get(device, str(dtype).removeprefix("torch."))  # the dtype the cell ran in
-    return dict(
-        latency_ms_median=t.median * 1e3,
-        latency_ms_p10=t.p10 * 1e3,
-        latency_ms_p90=t.p90 * 1e3,
-        repeats=t.n,
-        latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
-        timing=method,
-        peak_mem_bytes=probe.peak_mem_bytes,
-        peak_mem_estimate_bytes=estimate,
-        kv_cache_bytes=w.kv_cache_bytes,
-        kv_heads_equiv=av.info(cell.choice.name).kv_heads_equiv(w.spec, dict(cell.choice.options)),
-        flops=counted.flops,
-        flops_effective=counted.flops_effective,
-        tflops=counted.flops_effective / t.median / 1e12,
-        bytes_moved=moved,
-        flops_util=counted.flops_effective / t.median / peaks.peak_flops,
-        bw_util=moved / t.median / peaks.peak_bytes_per_s,
-        **heads,
-        sdpa_backend=_kernel_name(probe.sdpa_backend, cell.compile),
-        timed_s=sum(samples),
-        compile_s=w.compile_s,
-        setup_s=w.setup_s,
-        recompiles=recompiles if w.compile != "off" else None,
-        error=f"recompiled {recompiles} time(s) during timing: latency includes compilation"
-        if recompiles
-        else "",
-    )
-
-
-def _estimate(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> int | None:
-    """The fake-tensor peak estimate, or None (the cell runs unguarded, a real OOM is an oom
-    row) where an op has no fake implementation: a safety check must not fail the cell."""
-    try:
-        return flops.peak_estimate(make, device)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _timed_fn(
-    step: Callable[[], object], mode: str, cfg: SweepConfig, device: torch.device
-) -> tuple[Callable[[], object], str]:
-    """What the samples time, and the `timing` column naming it."""
-    flush = cfg.l2_flush and mode != "decode"
-    if not (cfg.cuda_graph and mode == "decode" and device.type == "cuda"):
-        return step, timing.method_name(device, l2_flush=flush, cuda_graph=False)
-    try:
-        return timing.cuda_graph(step, device), timing.method_name(device, l2_flush=False, cuda_graph=True)
-    except RuntimeError as err:  # a host sync or dynamic shape in the step: time it eagerly
-        torch.cuda.synchronize(device)
-        reason = str(err).splitlines()[0][:80]
-        return step, f"cuda_event (graph capture failed: {reason})"
-
-
-def _kernel_name(seen: str, compile: str) -> str:
-    """The profiler's kernel name; 'inductor' for a compiled cell whose attention the profiler
-    cannot see (Inductor generated it inside its graph, e.g. compiled flex or decomposed math)."""
-    return "inductor" if compile != "off" and seen == "none" else seen
-
-
-def _build(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype, options, compile):
-    return workload.build(
-        cell.choice.name,
-        cell.spec,
-        cell.mode,
-        batch=cell.batch,
-        seq_len=cell.seq_len,
-        n_visual=cell.n_visual,
-        dtype=dtype,
-        device=device,
-        layout=cell.layout,
-        images=cell.n_images,
-        options=options,
-        seed=cfg.seed,
-        compile=compile,
-    )
-
-
-def _flop_step(w: workload.Workload, cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype):
-    """The uncompiled step; for flex, the same variant through sdpa: FlopCounterMode has no
-    rule for the flex_attention higher-order op (it raises), and the math is the same."""
-    if cell.backend != "flex":
-        return w.uncompiled
-    return _build(cell, cfg, device, dtype, {**dict(cell.choice.options), "backend": "sdpa"}, "off").step
 
 
 SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]

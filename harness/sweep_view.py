@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import sweep
+from .grid import Cell
 from .records import Row
 from .variant_choice import VariantChoice
 
@@ -32,7 +33,7 @@ class ProgressBar:
     def start(self, total: int, done: int) -> None:
         self.task = self.progress.add_task("sweep", total=total, completed=done)
 
-    def cell(self, cell: sweep.Cell, row: Row) -> None:
+    def cell(self, cell: Cell, row: Row) -> None:
         compiled = "" if cell.compile == "off" else f" compile={cell.compile}"
         what = f"{cell.choice.label_for(cell.spec)}{compiled} {cell.mode} n={cell.seq_len}: {row.status}"
         self.progress.update(self.task, advance=1, description=escape(what))

@@ -3,7 +3,7 @@
     python tests/bench/overhead_sweep.py [sweep flags, default: --profile quick --no-report]
 
 Runs `attnbench sweep` in this process with the per-cell steps wrapped by a wall-clock timer
-(`measure.probe`, `flops.count`, `flops.count_real`, `sweep._build`, `timing.sample`, ...) and
+(`measure.probe`, `flops.count`, `flops.count_real`, `sweep_cell._build`, `timing.sample`, ...) and
 prints their totals after the sweep's own summary line. `timing.sample` minus the `timed
 repeats` of the summary is the timing loop's own cost; `measure_cell` minus the rest is what
 no wrapper names. The goal (issue 13): the quick profile's overhead under 8%.
@@ -14,19 +14,19 @@ import functools
 import sys
 import time
 
-from harness import calibrate, cli, flops, measure, sweep, timing
+from harness import calibrate, cli, flops, measure, sweep_cell, timing
 
 STEPS = [
     (measure, "warm_up_tools"),
     (measure, "probe"),
     (flops, "count"),
     (flops, "count_real"),
-    (sweep, "_build"),
-    (sweep, "_estimate"),
+    (sweep_cell, "_build"),
+    (sweep_cell, "_estimate"),
     (measure, "active_heads"),
     (calibrate, "get"),
     (timing, "sample"),
-    (sweep, "measure_cell"),
+    (sweep_cell, "measure_cell"),
 ]
 
 

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from harness import instructions, instructions_view
 from harness.check import CheckConfig, cells
 from harness.cli import app
+from harness.grid import row_key
 from harness.instructions import Count
-from harness.sweep import row_key
 
 runner = CliRunner()
 needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")

@@ -18,7 +18,8 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness import measure, sweep, workload
+from harness import measure, sweep, sweep_cell, workload
+from harness.grid import grid
 from harness.variant_choice import VariantChoice
 
 SPEC = av.AttnSpec(32, 4, 2)
@@ -148,9 +149,9 @@ def test_a_cell_that_recompiles_during_timing_says_so(recompiling, monkeypatch):
     cfg = sweep.SweepConfig(variants=(recompiling,), reference="none", seq_len=(8,), heads=(4,),
                             kv_heads=(2,), modes=("fwd",), batch=1, head_dim=8, repeats=3, warmup=0,
                             threads=1, device="cpu", compile=("default",))  # fmt: skip
-    cell = sweep.grid(cfg)[0][0]
+    cell = grid(cfg)[0][0]
     env = measure.environment(torch.device("cpu"))
-    row = sweep.measure_cell(cell, cfg, torch.device("cpu"), torch.float32, env, "test")
+    row = sweep_cell.measure_cell(cell, cfg, torch.device("cpu"), torch.float32, env, "test")
     assert row.status == "ok" and row.recompiles >= 3
     assert f"recompiled {row.recompiles} time(s) during timing" in row.error
 
@@ -165,7 +166,7 @@ def test_bad_compile_mode_names_the_choices():
 def test_grid_crosses_backends_and_compile_modes_and_keeps_the_reference_plain():
     cfg = sweep.SweepConfig(variants=("gqa", "mmca:backend=eager"), seq_len=(8,), heads=(4,), kv_heads=(2,),
                             modes=("fwd",), backend=("sdpa", "flex"), compile=("off", "default"))  # fmt: skip
-    cells = sweep.grid(cfg)[0]
+    cells = grid(cfg)[0]
     got = {(c.choice.name, c.backend, c.compile) for c in cells}
     assert got == {
         ("mha", "sdpa", "off"),  # the reference: once, plain

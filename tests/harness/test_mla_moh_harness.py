@@ -5,6 +5,7 @@ import torch
 
 import attn_variants as av
 from harness import accuracy, measure, sweep, workload
+from harness.grid import grid
 from harness.model import ModelConfig, TinyTransformer
 from harness.tasks.train import fit
 from harness.variant_choice import VariantChoice
@@ -17,7 +18,7 @@ def tiny_config(tmp_path, **kw):
 
 
 def test_mla_runs_once_per_n_and_h_and_is_labelled_by_its_cache(tmp_path):
-    cells, _ = sweep.grid(tiny_config(tmp_path, variants=("mla", "gqa"), reference="none"))
+    cells, _ = grid(tiny_config(tmp_path, variants=("mla", "gqa"), reference="none"))
     assert sum(c.choice.name == "mla" for c in cells) == 1  # g = 1, 2, 4 asked for: one cell
     assert sum(c.choice.name == "gqa" for c in cells) == 3
     mla = next(c for c in cells if c.choice.name == "mla")

@@ -11,6 +11,7 @@ import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
 from harness import config, sweep
 from harness.cli import app
+from harness.grid import row_key
 from harness.records import COLUMNS
 
 runner = CliRunner()
@@ -141,7 +142,7 @@ def test_interrupted_run_keeps_rows_and_resume_finishes_without_duplicates(tmp_p
     result = runner.invoke(app, ["sweep", "--resume", str(run_dir)])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(run_dir / "sweep.csv")))
-    keys = [sweep.row_key(r) for r in rows]
+    keys = [row_key(r) for r in rows]
     assert len(rows) == 6 and len(set(keys)) == 6
     assert rows[: len(kept)] == kept  # earlier rows untouched
     assert Failing.builds - builds_before == sum(r["variant"] == failing for r in rows[len(kept) :])

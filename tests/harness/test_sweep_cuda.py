@@ -8,7 +8,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from harness import calibrate, config, executors, measure, sweep, sweep_view
+from harness import calibrate, config, executors, measure, sweep, sweep_cell, sweep_view
 from harness.records import read_rows
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -48,9 +48,9 @@ def fake_cuda(monkeypatch):
 
     def measure_cell(cell, cfg, device, dtype, env, run_id):
         seen.append((device, dtype))
-        return sweep._row(cell, env, run_id, "ok", "", latency_ms_median=1.0)
+        return sweep_cell._row(cell, env, run_id, "ok", "", latency_ms_median=1.0)
 
-    monkeypatch.setattr(sweep, "measure_cell", measure_cell)
+    monkeypatch.setattr(sweep_cell, "measure_cell", measure_cell)
     return seen
 
 

@@ -6,6 +6,7 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from harness import sweep, workload
+from harness.grid import grid, row_key
 
 
 def tiny_config(tmp_path, **kw):
@@ -25,17 +26,17 @@ def test_interleaved_ids_split_images_and_text_evenly():
 
 def test_cells_and_rows_say_the_layout(tmp_path):
     cfg = tiny_config(tmp_path, variants=("mmca", "gqa"), layout="interleaved", images=3)
-    cells, _ = sweep.grid(cfg)
+    cells, _ = grid(cfg)
     by_name = {(c.choice.name, c.mode): c for c in cells}
     assert (by_name["mmca", "fwd"].layout, by_name["mmca", "fwd"].n_images) == ("interleaved", 3)
     assert (by_name["gqa", "fwd"].layout, by_name["gqa", "fwd"].n_images) == ("prefix", 0)  # text only
-    prefix, _ = sweep.grid(tiny_config(tmp_path, variants=("mmca",)))
+    prefix, _ = grid(tiny_config(tmp_path, variants=("mmca",)))
     assert prefix[0].key() != by_name["mmca", "fwd"].key()  # both layouts can share one CSV
     df = sweep.run(cfg)
     assert set(df["status"]) == {"ok"}
     mm = df[df["variant"] == "mmca"]
     assert set(mm["layout"]) == {"interleaved"} and set(mm["n_images"]) == {3} and set(mm["n_visual"]) == {4}
-    assert sweep.row_key(mm.iloc[0].to_dict()) in {c.key() for c in cells}  # resume finds the row
+    assert row_key(mm.iloc[0].to_dict()) in {c.key() for c in cells}  # resume finds the row
 
 
 def test_a_bad_layout_is_refused():

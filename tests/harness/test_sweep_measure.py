@@ -8,6 +8,7 @@ import torch
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
 from harness import measure, sweep, workload
+from harness.grid import grid
 from harness.variant_choice import VariantChoice, parse_one, parse_variants
 
 CPU = torch.device("cpu")
@@ -104,7 +105,7 @@ def multimodal():
 
 
 def test_multimodal_variants_get_visual_tokens_from_registry_metadata(tmp_path, multimodal):
-    cells, _ = sweep.grid(tiny_config(tmp_path, variants=(multimodal, "gqa"), seq_len=(10, 64)))
+    cells, _ = grid(tiny_config(tmp_path, variants=(multimodal, "gqa"), seq_len=(10, 64)))
     n_visual = {(c.choice.name, c.seq_len): c.n_visual for c in cells}
     assert n_visual[(multimodal, 10)] == 2 and n_visual[(multimodal, 64)] == 16  # round(0.25 n)
     assert n_visual[("gqa", 64)] == 0

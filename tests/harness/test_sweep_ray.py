@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import executors, measure, sweep
+from harness import executors, measure, sweep, sweep_cell
 from harness.cli import app
 
 from .test_sweep_cli import read_csv, tiny
@@ -45,7 +45,7 @@ def test_ray_runs_the_same_cells_as_local(tmp_path, ray):
     assert all(float(r["latency_ms_median"]) > 0 for r in ray_rows)
 
 
-MEASURE_ON_HOST = sweep._measure_on_host
+MEASURE_ON_HOST = sweep_cell.measure_on_host
 
 
 def _failing_task(cell, **kwargs):
@@ -58,7 +58,7 @@ def _failing_task(cell, **kwargs):
 
 
 def test_a_cell_that_raises_or_kills_its_worker_is_an_error_row(tmp_path, ray, monkeypatch):
-    monkeypatch.setattr(sweep, "_measure_on_host", _failing_task)
+    monkeypatch.setattr(sweep_cell, "measure_on_host", _failing_task)
     cfg = sweep.SweepConfig(
         variants=("gqa",), reference="none", seq_len=(16, 32), heads=(4,), kv_heads=(2,),
         modes=("fwd", "decode"), batch=1, head_dim=8, device="cpu", repeats=2, warmup=0, threads=1,
