@@ -27,7 +27,7 @@ import attn_variants as av
 
 from . import measure, tasks, timing
 from .accuracy_config import AccuracyConfig
-from .records import CsvSink, check_writable, read_frame, write_run_json
+from .records import CsvSink, check_writable, error_text, read_frame, write_run_json
 from .sweep import new_run_dir
 from .variant_choice import VariantChoice, check_builds, parse_variants
 
@@ -176,7 +176,7 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
             status, error, fields = "ok", "", dataclasses.asdict(task.run(job, context))
         except Exception as err:  # noqa: BLE001 (any failure is recorded, the run goes on)
             status = "invalid" if isinstance(err, ValueError) else "error"
-            error = f"{type(err).__name__}: {err}"[:500]
+            error = error_text(err)
     return AccuracyRow(
         kv_heads_equiv=kv_heads_equiv(cell, cfg),
         run_id=run_id,

@@ -32,7 +32,7 @@ from attn_variants.registry import Mode
 
 from . import compare, measure, stats, timing, workload
 from .grid import Cell, cell_at
-from .records import check_writable
+from .records import check_writable, error_text
 from .sweep import CompileMode
 from .variant_choice import VariantChoice, check_builds, parse_variants, with_backends
 
@@ -248,9 +248,9 @@ def measure_cell(
         return Result(cell, "unsupported", str(err))
     except RuntimeError as err:
         status = "unsupported" if is_unavailable(err) else "error"  # a forced kernel refused
-        return Result(cell, status, f"{type(err).__name__}: {err}"[:500])
+        return Result(cell, status, error_text(err))
     except Exception as err:  # noqa: BLE001 (a failing cell is reported and fails the check)
-        return Result(cell, "error", f"{type(err).__name__}: {err}"[:500])
+        return Result(cell, "error", error_text(err))
     ratios = tuple(a / b for a, b in zip(times, ref_times, strict=True))
     return Result(cell, "ok", "", ratios, tuple(times), tuple(ref_times))
 

@@ -22,6 +22,7 @@ import torch
 
 from . import check, config, workload
 from .check import CheckConfig
+from .records import error_text
 
 # A decode step at the CI size is ~0.7M instructions, where one odd malloc path or dict resize
 # is ~1% (its calls spread 0.2-2.4% measured): one count holds ten steps, reported per step.
@@ -61,7 +62,7 @@ def count_cell(cell, cfg: CheckConfig, counter: Counter) -> dict:
     except workload.UnsupportedMode as err:
         return {"status": "unsupported", "error": str(err)}
     except Exception as err:  # noqa: BLE001 (a failing cell is reported and fails the check)
-        return {"status": "error", "error": f"{type(err).__name__}: {err}"[:500]}
+        return {"status": "error", "error": error_text(err)}
     return {"status": "ok", "error": "", "dumps": dumps, "steps": steps}
 
 

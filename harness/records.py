@@ -172,3 +172,14 @@ def write_run_json(run_dir: Path, config: Any, env: dict, cells: int, **extra: A
         **extra,
     }
     (run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def error_text(err: BaseException, limit: int = 500) -> str:
+    """`Type: message`, cut at `limit` characters: the `error` of every row a failure writes.
+
+    A Ray task error is named by the exception the worker raised (its `cause`): Ray's wrapper
+    starts with a header (colours, pid, actor id, the remote traceback) that fills the limit
+    before the message, and its length depends on the checkout's path."""
+    cause = getattr(err, "cause", None)
+    err = cause if isinstance(cause, BaseException) else err
+    return f"{type(err).__name__}: {err}"[:limit]

@@ -25,7 +25,7 @@ from attn_variants.flex import MASKS
 
 from . import calibrate, flops, measure, timing, workload
 from .grid import Cell
-from .records import Row
+from .records import Row, error_text
 
 if TYPE_CHECKING:  # sweep.py imports this module; the config is only a type here
     from .sweep import SweepConfig
@@ -72,16 +72,6 @@ def measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -
 def failed_row(cell: Cell, err: BaseException, env: dict, run_id: str) -> Row:
     """The row of a cell whose worker died or raised outside the measurement (status error)."""
     return _row(cell, {**env, "host": ""}, run_id, "error", error_text(err))
-
-
-def error_text(err: BaseException, limit: int = 500) -> str:
-    """`Type: message`, cut at `limit` characters. A Ray task error is named by the exception
-    the worker raised (its `cause`): Ray's own wrapper starts with a header (colours, pid, actor
-    id, the remote traceback) that fills the limit before the message, and its length depends on
-    the checkout's path."""
-    cause = getattr(err, "cause", None)
-    err = cause if isinstance(cause, BaseException) else err
-    return f"{type(err).__name__}: {err}"[:limit]
 
 
 def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: Any) -> Row:
