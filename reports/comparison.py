@@ -34,7 +34,7 @@ from .stats import decide, smallest_p
 # Columns that name a cell. Extend this one list when sweep.csv gains a key column.
 KEY_COLUMNS = (
     "variant", "options", "mode", "batch", "seq_len", "n_visual", "dim", "n_heads", "n_kv_heads",
-    "head_dim", "dtype", "device", "backend", "compile", "layout",
+    "head_dim", "dtype", "device", "backend", "compile", "layout", "n_images",
 )  # fmt: skip
 # Key columns two runs may be compared across: when one holds a single value in each run and
 # the values differ (a float32 run against a bfloat16 one, compile off against on, cpu against

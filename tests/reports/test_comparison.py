@@ -109,6 +109,9 @@ def test_a_setting_constant_in_each_run_is_compared_across(ab):
     assert any("dtype float32 vs bfloat16" in line for line in cmp.header(comp))
     shape = cmp.compare(a, b.assign(batch=4))  # a shape column is never compared across
     assert set(shape.cells["verdict"]) <= {"only in A", "only in B"}
+    layout = dict(layout="interleaved")
+    images = cmp.compare(a.assign(**layout, n_images=2), b.assign(**layout, n_images=3))
+    assert set(images.cells["verdict"]) <= {"only in A", "only in B"}  # 3 images are another cell
 
 
 def test_new_key_column_joins_the_key_and_duplicates_are_refused(ab):
