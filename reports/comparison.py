@@ -34,7 +34,7 @@ from .stats import decide, smallest_p
 # Columns that name a cell. Extend this one list when sweep.csv gains a key column.
 KEY_COLUMNS = (
     "variant", "options", "mode", "batch", "seq_len", "n_visual", "dim", "n_heads", "n_kv_heads",
-    "head_dim", "dtype", "device", "backend", "compile", "layout", "n_images",
+    "head_dim", "dtype", "device", "backend", "compile", "layout",
 )  # fmt: skip
 # Key columns two runs may be compared across: when one holds a single value in each run and
 # the values differ (a float32 run against a bfloat16 one, compile off against on, cpu against
@@ -96,6 +96,7 @@ def compare(
         df[key] = df[key].map(_text)
     settings = {c: (a[c].iloc[0], b[c].iloc[0]) for c in key if c in SETTING_COLUMNS and _differs(a, b, c)}
     key = [c for c in key if c not in settings]
+    settings |= _image_counts(a, b)
     for df, label in ((a, labels[0]), (b, labels[1])):
         _refuse_duplicates(df, key, label)
     merged = a.merge(b, on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
@@ -124,6 +125,17 @@ def _text(value: object) -> str:
 
 def _differs(a: pd.DataFrame, b: pd.DataFrame, column: str) -> bool:
     return a[column].nunique() == 1 and b[column].nunique() == 1 and a[column].iloc[0] != b[column].iloc[0]
+
+
+def _image_counts(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """`n_images` is not matched on: cells are compared across the layout (one image first
+    against K interleaved), as across any setting. A difference in the multimodal rows' image
+    counts is still named in the header; unimodal rows hold 0 and say nothing of it, and a run
+    with no multimodal row has no count to compare."""
+    if "n_images" not in a or "n_images" not in b:
+        return {}
+    counts = [",".join(sorted(set(df["n_images"].map(_text)) - {"0", ""})) for df in (a, b)]
+    return {"n_images": (counts[0], counts[1])} if all(counts) and counts[0] != counts[1] else {}
 
 
 def _refuse_duplicates(df: pd.DataFrame, key: list[str], label: str) -> None:

@@ -111,7 +111,14 @@ def test_a_setting_constant_in_each_run_is_compared_across(ab):
     assert set(shape.cells["verdict"]) <= {"only in A", "only in B"}
     layout = dict(layout="interleaved")
     images = cmp.compare(a.assign(**layout, n_images=2), b.assign(**layout, n_images=3))
-    assert set(images.cells["verdict"]) <= {"only in A", "only in B"}  # 3 images are another cell
+    assert images.settings == {"n_images": ("2", "3")} and "n_images" not in images.key
+    assert verdict_of(images, SLOWER)["verdict"] == "slower"  # matched across, as a layout is
+    assert any("n_images 2 vs 3" in line for line in cmp.header(images))
+    mixed = [0, 2] * (len(b) // 2) + [0] * (len(b) % 2)  # unimodal rows hold 0: not a count
+    assert cmp.compare(a.assign(n_images=[1] * len(a)), b.assign(n_images=mixed)).settings == {
+        "n_images": ("1", "2")
+    }
+    assert cmp.compare(a.assign(n_images=0), b.assign(n_images=mixed)).settings == {}
 
 
 def test_new_key_column_joins_the_key_and_duplicates_are_refused(ab):
