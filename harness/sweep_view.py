@@ -167,8 +167,8 @@ def footer(df: pd.DataFrame) -> str:
         overhead = 1 - timed / wall
         startup = df.attrs.get("startup_s", 0.0)
         lines.append(
-            f"measured {df.attrs['measured']} cell(s) in {wall:.1f} s; timed repeats {timed:.1f} s, "
-            f"harness overhead (build, FLOP and memory passes, warm-up, CSV) {overhead:.1%}; "
-            f"before that, {startup:.1f} s of one-off tool start-up (imports)"
+            f"measured {df.attrs['measured']} cell(s) in {wall:.1f} s, timed {timed:.1f} s: harness "
+            f"overhead {overhead:.1%} (builds, FLOP and memory passes, warm-up, CSV), plus {startup:.1f} s "
+            "of start-up before the clock"
         )
     return "\n".join(lines)
