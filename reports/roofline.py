@@ -13,10 +13,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .load import with_labels
-from .style import colors, legend_below, panels
+from .style import colors, legend_below, legend_height, panels
 
 ROOFLINE_COLUMNS = ("flops_effective", "bytes_moved", "flops_util", "bw_util", "latency_ms_median")
 MARKERS = {"fwd": "o", "fwd_bwd": "s", "decode": "^"}
+LEGEND_COLUMNS = 3
 
 
 def roofline_points(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -37,21 +38,33 @@ def roofline_figure(sweep: pd.DataFrame) -> Figure:
         raise ValueError("no ok rows with flops_util and bw_util to place on a roofline")
     keys = ["run", "device_name", "dtype"] if "run" in points else ["device_name", "dtype"]
     groups = list(points.groupby(keys, sort=True))
-    fig, axes = panels(len(groups), width=6.5, height=4.8)
-    palette = colors(points["label"].unique())
+    labels, modes = sorted(points["label"].unique()), sorted(points["mode"].unique())
+    rows = -(-(1 + len(labels) + len(modes)) // LEGEND_COLUMNS)
+    fig, axes = panels(len(groups), width=6.5, height=legend_height(rows))
+    palette = colors(labels)
     for ax, (key, group) in zip(axes, groups, strict=False):
         _roof(ax, group)
         for (label, mode), cell in group.groupby(["label", "mode"], sort=True):
             ax.scatter(cell["intensity"], cell["achieved"] / 1e12, color=palette[label],
-                       marker=MARKERS.get(mode, "x"), s=22, label=f"{label} {mode}")  # fmt: skip
+                       marker=MARKERS.get(mode, "x"), s=22)  # fmt: skip
+        _legend_keys(ax, palette, labels, modes)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("arithmetic intensity (flops_effective / bytes_moved, FLOP/byte)")
         ax.set_ylabel("achieved TFLOP/s (flops_effective / latency)")
         ax.set_title(" · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))), fontsize=9)
-        legend_below(ax)
+        legend_below(ax, ncol=LEGEND_COLUMNS)
     fig.suptitle("Roofline against the measured peaks (attnbench calibrate)")
     return fig
+
+
+def _legend_keys(ax, palette: dict, labels: list, modes: list) -> None:
+    """Colour names the variant and marker the mode: one legend entry each, not one per pair
+    (ten variants x three modes made a 30-line legend that squeezed the axes to nothing)."""
+    for label in labels:
+        ax.plot([], [], lw=6, color=palette[label], label=label)  # a colour bar: no mode's marker
+    for mode in modes:
+        ax.plot([], [], ls="", marker=MARKERS.get(mode, "x"), color="grey", label=f"mode: {mode}")
 
 
 def _roof(ax, group: pd.DataFrame) -> None:

@@ -60,7 +60,7 @@ def legend_height(n_series: int) -> float:
     return 3.6 + 0.16 * (n_series + 1)
 
 
-def legend_below(ax: Axes) -> None:
+def legend_below(ax: Axes, ncol: int = 1) -> None:
     """A legend under the panel, so long variant names never cover the data.
 
     Where failures were marked, one extra entry explains the x.
@@ -73,7 +73,7 @@ def legend_below(ax: Axes) -> None:
         # The gap is in font sizes, not axes fractions, so it clears the tick labels and the x label
         # however much the layout squeezes the axes.
         ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=4.5,
-                  fontsize=8, frameon=False)  # fmt: skip
+                  fontsize=8, frameon=False, ncol=ncol)  # fmt: skip
 
 
 def mark_failures(ax: Axes, failed: pd.DataFrame, x: str, color, row: int, label: str) -> None:

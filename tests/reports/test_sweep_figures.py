@@ -193,3 +193,25 @@ def test_roofline_recovers_the_roof_from_the_rows_and_draws_it():
     fig = roofline.roofline_figure(pd.DataFrame(rows))
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "roof: 2 TFLOP/s, 100 GB/s" in labels
+
+
+def test_roofline_legend_keys_colour_by_variant_and_marker_by_mode(tmp_path):
+    """Ten variants x three modes: 14 legend entries (roof, variants, modes), not 31, and the
+    figure saves without matplotlib giving up on the layout (it did with one entry per pair)."""
+    import warnings
+
+    from reports import roofline
+
+    variants, modes = [f"v{i}" for i in range(10)], ["fwd", "fwd_bwd", "decode"]
+    rows = [
+        dict(run="r", device_name="cpu", dtype="float32", variant=v, options="", mode=m, status="ok",
+             flops_effective=1e9, bytes_moved=1e6, latency_ms_median=10.0, flops_util=0.5, bw_util=0.01,
+             seq_len=128, n_heads=8, n_kv_heads=2, batch=1)
+        for v in variants for m in modes
+    ]  # fmt: skip
+    fig = roofline.roofline_figure(pd.DataFrame(rows))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert len(labels) == 1 + 10 + 3 and {f"mode: {m}" for m in modes} <= set(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig.savefig(tmp_path / "roofline.png")
