@@ -16,8 +16,9 @@ stores, metadata included.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -42,6 +43,24 @@ class KVCache:
     def __init__(self) -> None:
         self._fields: dict[str, _Field] = {}
         self.n_visual: int | None = 0
+        self.filling = False  # inside `fill`: the variant skips its attention (`skips_attention`)
+
+    def fill(self, module: nn.Module, x: Tensor, **layout: Any) -> None:
+        """Append the tokens x (b, n, d) exactly as `module(x, cache=self, **layout)` would, and
+        leave the module's state (DGQA's norm_cache, PGQA's noise generator) as it would, but skip
+        the attention itself, whose output a decode benchmark's prefill discards (dropout's draws
+        go with it). The prompt's attention is O(n^2), every field O(n): on one CPU thread a fill
+        takes 0.44-0.65x the forward's time at n=512 and 0.11-0.19x at n=8192
+        (tests/bench/ratios_cache_fill.py). Each variant checks `skips_attention(cache)` after its
+        last cache or state update; tests/attn_variants/test_cache_fill.py holds every variant to
+        the same cache, state and next decode step as the forward."""
+        if self.filling:
+            raise ValueError("KVCache.fill called inside another fill of the same cache")
+        self.filling = True
+        try:
+            module(x, cache=self, **layout)
+        finally:
+            self.filling = False
 
     # --- generic fields --------------------------------------------------------------------
 
@@ -140,3 +159,9 @@ class KVCache:
     def fields(self) -> dict[str, tuple[int, ...]]:
         """Each field's live shape, e.g. {"k": (b, g, s, e), "v": (b, g, s, e)}."""
         return {name: tuple(f.live().shape) for name, f in self._fields.items()}
+
+
+def skips_attention(cache: KVCache | None) -> bool:
+    """True inside `KVCache.fill`: the variant has made its cache and state updates and returns
+    zeros in place of its attention output."""
+    return cache is not None and cache.filling

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from . import modality as layout
 from .backends import get_backend
-from .cache import KVCache
+from .cache import KVCache, skips_attention
 from .registry import create, info, register, with_kv_heads
 from .spec import AttnSpec
 
@@ -63,6 +63,8 @@ class GroupedQueryAttention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, cache: KVCache | None) -> Tensor:
         """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Variants override this."""
+        if skips_attention(cache):  # KVCache.fill: the cache is complete, the output unused
+            return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         return self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
 
     def merge(self, o: Tensor) -> Tensor:

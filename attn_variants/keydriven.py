@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import keydecode
 from .backends import causal_mask
-from .cache import KVCache
+from .cache import KVCache, skips_attention
 from .grouped import GroupedQueryAttention
 from .keydecode import KEY_STATS, key_norms, kv_index_from_ends
 from .registry import register
@@ -134,6 +134,8 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         With a KV cache, k holds every cached key, so decode allocates from all of them (their
         norms read from the cache's running statistics)."""
         a = self.allocate(keydecode.cached_key_norms(k, cache))  # (g,) or (b, g)
+        if skips_attention(cache):  # KVCache.fill: statistics and DGQA's state are updated
+            return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         if q.shape[2] == 1:
             return self._attend_one_query(q, k, v, a)
         index = kv_index(a, self.spec.n_heads)  # (h,) or (b, h)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backends import causal_mask, get_backend
-from .cache import KVCache
+from .cache import KVCache, skips_attention
 from .modality import check_unimodal
 from .registry import register, with_kv_heads
 from .spec import AttnSpec
@@ -177,6 +177,8 @@ class MultiHeadLatentAttention(nn.Module):
             c, k_pe = cache.append(1, kv=c, pe=k_pe)  # (b, s, kv_lora), (b, s, rope)
         absorbed = self.absorb == "always" or (self.absorb == "decode" and start > 0)
         form = self.attend_absorbed if absorbed else self.attend_naive
+        if skips_attention(cache):  # KVCache.fill: the latent and rope key are cached
+            form = self.attend_none
         o = form(q_nope, q_pe, c, k_pe)  # (b, h, n, v)
         b, h, n, v = o.shape
         return self.wo(o.transpose(1, 2).reshape(b, n, h * v))  # (b, n, h*v) -> (b, n, d)
@@ -212,6 +214,10 @@ class MultiHeadLatentAttention(nn.Module):
         v = F.pad(v, (0, pad)) if pad else v  # (b, h, s, max(v, nope+rope))
         o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
         return o[..., : t.v_head_dim]  # (b, h, n, v)
+
+    def attend_none(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
+        """Zeros (b, h, n, v) in place of the attention, inside `KVCache.fill`."""
+        return q_nope.new_zeros(*q_nope.shape[:-1], self.dims.v_head_dim)
 
     def attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
         """Attention on the latent, W_UK folded into the query and W_UV into the output, written

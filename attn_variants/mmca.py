@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from . import flex
 from . import modality as layout
-from .cache import KVCache
+from .cache import KVCache, skips_attention
 from .grouped import GQA_PAPER, GroupedQueryAttention
 from .registry import create, register
 from .spec import AttnSpec
@@ -152,6 +152,8 @@ class MultiModalCausalAttention(GroupedQueryAttention):
 
         n_visual: m when the keys are the prefix layout (m image tokens, then text), else None
         and `modality` (b, s) gives every key's id."""
+        if skips_attention(cache):  # KVCache.fill: keys, values and modality ids are cached
+            return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         n, s = q.shape[2], k.shape[2]
         if n_visual is not None and (s == n or n_visual <= s - n):  # image queries only without a cache
             return self._prefix(q, k, v, n_visual)

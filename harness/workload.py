@@ -254,13 +254,14 @@ def _forward_backward(
 
 
 def _decode(module: nn.Module, run: Callable, x: torch.Tensor, layout_kw: dict, gen: torch.Generator) -> Step:
-    """Prefill a cache with all n tokens (untimed, uncompiled), then grow the cache's buffers
-    with one untimed eager step; each step decodes one more text token with `run`."""
+    """Fill a cache with all n tokens (untimed, uncompiled; `KVCache.fill` skips the prompt's
+    attention, whose output nobody reads), then grow the cache's buffers with one untimed eager
+    step; each step decodes one more text token with `run`."""
     module.eval()
     cache = av.KVCache()
     x_next = randn((x.shape[0], 1, x.shape[2]), gen, x.device, x.dtype)  # (b, 1, d)
     with torch.no_grad():
-        module(x, **layout_kw, cache=cache)
+        cache.fill(module, x, **layout_kw)  # the cache as a forward leaves it, no n^2 attention
         prefill = cache.length
         module(x_next, cache=cache)  # the buffers double here, not inside the first timed step
         cache.truncate(prefill)

@@ -1,0 +1,101 @@
+"""`KVCache.fill`: for every variant that decodes, the cache, the module's state and the next
+decode step are exactly those a forward leaves, and no attention op runs."""
+
+import copy
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.testing import assert_close
+from torch.utils.flop_counter import FlopCounterMode
+
+import attn_variants as av
+from harness.workload import modality_ids
+
+DECODERS = [name for name in av.names() if "decode" in av.info(name).modes]
+SHAPES = [(1, 7, 4, 2), (2, 13, 6, 3), (3, 33, 8, 1)]  # (b, n, h, g): odd lengths, g = 1
+ATTENTION_OPS = ("_scaled_dot_product", "bmm", "_flash_attention", "_efficient_attention")
+
+
+def layouts(name: str, b: int, n: int) -> list[dict]:
+    """The prompt's layout keywords: text only, or for a multimodal variant a prefix image and
+    two interleaved ones."""
+    if not av.info(name).multimodal:
+        return [{}]
+    return [{"n_visual": n // 3}, {"modality": modality_ids(b, n, n // 3, 2)}]
+
+
+CASES = [
+    pytest.param(name, b, n, h, g, kw, id=f"{name}-b{b}-n{n}-h{h}-g{g}-{'-'.join(kw) or 'text'}")
+    for name in DECODERS
+    for b, n, h, g in SHAPES
+    for kw in layouts(name, b, n)
+]
+
+
+def prompt(name, b, n, h, g):
+    spec = av.AttnSpec(8 * h, h, g)
+    options = {"seed": 3} if name == "pgqa" else {}  # its noise from the module's own generator
+    module = av.create(name, spec, **options).to(torch.float64).eval()
+    x = torch.randn(b, n, spec.dim, dtype=torch.float64)  # (b, n, d)
+    x_next = torch.randn(b, 1, spec.dim, dtype=torch.float64)  # (b, 1, d)
+    return module, x, x_next
+
+
+def assert_same_cache(a: av.KVCache, b: av.KVCache) -> None:
+    assert a.fields == b.fields and a.length == b.length and a.n_visual == b.n_visual
+    for name in a.fields:
+        assert torch.equal(a.get(name), b.get(name)), name
+
+
+@pytest.mark.parametrize("name, b, n, h, g, kw", CASES)
+@torch.no_grad()
+def test_fill_leaves_what_the_forward_leaves(name, b, n, h, g, kw):
+    module, x, x_next = prompt(name, b, n, h, g)
+    filled = copy.deepcopy(module)
+    ran, skipped = av.KVCache(), av.KVCache()
+    module(x, cache=ran, **kw)
+    skipped.fill(filled, x, **kw)
+    assert not skipped.filling
+    assert_same_cache(ran, skipped)
+    # pgqa's next noise comes from a generator the prompt drew from: equal only if the fill drew
+    # the same numbers; dgqa's allocation from the norm_cache the prompt set
+    assert_close(filled(x_next, cache=skipped), module(x_next, cache=ran), rtol=0, atol=0)
+    assert_same_cache(ran, skipped)
+    for key, value in module.state_dict().items():  # DGQA's norm_cache, allocation, steps
+        assert torch.equal(filled.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", DECODERS)
+@torch.no_grad()
+def test_fill_runs_no_attention_op(name):
+    """Under the math backend the forward's FLOP counts hold an attention op (bmm); the fill's
+    hold none, so the skip cannot silently stop skipping."""
+    module, x, _ = prompt(name, 2, 16, 4, 2)
+    kw = layouts(name, 2, 16)[-1]
+
+    def attention_ops(run) -> set[str]:
+        counter = FlopCounterMode(display=False)
+        with sdpa_kernel(SDPBackend.MATH), counter:  # the CPU flash kernel has no FLOP formula
+            run()
+        ops = counter.get_flop_counts()["Global"]
+        return {str(op) for op in ops if str(op).split(".")[1].startswith(ATTENTION_OPS)}
+
+    assert attention_ops(lambda: module(x, cache=av.KVCache(), **kw))
+    assert attention_ops(lambda: av.KVCache().fill(copy.deepcopy(module), x, **kw)) == set()
+
+
+def test_fill_inside_a_fill_is_refused_and_the_flag_is_reset():
+    module, x, _ = prompt("gqa", 1, 5, 4, 2)
+    cache = av.KVCache()
+
+    class Nested(torch.nn.Module):
+        def forward(self, x, cache):
+            cache.fill(module, x)
+
+    with pytest.raises(ValueError, match="inside another fill"):
+        cache.fill(Nested(), x)
+    assert not cache.filling
+    with torch.no_grad():
+        cache.fill(module, x)  # the cache still works after the refused call
+    assert cache.length == 5
