@@ -12,7 +12,7 @@ import sys
 import torch
 
 import attn_variants as av
-from harness import compare
+from harness import compare, timing
 
 B, D, H, G = 1, 512, 8, 2
 
@@ -44,7 +44,7 @@ def main(lengths: list[int]) -> None:
             fns = prefills(name, n)
             samples = compare.interleaved(fns, rounds=rounds, warmup=1)
             r = compare.ratios(samples, f"{name} forward")[f"{name} fill"]
-            forward_ms = sorted(samples[f"{name} forward"])[len(samples[f"{name} forward"]) // 2] * 1e3
+            forward_ms = timing.summarize(samples[f"{name} forward"]).median * 1e3
             print(f"  {name:7s} {r.median:6.3f} [{r.p10:.3f}, {r.p90:.3f}]  (forward {forward_ms:8.1f} ms)")
 
 
