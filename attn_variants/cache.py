@@ -101,6 +101,7 @@ class KVCache:
         self._fields: dict[str, _Field] = {}
         self.n_visual: int | None = 0
         self.filling = False  # inside `fill`: the variant skips its attention (`skips_attention`)
+        self.kernel = ""  # how the last ragged attention ran (attn_variants/ragged.py), for the rows
 
     def fill(
         self, module: nn.Module, x: Tensor, *, lengths: Sequence[int] | None = None, **layout: Any
@@ -257,9 +258,10 @@ class KVCache:
             self._check_in_step()
         self._keep_layout(target)
         for f in self._fields.values():
-            f.base = [min(x, t) for x, t in zip(f.lengths, target, strict=True)]
-            f.added = 0
-            f._base_t.clear()
+            base = [min(x, t) for x, t in zip(f.lengths, target, strict=True)]
+            if base != f.base:  # a repeated step keeps its device copy (no copy, CUDA-graph safe)
+                f._base_t.clear()
+            f.base, f.added = base, 0
         if self.pages is not None:
             self.pages.release(target)
 

@@ -246,6 +246,7 @@ class MultiHeadLatentAttention(nn.Module):
         scores = scores * t.qk_head_dim**-0.5  # (b, h, n, s)
         n, s = scores.shape[-2:]
         if cache is not None:  # example i's query t sits at lengths[i] - n + t
+            cache.kernel = "mask"
             mask = ragged.key_mask(cache.lengths_of("kv", c.device), n, s, causal=self.spec.causal)
             scores = scores.masked_fill(~mask, float("-inf"))  # (b, h, n, s)
         elif self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)

@@ -177,7 +177,9 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             modality = layout.prefix(q.shape[0], s, n_visual, q.device)  # (b, s)
         if modality is None:
             raise ValueError("attend needs modality ids (b, s) when the keys are not the prefix layout")
-        lengths = cache.lengths_of("k", q.device) if cache is not None and cache.ragged else None
+        lengths = None
+        if cache is not None and cache.ragged:
+            lengths, cache.kernel = cache.lengths_of("k", q.device), "mask"
         return self._interleaved(q, k, v, modality, lengths)
 
     def _prefix(self, q: Tensor, k: Tensor, v: Tensor, m: int) -> Tensor:

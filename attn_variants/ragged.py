@@ -67,6 +67,7 @@ def attend(
     """q (b, h, n, e), k/v (b, g, s, e) the padded frame of cache field `field` -> (b, h, n, e),
     each example over its own keys. `kernel` None: `kernel_for(q)`."""
     kernel = kernel or kernel_for(q)
+    cache.kernel = kernel
     if kernel == "split":
         lengths = cache.field_lengths(field)
         outs = [

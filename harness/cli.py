@@ -154,7 +154,7 @@ def sweep_command(
     modes: ModesOption = None,
     backend: BackendOption = None,
     compile: CompileOption = None,
-    batch: Annotated[int | None, typer.Option(help="Batch size b.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Batch size b, or several, e.g. 8,32.")] = None,
     head_dim: Annotated[int | None, typer.Option(help="Head dim e (d = h * e).")] = None,
     dtype: Annotated[
         str | None,
@@ -178,6 +178,18 @@ def sweep_command(
     ] = None,
     images: Annotated[int | None, typer.Option(help="Images of the interleaved layout.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.")] = None,
+    lengths: Annotated[
+        str | None,
+        typer.Option(
+            help="Decode: each request's cache length: fixed (seq_len), uniform:LO-HI, zipf:A:MAX, "
+            "lognormal:MU:SIGMA:MAX or file:PATH (drawn with --seed)."
+        ),
+    ] = None,
+    kv_layout: Annotated[str | None, typer.Option(help="Decode: KV cache layout, padded or paged.")] = None,
+    page_size: Annotated[int | None, typer.Option(help="Decode, paged layout: tokens per page.")] = None,
+    q_len: Annotated[
+        int | None, typer.Option(help="Decode: query tokens per request per step (> 1: speculative).")
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     executor: Annotated[
         str | None, typer.Option(help="local (this process) or ray (one Ray task per cell).")
@@ -220,7 +232,7 @@ def sweep_command(
         modes=split_csv(modes),
         backend=split_csv(backend),
         compile=split_csv(compile),
-        batch=batch,
+        batch=split_ints("--batch", batch),
         head_dim=head_dim,
         dtype=dtype,
         device=device,
@@ -232,6 +244,10 @@ def sweep_command(
         layout=layout,
         images=images,
         seed=seed,
+        lengths=lengths,
+        kv_layout=kv_layout,
+        page_size=page_size,
+        q_len=q_len,
         out=out,
         executor=executor,
         ray_address=ray_address,

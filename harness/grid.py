@@ -10,7 +10,7 @@ cells with the same `cell_at`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import attn_variants as av
@@ -35,6 +35,19 @@ class Cell:
     layout: str = "prefix"  # where the n_visual image tokens sit (multimodal variants)
     n_images: int = 0  # images in the sequence: 1 for prefix with n_visual > 0
     compile: str = "off"
+    # Decode as served (workload.Serving): each request's cache length ((): all at seq_len),
+    # drawn from `length_dist`; the KV cache layout and page size; query tokens per step.
+    lengths: tuple[int, ...] = ()
+    length_dist: str = "fixed"
+    kv_layout: str = "padded"
+    page_size: int = 16
+    q_len: int = 1
+
+    @property
+    def serving(self) -> tuple[str, ...]:
+        """The key's serving part: () for a fixed, padded, one-token decode (and every other
+        mode), so existing CSVs and the check baseline still match."""
+        return serving_key(self.length_dist, self.kv_layout, self.page_size, self.q_len)
 
     def key(self) -> tuple[str, ...]:
         s = self.spec
@@ -43,7 +56,8 @@ class Cell:
         # The prefix layout and compile "off" keep the old key, so existing CSVs and the check
         # baseline still match.
         key = key if self.layout == "prefix" else (*key, self.layout, self.n_images)
-        return tuple(map(str, key if self.compile == "off" else (*key, f"compile={self.compile}")))
+        key = key if self.compile == "off" else (*key, f"compile={self.compile}")
+        return tuple(map(str, (*key, *self.serving)))
 
     @property
     def backend(self) -> str:
@@ -60,7 +74,23 @@ def row_key(row: dict[str, str]) -> tuple[str, ...]:
     key = key if layout == "prefix" else (*key, layout, str(row["n_images"]))
     compile = row.get("compile")
     compile = compile if isinstance(compile, str) and compile else "off"  # older CSVs: off
-    return key if compile == "off" else (*key, f"compile={compile}")
+    key = key if compile == "off" else (*key, f"compile={compile}")
+    if row.get("mode") != "decode" or not isinstance(row.get("kv_layout"), str) or not row["kv_layout"]:
+        return key  # older CSVs, other modes: no serving part
+    return (
+        *key,
+        *serving_key(
+            row["lengths"], row["kv_layout"], int(float(row["page_size"])), int(float(row["q_len"]))
+        ),
+    )
+
+
+def serving_key(dist: str, kv_layout: str, page_size: int, q_len: int) -> tuple[str, ...]:
+    """() for the plain decode (fixed, padded, one token), else what sets the cell apart."""
+    if (dist, kv_layout, q_len) == ("fixed", "padded", 1):
+        return ()
+    layout = f"kv={kv_layout}" + (f":{page_size}" if kv_layout == "paged" else "")
+    return (f"lengths={dist}", layout, f"q_len={q_len}")
 
 
 def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
@@ -73,11 +103,12 @@ def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
     skipped = [(h, g) for h, g in pairs if g > h or h % g]
     cells: dict[tuple[str, ...], Cell] = {}
     for mode in cfg.modes:
-        for n in cfg.seq_len:
-            for h, g in (p for p in pairs if p not in skipped):
-                for choice, comp in runs:
-                    cell = cell_at(choice, mode, n, h, g, cfg, comp)
-                    cells.setdefault(cell.key(), cell)
+        for b in cfg.batches:
+            for n in _seq_lens(cfg, mode, b):
+                for h, g in (p for p in pairs if p not in skipped):
+                    for choice, comp in runs:
+                        cell = with_serving(cell_at(choice, mode, n, h, g, cfg, comp, batch=b), cfg)
+                        cells.setdefault(cell.key(), cell)
     if not cells:
         raise ValueError(
             f"empty grid: no valid (n_heads, n_kv_heads) pair in heads={cfg.heads}, "
@@ -86,8 +117,35 @@ def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
     return _by_shape(cells.values()), skipped
 
 
+def _seq_lens(cfg: SweepConfig, mode: str, batch: int) -> tuple[int, ...]:
+    """The seq_len axis; a decode cell whose lengths are drawn has one: the longest drawn."""
+    if mode != "decode" or cfg.length_dist.fixed:
+        return cfg.seq_len
+    return (max(cfg.length_dist.draw(batch, 0, cfg.seed)),)
+
+
+def with_serving(cell: Cell, cfg: SweepConfig) -> Cell:
+    """A decode cell with the sweep's serving settings; other modes unchanged."""
+    if cell.mode != "decode":
+        return cell
+    dist = cfg.length_dist
+    lengths = () if dist.fixed else tuple(dist.draw(cell.batch, cell.seq_len, cfg.seed))
+    return replace(
+        cell, lengths=lengths, length_dist=dist.text, kv_layout=cfg.kv_layout, page_size=cfg.page_size,
+        q_len=cfg.q_len,
+    )  # fmt: skip
+
+
 def cell_at(
-    choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig | Any, compile: str = "off"
+    choice: VariantChoice,
+    mode: str,
+    n: int,
+    h: int,
+    g: int,
+    cfg: SweepConfig | Any,
+    compile: str = "off",
+    *,
+    batch: int | None = None,
 ) -> Cell:
     """The cell of `choice` at (mode, n, h, g): the variant's preset resolves g, multimodal
     variants get round(visual_frac * n) visual tokens. `cfg` gives batch, head_dim, dtype and
@@ -99,11 +157,12 @@ def cell_at(
     n_visual = round(cfg.visual_frac * n) if entry.multimodal else 0
     cell_layout = getattr(cfg, "layout", "prefix") if n_visual else "prefix"
     images = getattr(cfg, "images", 1) if cell_layout == "interleaved" else int(n_visual > 0)
-    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype, cell_layout, images, compile)
+    b = cfg.batch if batch is None else batch
+    return Cell(choice, mode, b, n, n_visual, spec, cfg.dtype, cell_layout, images, compile)
 
 
 def _by_shape(cells: Iterable[Cell]) -> list[Cell]:
     """Group the cells of one (mode, n, h) together, in grid order (stable)."""
     cells = list(cells)
-    shapes = list(dict.fromkeys((c.mode, c.seq_len, c.spec.n_heads) for c in cells))
-    return sorted(cells, key=lambda c: shapes.index((c.mode, c.seq_len, c.spec.n_heads)))
+    shapes = list(dict.fromkeys((c.mode, c.batch, c.seq_len, c.spec.n_heads) for c in cells))
+    return sorted(cells, key=lambda c: shapes.index((c.mode, c.batch, c.seq_len, c.spec.n_heads)))

@@ -87,6 +87,26 @@ class Row:
     compile_s: float | None = None  # wall seconds of the first compiled call; never in the latency
     setup_s: float | None = None  # seconds building flex block masks for this cell; never in the latency
     recompiles: int | None = None  # graphs dynamo compiled during the timed calls (compiled cells)
+    # Decode as served (harness/lengths.py, attn_variants/cache.py): the distribution of the b
+    # requests' cache lengths ('fixed': all at seq_len, which is the longest), their min, mean
+    # and max; the cache layout (padded, paged) and page size; query tokens per request per
+    # step; how attention read the cache (`kernel`: dense, split, mask, with 'gather+' when
+    # the pages were gathered). Serving figures: tokens_per_s = b * q_len / median;
+    # kv_bytes_needed, each request's own cache bytes summed (the cache's, metadata included);
+    # kv_bytes_allocated, what the layout holds (padded to the longest, or whole pages);
+    # padding_waste = allocated / needed. bw_util of such rows counts the bytes needed.
+    lengths: str = ""
+    len_min: int | None = None
+    len_mean: float | None = None
+    len_max: int | None = None
+    kv_layout: str = ""
+    page_size: int | None = None
+    q_len: int | None = None
+    kernel: str = ""
+    tokens_per_s: float | None = None
+    kv_bytes_needed: int | None = None
+    kv_bytes_allocated: int | None = None
+    padding_waste: float | None = None
     cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
     timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)
 

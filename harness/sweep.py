@@ -33,11 +33,15 @@ from attn_variants.registry import Mode
 
 from . import calibrate, dashboard, executors, measure, sweep_cell, timing, workload
 from . import config as config_mod
+from . import lengths as lengths_mod
 from .grid import Cell, grid, row_key
 from .records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
 from .variant_choice import check_builds
 
-TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile")
+TEXT_COLUMNS = (
+    "options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile", "lengths", "kv_layout",
+    "kernel",
+)  # fmt: skip
 CompileMode = Literal["off", "default", "max-autotune"]
 
 
@@ -56,7 +60,7 @@ class SweepConfig:
     backend: tuple[str, ...] = ("sdpa",)
     # torch.compile(mode=..., fullgraph=True) axis; "off" is eager. The reference stays "off".
     compile: tuple[CompileMode, ...] = ("off",)
-    batch: int = 2
+    batch: int | tuple[int, ...] = 2  # b, or several (tokens/s against batch size): read `batches`
     head_dim: int = 64  # e; the model width is d = h * e, so every h keeps the same head size
     # auto: bfloat16 on CUDA (no fused CUDA kernel takes float32 with h != g, see
     # attn_variants.backends.no_fused_gqa), float32 on CPU. A dtype given anywhere is kept.
@@ -74,6 +78,15 @@ class SweepConfig:
     layout: Literal["prefix", "interleaved"] = "prefix"
     images: int = 2  # images of the interleaved layout
     seed: int = 0
+    # Decode as served (harness/lengths.py): each decode cell's b requests get their own cache
+    # length, drawn with `seed` from `lengths` (fixed, uniform:LO-HI, zipf:A:MAX,
+    # lognormal:MU:SIGMA:MAX, file:PATH; a drawn cell's seq_len is its longest request); the
+    # cache is "padded" or "paged" (pages of `page_size` tokens, attn_variants/paged.py); each
+    # step decodes `q_len` tokens per request (> 1: speculative decode).
+    lengths: str = "fixed"
+    kv_layout: Literal["padded", "paged"] = "padded"
+    page_size: int = 16
+    q_len: int = 1
     out: str = "results"
     # local: cells run one by one in this process. ray: one Ray task per cell, holding a whole
     # GPU (GPU sweeps) or one CPU slot per thread (CPU sweeps), so cells never share a device.
@@ -89,18 +102,23 @@ class SweepConfig:
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
 
     def __post_init__(self) -> None:
-        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile"):
+        if isinstance(self.batch, int):
+            object.__setattr__(self, "batch", (self.batch,))
+        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile", "batch"):
             if not getattr(self, name):
                 raise ValueError(f"empty grid: {name} has no values")
         for name in self.backend:
             av.get_backend(name)  # unknown names raise, listing the valid backends
+        for b in (b for b in self.batch if b < 1):
+            raise ValueError(f"batch={b} must be >= 1")
         for name in ("seq_len", "heads", "kv_heads"):
             bad = [v for v in getattr(self, name) if v <= 0]
             if bad:
                 raise ValueError(f"{name} values must be positive; got {bad}")
         lows = (
-            ("batch", 1),
             ("head_dim", 1),
+            ("page_size", 1),
+            ("q_len", 1),
             ("repeats", 1),
             ("warmup", 0),
             ("threads", 0),
@@ -115,6 +133,17 @@ class SweepConfig:
             raise ValueError(f"visual_frac={self.visual_frac} must be in [0, 1]")
         if self.layout not in workload.LAYOUTS:
             raise ValueError(f"layout={self.layout!r} is not one of {list(workload.LAYOUTS)}")
+        self.length_dist  # noqa: B018  (parses `lengths`: a bad value raises here, before any cell)
+
+    @property
+    def batches(self) -> tuple[int, ...]:
+        """The batch sizes (`batch` given as one int or several)."""
+        return self.batch if isinstance(self.batch, tuple) else (self.batch,)
+
+    @functools.cached_property
+    def length_dist(self) -> lengths_mod.Lengths:
+        """`lengths` parsed (a length file is read once)."""
+        return lengths_mod.parse(self.lengths)
 
 
 class Observer(Protocol):
@@ -144,10 +173,30 @@ def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell]
     variant built once (its options), the device, then the output folder made and written to."""
     cells, skipped = grid(cfg)
     check_builds((c.choice, c.spec) for c in cells)
+    check_lengths(cfg, cells)
     if cfg.executor == "local":  # a Ray cluster's devices are its workers' (executors.py)
         measure.resolve_device(cfg.device)  # 'cuda' without a GPU
     check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
     return cells, skipped
+
+
+def check_lengths(cfg: SweepConfig, cells: Sequence[Cell]) -> None:
+    """With a memory limit set, a decode cell whose padded cache (b requests at the longest
+    drawn length) would not fit is bad input, named before any cell runs."""
+    if cfg.length_dist.fixed or cfg.memory_limit_mb <= 0:
+        return
+    limit = cfg.memory_limit_mb * 2**20
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    dtype = measure.DTYPES[resolve_dtype(cfg.dtype, torch.device("cuda" if cuda else "cpu"))]
+    for c in (c for c in cells if c.mode == "decode"):
+        entry = av.info(c.choice.name)
+        need = entry.kv_cache_bytes(c.spec, dict(c.choice.options), c.batch, max(c.lengths), dtype)
+        if need > limit:
+            raise ValueError(
+                f"lengths={cfg.lengths!r}: the longest request ({max(c.lengths)} tokens) gives "
+                f"{c.choice.name} a {need / 2**20:.0f} MiB cache at b={c.batch}, over "
+                f"memory_limit_mb={cfg.memory_limit_mb:g}"
+            )
 
 
 def run(
@@ -183,7 +232,7 @@ def run(
     t0, timed = time.perf_counter(), 0.0
     with timing.threads(cfg.threads):
         env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
-        _write_run_json(run_dir, cfg, env, skipped, len(cells), settings, peaks)
+        _write_run_json(run_dir, cfg, env, skipped, cells, settings, peaks)
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
         task = functools.partial(
@@ -230,7 +279,7 @@ def _write_run_json(
     cfg: SweepConfig,
     env: dict,
     skipped: Sequence,
-    cells: int,
+    cells: Sequence[Cell],
     settings: dict | None,
     peaks: Any = None,
 ) -> None:
@@ -238,7 +287,12 @@ def _write_run_json(
         return
     calibration = dataclasses.asdict(peaks) if peaks is not None else None
     pairs = [list(p) for p in skipped]
-    write_run_json(run_dir, cfg, env, cells, skipped_pairs=pairs, settings=settings, calibration=calibration)
+    # The drawn request lengths of the decode cells, per batch size (every variant decodes these).
+    drawn = {str(c.batch): list(c.lengths) for c in cells if c.lengths}
+    write_run_json(
+        run_dir, cfg, env, len(cells), skipped_pairs=pairs, settings=settings, calibration=calibration,
+        lengths=drawn,
+    )  # fmt: skip
 
 
 SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]

@@ -23,7 +23,7 @@ import attn_variants as av
 from attn_variants.backends import is_unavailable
 from attn_variants.flex import MASKS
 
-from . import calibrate, flops, measure, timing, workload
+from . import calibrate, flops, lengths, measure, timing, workload
 from .grid import Cell
 from .records import Row, error_text
 
@@ -97,8 +97,46 @@ def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: 
         error=error,
         backend=cell.backend,
         compile=cell.compile,
+        **_serving_fields(cell),
         **fields,
     )
+
+
+def _serving_fields(cell: Cell) -> dict[str, Any]:
+    """A decode row's request lengths (distribution, min/mean/max), layout and q_len."""
+    if cell.mode != "decode":
+        return {}
+    drawn = list(cell.lengths) or [cell.seq_len] * cell.batch
+    return dict(
+        lengths=cell.length_dist, **lengths.summary(drawn), kv_layout=cell.kv_layout,
+        page_size=cell.page_size, q_len=cell.q_len,
+    )  # fmt: skip
+
+
+def _served(w: workload.Workload, cell: Cell, seconds: float, dtype: torch.dtype) -> dict[str, Any]:
+    """A decode row's serving figures from its cache: tokens per second, the bytes the requests
+    need and the layout holds, and the attention kernel that read them."""
+    if cell.mode != "decode" or w.kv_bytes is None or w.cache is None:
+        return {}
+    need, held = w.kv_bytes
+    paged = "gather+" if cell.kv_layout == "paged" else ""
+    return dict(
+        kernel=paged + (w.cache.kernel or "dense"),
+        tokens_per_s=cell.batch * cell.q_len / seconds,
+        kv_bytes_needed=need,
+        kv_bytes_allocated=held,
+        padding_waste=held / need if need else None,
+    )
+
+
+def _bytes_moved(cell: Cell, dtype: torch.dtype, served: dict[str, Any]) -> int:
+    """flops.bytes_moved; a served decode (drawn lengths, paged, q_len > 1) reads its queries,
+    writes its outputs and reads the bytes its requests need, not the padded frame."""
+    plain = not cell.lengths and cell.kv_layout == "padded" and cell.q_len == 1
+    if cell.mode != "decode" or plain or not served:
+        return flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
+    s, itemsize = cell.spec, torch.empty(0, dtype=dtype).element_size()
+    return 2 * cell.batch * cell.q_len * s.n_heads * s.head_dim * itemsize + served["kv_bytes_needed"]
 
 
 def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -130,7 +168,8 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         samples += timing.sample(fn, device, warmup=0, repeats=cfg.repeats, flush=flush)
     recompiles = w.graphs_since_build() - before
     t = timing.summarize(samples)
-    moved = flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
+    served = _served(w, cell, t.median, dtype)
+    moved = _bytes_moved(cell, dtype, served)
     peaks = calibrate.get(device, str(dtype).removeprefix("torch."))  # the dtype the cell ran in
     return dict(
         latency_ms_median=t.median * 1e3,
@@ -155,6 +194,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         compile_s=w.compile_s,
         setup_s=w.setup_s,
         recompiles=recompiles if w.compile != "off" else None,
+        **served,
         error=f"recompiled {recompiles} time(s) during timing: latency includes compilation"
         if recompiles
         else "",
@@ -206,6 +246,7 @@ def _build(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtyp
         options=options,
         seed=cfg.seed,
         compile=compile,
+        serving=workload.Serving(cell.lengths or None, cell.kv_layout, cell.page_size, cell.q_len),
     )
 
 

@@ -13,6 +13,7 @@ compiled afterwards, i.e. recompiles.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class Workload:
     # Drops what the previous call left behind that the next call replaces (fwd_bwd: the
     # gradients), so a memory baseline taken after it counts them in the call's peak.
     reset: Callable[[], None] = lambda: None
+    cache: av.KVCache | None = None  # decode: the step's cache
+    kv_bytes: tuple[int, int] | None = None  # decode: the cache's bytes needed and held, at prefill
 
     @property
     def uncompiled(self) -> Step:
@@ -86,6 +89,7 @@ def build(
     seed: int = 0,
     compile: str = "off",
     compiler: str | Callable = "inductor",
+    serving: Serving | None = None,
 ) -> Workload:
     """Build variant `variant` and inputs for `mode` (fwd, fwd_bwd or decode).
 
@@ -95,7 +99,10 @@ def build(
     A backend the device cannot run raises UnsupportedMode saying why.
 
     n_visual image tokens sit as `layout` says: "prefix", one image first (n_visual=m);
-    "interleaved", `images` images between text (`modality_ids`), as in multi-image chat."""
+    "interleaved", `images` images between text (`modality_ids`), as in multi-image chat.
+
+    `serving` (decode): each request's own cache length, the cache layout and the query tokens
+    per step; None is b requests at seq_len, padded, one token."""
     entry = av.info(variant)
     _check_mode(variant, mode, entry.modes, compile)
     if batch <= 0 or seq_len <= 0:
@@ -110,19 +117,24 @@ def build(
     with device:  # initialise the weights where they will live: d = 4096 on the CPU takes seconds
         module = to(av.create(variant, spec, **options), device, dtype)
     resolved = module.spec
-    make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
+    serving = serving or Serving()
+    decode = functools.partial(_decode, serving=serving, seed=seed)
+    make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": decode}[mode]
     x = randn((batch, seq_len, spec.dim), gen, device, dtype)  # (b, n, d)
     layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
     kv_bytes = entry.kv_cache_bytes(resolved, options, batch, seq_len, dtype)
     masks_before, inputs = MASKS.seconds, gen.get_state()
     eager_step = make(module, module, x, layout_kw, gen)
     backend = options.get("backend", entry.options["backend"])
+    cache = {"cache": getattr(eager_step, "cache", None), "kv_bytes": getattr(eager_step, "kv_bytes", None)}
     if compile == "off" and backend != "flex":
-        return Workload(module, resolved, eager_step, kv_bytes, reset=_reset(eager_step))
+        return Workload(module, resolved, eager_step, kv_bytes, reset=_reset(eager_step), **cache)
     eager_step()  # block masks come from an untimed eager call, never from a timed one or a graph
     setup_s = MASKS.seconds - masks_before
     if compile == "off":
-        return Workload(module, resolved, eager_step, kv_bytes, setup_s=setup_s, reset=_reset(eager_step))
+        return Workload(
+            module, resolved, eager_step, kv_bytes, setup_s=setup_s, reset=_reset(eager_step), **cache
+        )
     torch._dynamo.reset()  # each cell compiles afresh: no cache-size limit reached over a sweep
     mode_arg = None if compile == "default" else compile
     compiled = torch.compile(module, mode=mode_arg, fullgraph=True, backend=compiler)
@@ -143,6 +155,8 @@ def build(
         setup_s,
         dynamo_graphs(),
         reset=_reset(step),
+        cache=getattr(step, "cache", None),
+        kv_bytes=getattr(step, "kv_bytes", None),
     )
 
 
@@ -253,22 +267,49 @@ def _forward_backward(
     return step
 
 
-def _decode(module: nn.Module, run: Callable, x: torch.Tensor, layout_kw: dict, gen: torch.Generator) -> Step:
+@dataclass(frozen=True)
+class Serving:
+    """How a decode cell serves its b requests: `lengths`, each request's cache length (None:
+    every one at seq_len); the KV cache `kv_layout` ("padded" or "paged", pages of
+    `page_size` tokens, handed out in an order seeded by the cell's seed); `q_len` query
+    tokens per request per step (> 1: speculative decode, each request's tokens causal)."""
+
+    lengths: tuple[int, ...] | None = None
+    kv_layout: str = "padded"
+    page_size: int = 16
+    q_len: int = 1
+
+
+def _decode(
+    module: nn.Module,
+    run: Callable,
+    x: torch.Tensor,
+    layout_kw: dict,
+    gen: torch.Generator,
+    *,
+    serving: Serving = Serving(),
+    seed: int = 0,
+) -> Step:
     """Fill a cache with all n tokens (untimed, uncompiled; `KVCache.fill` skips the prompt's
-    attention, whose output nobody reads), then grow the cache's buffers with one untimed eager
-    step; each step decodes one more text token with `run`."""
+    attention, whose output nobody reads), cut each request to its own length, then grow the
+    cache's buffers (and pages) with one untimed eager step; each step decodes `q_len` more text
+    tokens per request with `run`. x (b, n, d) is the padded prompt, n the longest request."""
     module.eval()
-    cache = av.KVCache()
-    x_next = randn((x.shape[0], 1, x.shape[2]), gen, x.device, x.dtype)  # (b, 1, d)
+    cache = av.KVCache(layout=serving.kv_layout, page_size=serving.page_size, seed=seed)
+    b, _, d = x.shape
+    x_next = randn((b, serving.q_len, d), gen, x.device, x.dtype)  # (b, q, d)
     with torch.no_grad():
         cache.fill(module, x, **layout_kw)  # the cache as a forward leaves it, no n^2 attention
-        prefill = cache.length
+        prefill = list(serving.lengths) if serving.lengths is not None else cache.length
+        cache.truncate(prefill)  # a ragged batch: each request keeps its own first tokens
         module(x_next, cache=cache)  # the buffers double here, not inside the first timed step
         cache.truncate(prefill)
 
     def step() -> object:
-        cache.truncate(prefill)  # every step starts from the same cache of length n
+        cache.truncate(prefill)  # every step starts from the same cache
         with torch.no_grad():
             return run(x_next, cache=cache)
 
+    step.cache = cache  # type: ignore[attr-defined]  (Workload.cache: bytes needed and held)
+    step.kv_bytes = (cache.nbytes_needed, cache.nbytes)  # type: ignore[attr-defined]  at prefill
     return step
