@@ -15,6 +15,7 @@ from . import comparison as cmp
 from . import comparison_figure as cf
 from . import kernel_figures as kf
 from . import roofline as rf
+from . import serving as sv
 from . import sweep_figures as sf
 from . import tables
 from .load import Run, combined, load_runs
@@ -54,6 +55,9 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "Each ok cell at its arithmetic intensity (flops_effective / bytes_moved) and achieved "
                    "FLOP/s, under the roof of this machine's measured matmul FLOP/s and copy bandwidth "
                    "(attnbench calibrate).", rf.roofline_figure),
+        FigureSpec("decode_throughput", "sweep", sv.SERVING_COLUMNS, "Decode throughput against batch size",
+                   "tokens_per_s = b * q_len / median step, per variant, one panel per distribution of the "
+                   "requests' cache lengths (--lengths), cache layout and q_len.", sv.throughput_figure),
         FigureSpec("backend_compile", "sweep", ("backend", "compile"), "Kernels and compilation",
                    "Median latency per backend and torch.compile mode at one shape (the largest n, or "
                    "--seq-len); c: first compiled call (compile_s), m: block-mask build (setup_s), "
