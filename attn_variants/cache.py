@@ -149,7 +149,26 @@ class KVCache:
     def __contains__(self, name: str) -> bool:
         return name in self._fields
 
+    def write(self, axis: int = 2, **fields: Tensor) -> None:
+        """`append` without reading anything back: for a kernel that reads the pages in place
+        (attn_variants/paged_attention.py), where a read would be a gather of the whole cache."""
+        counts = {name: t.shape[axis] for name, t in fields.items()}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"fields appended together add different token counts: {counts}")
+        for name, t in fields.items():
+            self._write(name, t, axis)
+
+    def pool(self, name: str) -> Tensor:
+        """A paged field's physical pool (..., pages * page_size, ...), no batch axis."""
+        store = self._fields[name].store
+        if not isinstance(store, PagedStore):
+            raise ValueError(f"pool({name!r}) needs the paged layout; this cache is {self.layout!r}")
+        return store.physical
+
     def _append(self, name: str, new: Tensor, axis: int) -> Tensor:
+        return self._write(name, new, axis).read()
+
+    def _write(self, name: str, new: Tensor, axis: int) -> _Field:
         f = self._fields.get(name)
         if f is None:
             f = self._fields[name] = self._new_field(new, axis, [0] * new.shape[0])
@@ -163,7 +182,7 @@ class KVCache:
         else:
             f.store.write(new, starts, None if f.uniform else f.lengths_t(new.device))
         f.added += new.shape[axis]
-        return f.read()
+        return f
 
     def _new_field(self, like: Tensor, axis: int, base: list[int]) -> _Field:
         shape = list(like.shape)

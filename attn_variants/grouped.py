@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import modality as layout
-from . import ragged
+from . import paged_attention, ragged
 from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .registry import create, info, register, with_kv_heads
@@ -48,7 +48,10 @@ class GroupedQueryAttention(nn.Module):
         are only validated here (attn_variants/modality.py)."""
         self._check_input(x, n_visual, modality)
         q, k, v = self.project(x)
-        if cache is not None:
+        if self._reads_pages() and paged_attention.kernel_for(cache, q, self.backend_name):
+            cache.write(k=k, v=v)  # the kernel reads the pages in place: no gathered frame
+            k = v = None
+        elif cache is not None:
             k, v = cache.update(k, v)  # (b, g, s, e), s = cached + n
         o = self.attend(q, k, v, n_visual=n_visual, cache=cache)  # (b, h, n, e)
         return self.merge(o)
@@ -62,8 +65,24 @@ class GroupedQueryAttention(nn.Module):
         v = self.v_proj(x).view(b, n, g, e).transpose(1, 2)  # (b, g, n, e)
         return q, k, v
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, cache: KVCache | None) -> Tensor:
-        """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Variants override this."""
+    # The base attend over "k" and "v" of a paged cache can read the pages in place
+    # (paged_attention.py): then forward passes k = v = None. None: only where `attend` is this
+    # class's own (a subclass that overrides it gets K/V tensors, as before); True: a subclass
+    # whose attend hands k and v to this one untouched (pgqa).
+    reads_pages: bool | None = None
+
+    def _reads_pages(self) -> bool:
+        flag = type(self).reads_pages
+        return type(self).attend is GroupedQueryAttention.attend if flag is None else flag
+
+    def attend(
+        self, q: Tensor, k: Tensor | None, v: Tensor | None, *, n_visual: int, cache: KVCache | None
+    ) -> Tensor:
+        """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e); k = v = None: read the paged cache
+        in place. Variants override this."""
+        if k is None:
+            kernel = paged_attention.kernel_for(cache, q, self.backend_name)
+            return paged_attention.attend(q, cache, kernel, causal=self.spec.causal)
         if skips_attention(cache):  # KVCache.fill: the cache is complete, the output unused
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         if ragged.active(cache):  # each example over its own cached tokens only

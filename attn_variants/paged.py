@@ -75,6 +75,8 @@ class PageTable:
         self.free: list[int] = []  # handed out from the end
         self.pages: list[list[int]] = []
         self._tables: dict[torch.device, Tensor] = {}  # (b, max pages) per device, until pages change
+        self._maps: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self.masks: dict = {}  # attention masks over the pool (paged_attention.py), while pages hold
 
     def reserve(self, tokens: list[int]) -> bool:
         """Give example i pages for tokens[i] tokens; True when the pool grew (stores must grow)."""
@@ -89,8 +91,12 @@ class PageTable:
             self._grow(max(self.pool + missing - len(self.free), 2 * self.pool))
         for held, k in zip(self.pages, need, strict=True):
             held.extend(self.free.pop() for _ in range(max(0, k)))
-        self._tables.clear()
+        self._changed()
         return grew
+
+    def _changed(self) -> None:
+        self._tables.clear()
+        self._maps.clear()
 
     def release(self, tokens: list[int]) -> None:
         """Return the pages past tokens[i] of each example to the free list, so that the next
@@ -100,7 +106,7 @@ class PageTable:
             keep = math.ceil(t / self.page_size)
             while len(held) > keep:
                 self.free.append(held.pop())
-                self._tables.clear()
+                self._changed()
 
     def _grow(self, pool: int) -> None:
         fresh = (torch.randperm(pool - self.pool, generator=self.generator) + self.pool).tolist()
@@ -114,6 +120,16 @@ class PageTable:
             rows = [p + [0] * (width - len(p)) for p in self.pages]
             self._tables[device] = torch.tensor(rows, dtype=torch.long, device=device)
         return self._tables[device]
+
+    def maps(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per physical page (pool,): the example that holds it (-1: free) and its logical page."""
+        if device not in self._maps:
+            owner, logical = [-1] * self.pool, [0] * self.pool
+            for i, held in enumerate(self.pages):
+                for j, page in enumerate(held):
+                    owner[page], logical[page] = i, j
+            self._maps[device] = (torch.tensor(owner, device=device), torch.tensor(logical, device=device))
+        return self._maps[device]
 
     def slots(self, positions: Tensor) -> Tensor:
         """Logical positions (b, n) -> physical rows (b, n) through the table."""

@@ -98,7 +98,11 @@ class PerturbedGQA(GroupedQueryAttention):
     def perturbing(self) -> bool:
         return self.training or self.perturb_eval
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, cache: KVCache | None) -> Tensor:
+    reads_pages = True  # its attend hands k and v to GQA's untouched (None: the pages in place)
+
+    def attend(
+        self, q: Tensor, k: Tensor | None, v: Tensor | None, *, n_visual: int, cache: KVCache | None
+    ) -> Tensor:
         """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e): fused GQA, then the noise."""
         o = super().attend(q, k, v, n_visual=n_visual, cache=cache)  # (b, h, n, e)
         if not self.perturbing:

@@ -119,9 +119,11 @@ def _served(w: workload.Workload, cell: Cell, seconds: float, dtype: torch.dtype
     if cell.mode != "decode" or w.kv_bytes is None or w.cache is None:
         return {}
     need, held = w.kv_bytes
-    paged = "gather+" if cell.kv_layout == "paged" else ""
+    kernel = w.cache.kernel or "dense"
+    if cell.kv_layout == "paged" and not kernel.endswith("-paged"):  # read after a gather of the pages
+        kernel = "gather+" + kernel
     return dict(
-        kernel=paged + (w.cache.kernel or "dense"),
+        kernel=kernel,
         tokens_per_s=cell.batch * cell.q_len / seconds,
         kv_bytes_needed=need,
         kv_bytes_allocated=held,

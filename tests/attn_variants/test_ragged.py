@@ -203,3 +203,42 @@ def test_ragged_causal_leak():
     assert_close(moved[:, :2], base[:, :2], **TIGHT)
     assert_close(moved[[0, 2]], base[[0, 2]], **TIGHT)
     assert not torch.allclose(moved[1, 2], base[1, 2])
+
+
+@pytest.mark.parametrize("name,options", [("gqa", {}), ("concat", {}), ("pgqa", {"seed": 5})])
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_flex_reads_the_pages_in_place(name, options, q_len):
+    """The flex backend on a paged cache: one flex_attention call over the whole pool with a
+    block mask through the page table, no gather; equal to each example alone."""
+    module = build(name, {**options, "backend": "flex"})
+    lengths = [3, 9, 1, 6]
+    x = torch.randn(4, 9, 32, dtype=torch.float64)
+    x_next = torch.randn(4, q_len, 32, dtype=torch.float64)
+    want = alone_steps(module, x, x_next, lengths, {}, {})
+    for page_size in (4, 16):
+        got, cache = batched_step(module, x, x_next, lengths, "paged", page_size, {}, {})
+        assert cache.kernel == "flex-paged"
+        assert_close(got, want, **TIGHT)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen's paged kernel needs CUDA")
+@pytest.mark.parametrize("q_len", [1, 2])
+def test_varlen_paged_matches_the_gather_on_cuda(q_len):
+    from attn_variants import paged_attention
+
+    if not paged_attention.varlen_available():
+        pytest.skip("this torch has no varlen_attn with block_table")
+    torch.manual_seed(0)
+    module = av.create("gqa", av.AttnSpec(256, 8, 2)).to("cuda", torch.bfloat16).eval()
+    lengths = [1, 300, 77, 1024]
+    x = torch.randn(4, 1024, 256, device="cuda", dtype=torch.bfloat16)
+    x_next = torch.randn(4, q_len, 256, device="cuda", dtype=torch.bfloat16)
+    outs = {}
+    for layout in ("padded", "paged"):
+        cache = av.KVCache(layout=layout, page_size=16, seed=1)
+        with torch.no_grad():
+            cache.fill(module, x, lengths=lengths)
+            outs[layout] = module(x_next, cache=cache)
+        outs[layout + " kernel"] = cache.kernel
+    assert outs["paged kernel"] == "varlen-paged"
+    assert_close(outs["paged"], outs["padded"], rtol=2e-2, atol=2e-2)
