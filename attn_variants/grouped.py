@@ -72,6 +72,10 @@ class GroupedQueryAttention(nn.Module):
     reads_pages: bool | None = None
 
     def _reads_pages(self) -> bool:
+        """Whether forward may hand `attend` k = v = None over a paged cache: the neighbour
+        grouping only (an uneven grouping's plan slices K/V per group size)."""
+        if getattr(self, "layout", None) is not None:
+            return False
         flag = type(self).reads_pages
         return type(self).attend is GroupedQueryAttention.attend if flag is None else flag
 
