@@ -102,14 +102,12 @@ class SweepConfig:
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch, int):
-            object.__setattr__(self, "batch", (self.batch,))
-        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile", "batch"):
+        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile", "batches"):
             if not getattr(self, name):
                 raise ValueError(f"empty grid: {name} has no values")
         for name in self.backend:
             av.get_backend(name)  # unknown names raise, listing the valid backends
-        for b in (b for b in self.batch if b < 1):
+        for b in (b for b in self.batches if b < 1):
             raise ValueError(f"batch={b} must be >= 1")
         for name in ("seq_len", "heads", "kv_heads"):
             bad = [v for v in getattr(self, name) if v <= 0]
