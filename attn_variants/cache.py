@@ -1,6 +1,6 @@
 """`KVCache`: the per-token state of the tokens seen so far, for decode and chunked prefill.
 
-One class serves every variant (docs/adding-a-variant.md, "The cache"): a cache is a set of named
+One class serves every variant (DESIGN.md, "the variant contract"): a cache is a set of named
 fields, each a tensor that grows along its own token axis.
 
 - the GQA family stores "k" and "v", (b, g, s, e), token axis 2 (`update(k, v)`);
