@@ -83,7 +83,7 @@ def main(variants: list[str]) -> None:
     print(f"d={D}, h={H}, g={G}, float32, 1 thread, torch {torch.__version__}")
     for name in variants:
         fns, caches = candidates(name, ls)
-        samples = compare.interleaved(fns, rounds=15, warmup=2)
+        samples = compare.interleaved(fns, rounds=25, warmup=2)
         compare.print_table(samples, "8 alone", title=f"{name}: one decode step")
         for label, cache in caches.items():
             cache.truncate(ls)  # the cache a step starts from
