@@ -23,7 +23,7 @@ import torch
 
 import attn_variants as av
 from attn_variants import ragged
-from harness import compare
+from harness.measure import interleave as compare
 
 B, D, H, G, LO, HI = 8, 1024, 16, 4, 256, 4096
 

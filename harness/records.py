@@ -87,7 +87,7 @@ class Row:
     compile_s: float | None = None  # wall seconds of the first compiled call; never in the latency
     setup_s: float | None = None  # seconds building flex block masks for this cell; never in the latency
     recompiles: int | None = None  # graphs dynamo compiled during the timed calls (compiled cells)
-    # Decode as served (harness/lengths.py, attn_variants/cache.py): the distribution of the b
+    # Decode as served (harness/sweep/lengths.py, attn_variants/cache.py): the distribution of the b
     # requests' cache lengths ('fixed': all at seq_len, which is the longest), their min, mean
     # and max; the cache layout (padded, paged) and page size; query tokens per request per
     # step; how attention read the cache (`kernel`: dense, split, mask, with 'gather+' when

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import lengths
 from harness.cli import app
-from harness.grid import grid, row_key
-from harness.sweep import SweepConfig
+from harness.sweep import lengths
+from harness.sweep.config import SweepConfig
+from harness.sweep.grid import grid, row_key
 
 runner = CliRunner()
 
