@@ -115,7 +115,9 @@ def measure_cell(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return GenerateRow(**ident, status=status, error=error, cell_s=round(time.perf_counter() - start, 6), **fields)
+    return GenerateRow(
+        **ident, status=status, error=error, cell_s=round(time.perf_counter() - start, 6), **fields
+    )
 
 
 def decoder_config(choice: VariantChoice, cfg: Any) -> DecoderConfig:

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 import attn_variants as av
@@ -149,7 +148,9 @@ class Decoder(nn.Module):
     def kv_cache_bytes(self, seq_len: int, batch: int) -> int:
         """The registry's analytic cache of all layers at `seq_len` tokens."""
         entry, dtype = av.info(self.cfg.variant), self.embed.weight.dtype
-        return self.cfg.layers * entry.kv_cache_bytes(self.cfg.spec(), self.cfg.options, batch, seq_len, dtype)
+        return self.cfg.layers * entry.kv_cache_bytes(
+            self.cfg.spec(), self.cfg.options, batch, seq_len, dtype
+        )
 
 
 def cache_nbytes(caches: list[av.KVCache]) -> int:

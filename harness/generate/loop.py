@@ -77,8 +77,12 @@ def generate(
     out: list[Tensor] = []
     with torch.no_grad():
         start = time.perf_counter()
-        ttft = timing.time_call(lambda: out.append(greedy(model(prompt, caches, n_visual, last=True))), device)
-        steps = [timing.time_call(lambda: out.append(step(out[-1], caches)), device) for _ in range(new_tokens - 1)]
+        ttft = timing.time_call(
+            lambda: out.append(greedy(model(prompt, caches, n_visual, last=True))), device
+        )
+        steps = [
+            timing.time_call(lambda: out.append(step(out[-1], caches)), device) for _ in range(new_tokens - 1)
+        ]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start

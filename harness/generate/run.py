@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-import torch
 
 from .. import measure, timing
 from ..records import CsvSink, check_writable, read_frame, write_run_json
@@ -33,7 +32,15 @@ from .cell import GenerateRow
 
 CSV = "generate.csv"
 COLUMNS = tuple(f.name for f in dataclasses.fields(GenerateRow))
-TEXT_COLUMNS = ("options", "error", "tpot_samples_ms", "attn_share_method", "sdpa_backend", "timing", "compile")
+TEXT_COLUMNS = (
+    "options",
+    "error",
+    "tpot_samples_ms",
+    "attn_share_method",
+    "sdpa_backend",
+    "timing",
+    "compile",
+)
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
 
@@ -52,7 +59,9 @@ class GenerateConfig:
     kv_heads: int = 2  # g for the variants that take one (mha and mqa fix theirs)
     vocab: int = 4096
     mlp_hidden: int = 0  # SwiGLU width; 0: LLaMA's 8d/3 rounded up to 64
-    visual_frac: float = 0.25  # multimodal variants: the prompt's first round(visual_frac * P) are image tokens
+    visual_frac: float = (
+        0.25  # multimodal variants: the prompt's first round(visual_frac * P) are image tokens
+    )
     dtype: Literal["auto", "float32", "float64", "float16", "bfloat16"] = "auto"  # auto: bf16 CUDA, fp32 CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The decode step outside attention under torch.compile (harness/generate/loop.py);
@@ -70,9 +79,9 @@ class GenerateConfig:
         bad = [p for p in self.context if p < 1]
         if bad:
             raise ValueError(f"context lengths must be >= 1; got {bad}")
-        lows = (("new_tokens", 1), ("batch", 1), ("layers", 1), ("dim", 1), ("heads", 1), ("kv_heads", 1),
-                ("vocab", 1), ("mlp_hidden", 0), ("warmup", 0), ("share_steps", 1), ("threads", 0))  # fmt: skip
-        for name, low in lows:
+        ones = ("new_tokens", "batch", "layers", "dim", "heads", "kv_heads", "vocab", "share_steps")
+        lows = {**dict.fromkeys(ones, 1), **dict.fromkeys(("mlp_hidden", "warmup", "threads"), 0)}
+        for name, low in lows.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
         if not 0.0 <= self.visual_frac < 1.0:
