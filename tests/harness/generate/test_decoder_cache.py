@@ -62,9 +62,8 @@ def test_each_cached_step_gives_the_full_forwards_last_logits(variant):
         for t in range(P, P + T - 1):
             got = model(seq[:, t : t + 1], caches, last=True)  # (b, 1, vocab)
             want = model(seq[:, : t + 1], None, n_visual)[:, -1:]  # (b, 1, vocab)
-            torch.testing.assert_close(
-                got, want, rtol=1e-10, atol=1e-10, msg=lambda m: f"{variant} t={t}: {m}"
-            )
+            where = f"{variant} t={t}"
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=lambda m, w=where: f"{w}: {m}")
 
 
 def test_a_cache_that_loses_a_token_is_caught():
