@@ -53,6 +53,7 @@ class GenerateRow:
     n_heads: int  # h
     n_kv_heads: int  # g after the variant's preset
     head_dim: int  # e
+    kv_heads_equiv: float  # the g of a GQA with this cache per token (mla: its latent and rope key)
     vocab: int
     compile: str  # torch.compile mode of the decode step outside attention; off
     status: str
@@ -137,6 +138,7 @@ def identity(choice, context, n_visual, dcfg: DecoderConfig, cfg, env, run_id) -
         options=choice.options_text, batch=cfg.batch, context=context, new_tokens=cfg.new_tokens,
         n_visual=n_visual, layers=cfg.layers, dim=cfg.dim, n_heads=spec.n_heads,
         n_kv_heads=spec.n_kv_heads, head_dim=spec.head_dim, vocab=cfg.vocab, compile=cfg.compile,
+        kv_heads_equiv=av.info(choice.name).kv_heads_equiv(spec, dict(choice.options)),
     )  # fmt: skip
 
 

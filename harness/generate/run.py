@@ -140,16 +140,3 @@ def run(
 def load(csv_path: Path) -> pd.DataFrame:
     """A generate CSV as a DataFrame, text columns '' where empty."""
     return read_frame(csv_path, TEXT_COLUMNS)
-
-
-def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
-    """`df` plus `speedup` (the reference's tpot_s / this row's: end to end, decode) and
-    `attn_speedup` (the reference's attn_s / this row's: the attention calls alone), at the same
-    context, batch and model sizes."""
-    key = ["device", "dtype", "compile", "batch", "context", "new_tokens", "layers", "dim", "n_heads"]
-    ok = df[(df["status"] == "ok") & (df["variant"] == reference) & (df["options"] == "")]
-    ref = ok.groupby(key, as_index=False).agg(_tpot=("tpot_s", "median"), _attn=("attn_s", "median"))
-    out = df.merge(ref, on=key, how="left")
-    out["speedup"] = out["_tpot"] / out["tpot_s"]
-    out["attn_speedup"] = out["_attn"] / out["attn_s"]
-    return out.drop(columns=["_tpot", "_attn"])

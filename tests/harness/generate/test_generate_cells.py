@@ -92,16 +92,6 @@ def test_refusal_names_the_reason():
     assert "not causal-safe" in refusal("pgqa")
 
 
-def test_speedup_is_over_the_reference_end_to_end_and_on_attention():
-    df = pd.DataFrame(
-        dict(variant=["mha", "gqa"], options="", status="ok", tpot_s=[2.0, 1.0], attn_s=[1.0, 0.25])
-        | dict(device="cpu", dtype="float32", compile="off", batch=1, context=128, new_tokens=8)
-        | dict(layers=2, dim=32, n_heads=4)
-    )
-    out = run.with_speedup(df)
-    assert out["speedup"].tolist() == [1.0, 2.0] and out["attn_speedup"].tolist() == [1.0, 4.0]
-
-
 def test_config_from_bench_toml_and_bad_values(tmp_path):
     toml = tmp_path / "bench.toml"
     toml.write_text("[generate]\ncontext = [64, 128]\n[profiles.big.generate]\nlayers = 16\n")
