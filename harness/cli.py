@@ -350,7 +350,7 @@ def accuracy_command(
 # and register themselves on `app` as it is imported. The import is here, at the bottom, because
 # cli_tools imports `app` and the helpers above from this module: they must exist by then. Importing
 # it here, after accuracy, also keeps `attnbench --help` in its order (commands list as registered).
-from . import cli_tools  # noqa: E402, F401
+from . import cli_generate, cli_tools  # noqa: E402, F401
 
 
 def main() -> None:
