@@ -68,7 +68,7 @@ class GenerateConfig:
     # reduce-overhead replays it as CUDA graphs on a GPU.
     compile: CompileMode = "off"
     warmup: int = 0  # untimed generations before the profiled one (which is itself untimed)
-    share_steps: int = 10  # bracketed and plain decode steps each, for attn_share
+    share_steps: int = 20  # bracketed and plain decode steps each, for attn_share
     threads: int = 0  # torch.set_num_threads; 0 keeps torch's default (recorded in every row)
     seed: int = 0
     out: str = "results"
