@@ -58,7 +58,15 @@ def compiled_step(model: Decoder, mode: str, compiler: str = "inductor") -> Step
     for block in model.blocks:
         if "attend" not in vars(block):  # once per model
             block.attend = torch.compiler.disable(block.attend, recursive=True)
-    return torch.compile(decode_step(model), mode=None if mode == "default" else mode, backend=compiler)
+    compiled = torch.compile(decode_step(model), mode=None if mode == "default" else mode, backend=compiler)
+
+    def step(token: Tensor, caches: list[av.KVCache]) -> Tensor:
+        # A CUDA graph's outputs are overwritten by its next replay; the generation keeps every
+        # token, so each is copied out ((b, 1) integers), and each call starts a new graph step.
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(token, caches).clone()
+
+    return step
 
 
 def generate(

@@ -1,5 +1,6 @@
 """Generate cells: the rows, their timings' consistency, attention's share, refusals and failures."""
 
+import dataclasses
 import time
 
 import pandas as pd
@@ -101,3 +102,12 @@ def test_config_from_bench_toml_and_bad_values(tmp_path):
         run.GenerateConfig(new_tokens=0)
     with pytest.raises(ValueError, match="compile='on'"):
         config.build(run.GenerateConfig, {"compile": "on"})
+
+
+def test_a_cell_on_each_device(tmp_path, device):
+    """The whole cell where it would run on a GPU machine (CUDA events, allocator peaks)."""
+    cfg = run.GenerateConfig(**{**TINY, "context": (24,), "device": device.type, "out": str(tmp_path)})
+    df = run.run(dataclasses.replace(cfg, variants=("gqa",), reference="none"), run_dir=tmp_path / "r")
+    assert df["status"].tolist() == ["ok"], df["error"].tolist()
+    assert df["attn_share_method"].iloc[0] == share.METHODS[device.type]
+    assert 0 < df["attn_share"].iloc[0] < 1 and df["peak_mem_bytes"].iloc[0] > 0
