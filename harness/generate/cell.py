@@ -156,10 +156,11 @@ def _measure(dcfg: DecoderConfig, cfg: Any, context: int, n_visual: int, device:
     model, prompt = build(dcfg, cfg, context, device)
     step = loop.decode_step(model) if cfg.compile == "off" else loop.compiled_step(model, cfg.compile)
     run = lambda: loop.generate(model, prompt, cfg.new_tokens, n_visual=n_visual, step=step)  # noqa: E731
-    compile_s = None
-    for i in range(max(cfg.warmup, cfg.compile != "off")):
-        first = run()
-        compile_s = first.step_s[0] if i == 0 and cfg.compile != "off" and first.step_s else compile_s
+    compiling = cfg.compile != "off"
+    # the first compiled decode step compiles (no graph is kept from one generation to the next)
+    compile_s = (run().step_s or [None])[0] if compiling else None
+    for _ in range(cfg.warmup - compiling):
+        run()
     probed = measure.probe(run, device)
     gen = run()
     fields = _timings(gen, cfg.batch, device)
