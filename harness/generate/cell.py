@@ -157,7 +157,8 @@ def _measure(dcfg: DecoderConfig, cfg: Any, context: int, n_visual: int, device:
     step = loop.decode_step(model) if cfg.compile == "off" else loop.compiled_step(model, cfg.compile)
     run = lambda: loop.generate(model, prompt, cfg.new_tokens, n_visual=n_visual, step=step)  # noqa: E731
     compiling = cfg.compile != "off"
-    # the first compiled decode step compiles (no graph is kept from one generation to the next)
+    # The first compiled decode step compiles: compile_s. Dynamo reuses the graphs of an earlier cell
+    # of the run (same shapes outside attention), so there it is one step's time.
     compile_s = (run().step_s or [None])[0] if compiling else None
     for _ in range(cfg.warmup - compiling):
         run()
