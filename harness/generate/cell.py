@@ -71,7 +71,7 @@ class GenerateRow:
     cache_bytes: int | None = None  # every layer's KVCache.nbytes at the end (P + T - 1 tokens)
     kv_cache_bytes: int | None = None  # the registry's analytic cache at P + T - 1 tokens, all layers
     attn_share: float | None = None  # attention's share of a decode step at context P + T - 1
-    attn_share_method: str = ""  # how the attention calls were timed (share.METHODS)
+    attn_share_method: str = ""  # how the attention calls were timed (share.method)
     attn_s: float | None = None  # median seconds in the attention calls of one decode step
     share_step_s: float | None = None  # median plain decode step at that context (share pass)
     attn_step_ratio: float | None = None  # bracketed / plain step: what the timers cost (1 = nothing)

@@ -36,7 +36,7 @@ def test_rows_per_variant_and_context_with_consistent_clocks(tmp_path):
     pd.testing.assert_series_equal(df["tokens_per_s"], df["batch"] * 4 / decode_s, check_names=False)
     assert (df["cache_bytes"] == df["kv_cache_bytes"]).all() and (df["peak_mem_bytes"] > 0).all()
     assert df["attn_share"].between(0, 1).all() and (df["attn_s"] > 0).all()
-    assert set(df["attn_share_method"]) == {share.METHODS["cpu"]}
+    assert set(df["attn_share_method"]) == {share.THREAD_TIME}  # one thread (tests/conftest.py)
     assert (tmp_path / "r" / "run.json").is_file()
     assert len(pd.read_csv(tmp_path / "r" / run.CSV)) == 4  # every row flushed to the CSV
 
@@ -63,14 +63,17 @@ def test_a_failing_cell_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
 
 
 class Slow(nn.Module):
-    """Wraps a module and sleeps `seconds` before it: a known amount of time in a known place."""
+    """Wraps a module and spins for `seconds` of this thread's CPU time before it: a known amount
+    of work in a known place (a sleep would be no work to a CPU-time clock)."""
 
     def __init__(self, inner: nn.Module, seconds: float) -> None:
         super().__init__()
         self.inner, self.seconds = inner, seconds
 
     def forward(self, *args, **kwargs):
-        time.sleep(self.seconds)
+        end = time.thread_time_ns() + int(self.seconds * 1e9)
+        while time.thread_time_ns() < end:
+            pass
         return self.inner(*args, **kwargs)
 
 
@@ -84,8 +87,15 @@ def test_attention_share_finds_the_time_where_it_is(where, low, high):
     gen = loop.generate(model, prompt, 2)
     got = share.measure(model, gen.caches, loop.decode_step(model), gen.tokens[:, -1:], repeats=3)
     assert low <= got.attn_share <= high, got
-    assert 0.8 < got.attn_step_ratio < 1.25, got  # the brackets cost little beside 40 ms of sleep
+    assert 0.8 < got.attn_step_ratio < 1.25, got  # the brackets cost little beside 40 ms of work
     assert gen.caches[0].length == 8 + 1  # the share pass left the caches as it found them
+
+
+def test_the_share_clock_follows_the_device_and_threads():
+    assert share.method(torch.device("cpu")) == share.THREAD_TIME  # one thread (tests/conftest.py)
+    torch.set_num_threads(2)
+    assert share.method(torch.device("cpu")) == share.WALL_TIME  # workers' CPU time is not this thread's
+    assert share.method(torch.device("cuda")) == share.CUDA_EVENTS
 
 
 def test_refusal_names_the_reason():
@@ -109,5 +119,5 @@ def test_a_cell_on_each_device(tmp_path, device):
     cfg = run.GenerateConfig(**{**TINY, "context": (24,), "device": device.type, "out": str(tmp_path)})
     df = run.run(dataclasses.replace(cfg, variants=("gqa",), reference="none"), run_dir=tmp_path / "r")
     assert df["status"].tolist() == ["ok"], df["error"].tolist()
-    assert df["attn_share_method"].iloc[0] == share.METHODS[device.type]
+    assert df["attn_share_method"].iloc[0] == share.method(device)
     assert 0 < df["attn_share"].iloc[0] < 1 and df["peak_mem_bytes"].iloc[0] > 0
