@@ -40,6 +40,10 @@ def generate_command(
             "(CUDA graphs on a GPU), max-autotune."
         ),
     ] = None,
+    cache_layout: Annotated[
+        str | None, typer.Option(help="KV caches: padded, or paged (pages in a random order, a block table).")
+    ] = None,
+    page_size: Annotated[int | None, typer.Option(help="Tokens per page of a paged cache.")] = None,
     warmup: Annotated[int | None, typer.Option(help="Untimed generations before the profiled one.")] = None,
     share_steps: Annotated[int | None, typer.Option(help="Decode steps timed for attn_share.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads (0: torch default).")] = None,
@@ -57,7 +61,8 @@ def generate_command(
     overrides = dict(
         variants=split_csv(variants), reference=reference, context=split_ints("--context", context),
         new_tokens=new_tokens, batch=batch, layers=layers, dim=dim, heads=heads, kv_heads=kv_heads,
-        device=device, dtype=dtype, compile=compile, warmup=warmup, share_steps=share_steps,
+        device=device, dtype=dtype, compile=compile, cache_layout=cache_layout, page_size=page_size,
+        warmup=warmup, share_steps=share_steps,
         threads=threads, seed=seed, out=out,
     )  # fmt: skip
     settings = config_mod.find(config)

@@ -56,6 +56,7 @@ class GenerateRow:
     kv_heads_equiv: float  # the g of a GQA with this cache per token (mla: its latent and rope key)
     vocab: int
     compile: str  # torch.compile mode of the decode step outside attention; off
+    cache_layout: str  # padded, or paged:<page size> (attn_variants/paged.py)
     status: str
     error: str = ""
     ttft_s: float | None = None  # prefill of P tokens and the first token's argmax
@@ -68,7 +69,9 @@ class GenerateRow:
     tpot_samples_ms: str = ""  # every decode step, ';'-separated
     timing: str = ""  # timing.method_name: cpu_perf_counter or cuda_event (one step per sample)
     peak_mem_bytes: int | None = None  # measured peak above the weights over one whole generation
-    cache_bytes: int | None = None  # every layer's KVCache.nbytes at the end (P + T - 1 tokens)
+    cache_bytes: int | None = (
+        None  # every layer's KVCache.nbytes at the end (P + T - 1 tokens; paged: whole pages)
+    )
     kv_cache_bytes: int | None = None  # the registry's analytic cache at P + T - 1 tokens, all layers
     attn_share: float | None = None  # attention's share of a decode step at context P + T - 1
     attn_share_method: str = ""  # how the attention calls were timed (share.method)
@@ -138,6 +141,7 @@ def identity(choice, context, n_visual, dcfg: DecoderConfig, cfg, env, run_id) -
         options=choice.options_text, batch=cfg.batch, context=context, new_tokens=cfg.new_tokens,
         n_visual=n_visual, layers=cfg.layers, dim=cfg.dim, n_heads=spec.n_heads,
         n_kv_heads=spec.n_kv_heads, head_dim=spec.head_dim, vocab=cfg.vocab, compile=cfg.compile,
+        cache_layout=cfg.cache_layout + (f":{cfg.page_size}" if cfg.cache_layout == "paged" else ""),
         kv_heads_equiv=av.info(choice.name).kv_heads_equiv(spec, dict(choice.options)),
     )  # fmt: skip
 
@@ -155,7 +159,8 @@ def build(dcfg: DecoderConfig, cfg: Any, context: int, device: torch.device) -> 
 def _measure(dcfg: DecoderConfig, cfg: Any, context: int, n_visual: int, device: torch.device) -> dict:
     model, prompt = build(dcfg, cfg, context, device)
     step = loop.decode_step(model) if cfg.compile == "off" else loop.compiled_step(model, cfg.compile)
-    run = lambda: loop.generate(model, prompt, cfg.new_tokens, n_visual=n_visual, step=step)  # noqa: E731
+    layout = dict(layout=cfg.cache_layout, page_size=cfg.page_size)
+    run = lambda: loop.generate(model, prompt, cfg.new_tokens, n_visual=n_visual, step=step, **layout)  # noqa: E731
     compiling = cfg.compile != "off"
     # The first compiled decode step compiles: compile_s. Dynamo reuses the graphs of an earlier cell
     # of the run (same shapes outside attention), so there it is one step's time.

@@ -136,9 +136,9 @@ class Decoder(nn.Module):
             x = x[:, -1:]  # (b, 1, d)
         return self.head(self.norm(x))  # (b, n, vocab)
 
-    def new_caches(self) -> list[av.KVCache]:
-        """An empty cache per layer."""
-        return [av.KVCache() for _ in self.blocks]
+    def new_caches(self, layout: str = "padded", page_size: int = 16) -> list[av.KVCache]:
+        """An empty cache per layer, padded or paged (attn_variants/paged.py)."""
+        return [av.KVCache(layout=layout, page_size=page_size) for _ in self.blocks]
 
     def set_timer(self, timer: Any) -> None:
         """Attach `timer` (start/stop around every attention call) to each layer; None detaches."""

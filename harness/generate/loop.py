@@ -76,12 +76,14 @@ def generate(
     *,
     n_visual: int = 0,
     step: Step | None = None,
+    layout: str = "padded",
+    page_size: int = 16,
 ) -> Generation:
-    """Prefill `prompt` (b, P) into fresh caches, then decode greedily with `step` (default:
-    `decode_step`) until `new_tokens` tokens are generated."""
+    """Prefill `prompt` (b, P) into fresh caches (`layout` padded or paged), then decode greedily
+    with `step` (default: `decode_step`) until `new_tokens` tokens are generated."""
     if new_tokens < 1:
         raise ValueError(f"new_tokens={new_tokens} must be >= 1")
-    device, caches = prompt.device, model.new_caches()
+    device, caches = prompt.device, model.new_caches(layout, page_size)
     step = step or decode_step(model)
     out: list[Tensor] = []
     with torch.no_grad():

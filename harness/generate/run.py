@@ -40,6 +40,7 @@ TEXT_COLUMNS = (
     "sdpa_backend",
     "timing",
     "compile",
+    "cache_layout",
 )
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 
@@ -67,6 +68,10 @@ class GenerateConfig:
     # The decode step outside attention under torch.compile (harness/generate/loop.py);
     # reduce-overhead replays it as CUDA graphs on a GPU.
     compile: CompileMode = "off"
+    # The caches' layout: "padded" buffers, or "paged" (fixed-size pages in a seeded random order
+    # read through a block table, attn_variants/paged.py), pages of `page_size` tokens.
+    cache_layout: Literal["padded", "paged"] = "padded"
+    page_size: int = 16
     warmup: int = 0  # untimed generations before the profiled one (which is itself untimed)
     share_steps: int = 20  # bracketed and plain decode steps each, for attn_share
     threads: int = 0  # torch.set_num_threads; 0 keeps torch's default (recorded in every row)
@@ -79,7 +84,17 @@ class GenerateConfig:
         bad = [p for p in self.context if p < 1]
         if bad:
             raise ValueError(f"context lengths must be >= 1; got {bad}")
-        ones = ("new_tokens", "batch", "layers", "dim", "heads", "kv_heads", "vocab", "share_steps")
+        ones = (
+            "new_tokens",
+            "batch",
+            "layers",
+            "dim",
+            "heads",
+            "kv_heads",
+            "vocab",
+            "share_steps",
+            "page_size",
+        )
         lows = {**dict.fromkeys(ones, 1), **dict.fromkeys(("mlp_hidden", "warmup", "threads"), 0)}
         for name, low in lows.items():
             if getattr(self, name) < low:

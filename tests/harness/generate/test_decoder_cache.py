@@ -38,11 +38,12 @@ def test_the_registry_has_variants_on_both_sides():
     assert {"kdgqa", "dgqa", "pgqa"} <= set(REFUSED)  # not causal-safe
 
 
+@pytest.mark.parametrize("layout", ["padded", "paged"])
 @pytest.mark.parametrize("variant", GENERATING)
-def test_cached_greedy_tokens_equal_full_recomputation(variant):
+def test_cached_greedy_tokens_equal_full_recomputation(variant, layout):
     model = tiny(variant)
     prompt, n_visual = prompt_for(variant)
-    cached = loop.generate(model, prompt, T, n_visual=n_visual)
+    cached = loop.generate(model, prompt, T, n_visual=n_visual, layout=layout, page_size=3)
     full = loop.generate_uncached(model, prompt, T, n_visual=n_visual)
     assert cached.tokens.shape == (2, T)
     assert torch.equal(cached.tokens, full), f"{variant}: {cached.tokens.tolist()} != {full.tolist()}"
