@@ -67,7 +67,8 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "attnbench generate: attention's share of a decode step (timers around the attention "
                    "calls, at the generation's last context), the median time per output token (band "
                    "p10-p90), and each variant's speedup over mha on the whole decode step (solid) beside "
-                   "its speedup on the attention calls alone (dashed).", gf.generate_figure),
+                   "its speedup on the attention calls alone (dashed), both from the share pass (one clock, "
+                   "one context).", gf.generate_figure),
     ]  # fmt: skip
 
 
