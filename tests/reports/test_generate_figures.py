@@ -26,7 +26,8 @@ def fabricated() -> pd.DataFrame:
             step = 2e-3 + attn
             rows.append(base | dict(status="ok", error="", tpot_s=step, share_step_s=step,
                                     tpot_p10_s=0.9 * step, tpot_p90_s=1.1 * step, attn_s=attn,
-                                    attn_share=attn / step, ttft_s=p * 1e-4, tokens_per_s=1 / step))  # fmt: skip
+                                    attn_share=attn / step, ttft_s=p * 1e-4,
+                                    tokens_per_s=1 / step))  # fmt: skip
     return pd.DataFrame(rows)
 
 
