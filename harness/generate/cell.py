@@ -67,6 +67,9 @@ class GenerateRow:
     tokens_per_s: float | None = None  # b * (T - 1) / the decode steps' seconds: decode alone
     wall_s: float | None = None  # the whole generation on one clock (prefill + every step)
     tpot_samples_ms: str = ""  # every decode step, ';'-separated
+    # Median decode step in this thread's CPU time: on the CPU with one thread, the step's work
+    # without the time a busy machine preempted it (empty on CUDA and with more threads).
+    tpot_cpu_s: float | None = None
     timing: str = ""  # timing.method_name: cpu_perf_counter or cuda_event (one step per sample)
     peak_mem_bytes: int | None = None  # measured peak above the weights over one whole generation
     cache_bytes: int | None = (
@@ -185,7 +188,7 @@ def _measure(dcfg: DecoderConfig, cfg: Any, context: int, n_visual: int, device:
 
 
 def _timings(gen: loop.Generation, batch: int, device: torch.device) -> dict[str, Any]:
-    steps = gen.step_s
+    steps, one_thread = gen.step_s, device.type == "cpu" and torch.get_num_threads() == 1
     spread = timing.summarize(steps) if steps else None
     decode_s = sum(steps)
     return dict(
@@ -197,5 +200,6 @@ def _timings(gen: loop.Generation, batch: int, device: torch.device) -> dict[str
         tokens_per_s=batch * len(steps) / decode_s if steps else None,
         wall_s=gen.wall_s,
         tpot_samples_ms=";".join(f"{s * 1e3:.6g}" for s in steps),
+        tpot_cpu_s=timing.summarize(gen.step_cpu_s).median if one_thread and steps else None,
         timing=timing.method_name(device, l2_flush=False, cuda_graph=False),
     )

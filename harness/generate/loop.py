@@ -33,6 +33,9 @@ class Generation:
     ttft_s: float  # prefill and the first token
     step_s: list[float]  # the T - 1 decode steps
     wall_s: float  # the whole generation, one clock
+    # Each decode step's CPU time in this thread: on the CPU with one intra-op thread, the step's
+    # work, which a busy machine's preemptions do not inflate (on CUDA, the host's launch work).
+    step_cpu_s: list[float]
 
 
 def greedy(logits: Tensor) -> Tensor:
@@ -91,13 +94,15 @@ def generate(
         ttft = timing.time_call(
             lambda: out.append(greedy(model(prompt, caches, n_visual, last=True))), device
         )
-        steps = [
-            timing.time_call(lambda: out.append(step(out[-1], caches)), device) for _ in range(new_tokens - 1)
-        ]
+        steps, cpu = [], []
+        for _ in range(new_tokens - 1):
+            cpu_start = time.thread_time_ns()
+            steps.append(timing.time_call(lambda: out.append(step(out[-1], caches)), device))
+            cpu.append((time.thread_time_ns() - cpu_start) / 1e9)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
-    return Generation(torch.cat(out, dim=1), caches, ttft, steps, wall)  # tokens (b, T)
+    return Generation(torch.cat(out, dim=1), caches, ttft, steps, wall, cpu)  # tokens (b, T)
 
 
 def generate_uncached(model: Decoder, prompt: Tensor, new_tokens: int, *, n_visual: int = 0) -> Tensor:

@@ -32,6 +32,7 @@ def test_rows_per_variant_and_context_with_consistent_clocks(tmp_path):
     inside = df["ttft_s"] + steps.map(sum)
     assert (inside <= df["wall_s"]).all() and (inside >= 0.8 * df["wall_s"]).all()
     assert (df["tpot_p10_s"] <= df["tpot_s"]).all() and (df["tpot_s"] <= df["tpot_p90_s"]).all()
+    assert (df["tpot_cpu_s"] > 0).all() and (df["tpot_cpu_s"] <= df["tpot_s"] + 1e-4).all()  # CPU <= wall
     decode_s = (df["new_tokens"] - 1) * df["tpot_mean_s"]
     pd.testing.assert_series_equal(df["tokens_per_s"], df["batch"] * 4 / decode_s, check_names=False)
     assert (df["cache_bytes"] == df["kv_cache_bytes"]).all() and (df["peak_mem_bytes"] > 0).all()
