@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from harness import config, measure, timing
+from harness import config, measure
 from harness.generate import cell, run
+from harness.measure import timing
 from harness.variant_choice import parse_one
 
 GQA_FAMILY = ("mha", "gqa", "mqa")

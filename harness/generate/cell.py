@@ -22,7 +22,8 @@ import torch
 
 import attn_variants as av
 
-from .. import measure, timing
+from .. import measure
+from ..measure import timing
 from ..records import STATUSES, error_text
 from ..variant_choice import VariantChoice
 from . import loop, share

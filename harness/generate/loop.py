@@ -18,7 +18,7 @@ from torch import Tensor
 
 import attn_variants as av
 
-from .. import timing
+from ..measure import timing
 from .decoder import Decoder
 
 Step = Callable[[Tensor, list[av.KVCache]], Tensor]  # token (b, 1), caches -> next token (b, 1)

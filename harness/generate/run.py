@@ -23,9 +23,10 @@ from typing import Literal
 
 import pandas as pd
 
-from .. import measure, timing
+from .. import measure
+from ..measure import timing
 from ..records import CsvSink, check_writable, read_frame, write_run_json
-from ..sweep import resolve_dtype
+from ..sweep.runner import resolve_dtype
 from ..variant_choice import VariantChoice, check_builds, parse_variants
 from . import cell as cell_mod
 from .cell import GenerateRow

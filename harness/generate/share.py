@@ -28,7 +28,7 @@ from torch import Tensor
 
 import attn_variants as av
 
-from .. import timing
+from ..measure import timing
 from .decoder import Decoder
 from .loop import Step
 
