@@ -4,8 +4,10 @@ The committed baseline stands for one commit (its `git_commit` column) and holds
 model (harness/machine.py), the ratios measured there. The check uses the figures of its own
 model; when the file has none (another CPU, another GPU, another thread count, torch build or
 reference) it measures the baseline's commit itself on this machine, side by side with this
-checkout (harness/sidebyside.py), as asv's `continuous BASE HEAD` does. `--against REV` forces
-the side-by-side comparison with any commit. Figures from another model are never used.
+checkout (harness/sidebyside.py), as asv's `continuous BASE HEAD` does. `prefer = "commit"`
+(the `ci` profile) measures the commit here even where the file has this model's figures, which
+then serve only when the commit is not in the clone. `--against REV` forces the side-by-side
+comparison with any commit. Figures from another model are never used.
 
 The base is the commit's `attn_variants/`, taken with `git archive` into a temporary folder
 (nothing is written to the repository) and put first on a child process's `sys.path`; the
@@ -99,11 +101,13 @@ def choose(df: pd.DataFrame | None, env: Mapping[str, object], cfg: CheckConfig,
     if df is None:
         raise ValueError(f"no baseline at {str(path)!r} and no --against REV: nothing to compare with")
     rows = same_model(df, env, cfg)
+    wanted = baseline_commit(df)
+    commit = resolve(wanted, repo)
+    if commit is not None and cfg.prefer == "commit":
+        return Plan("measure", commit, here, "prefer = commit")
     if len(rows):
         return Plan("figures", ",".join(sorted(set(rows["git_commit"]))), here, rows=rows)
-    wanted = baseline_commit(df)
     why = f"{path} has no figures for {describe_env(env, cfg)}; it has {figures_held(df)}"
-    commit = resolve(wanted, repo)
     if commit is None:
         raise ValueError(
             f"{why}, and its commit {wanted} {unreachable(wanted, repo)}: nothing to compare with here. "

@@ -50,6 +50,10 @@ def check_command(
         str | None,
         typer.Option(help="A commit (git revision) to measure here side by side, instead of the baseline."),
     ] = None,
+    prefer: Annotated[
+        str | None,
+        typer.Option(help="figures (this model's in the baseline) or commit (its commit, measured here)."),
+    ] = None,
     plan: Annotated[
         bool, typer.Option("--plan", help="Print which comparison the check would make, then exit (0, or 2).")
     ] = False,
@@ -74,6 +78,7 @@ def check_command(
         out=out,
         metric=metric,
         against=against,
+        prefer=prefer,
     )
     settings = config_mod.find(config)
     cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=overrides)

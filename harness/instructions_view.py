@@ -61,9 +61,10 @@ def main(
                    comparison=comparison)  # fmt: skip
     t0 = time.perf_counter()
     with console.status(f"counting instructions of {len(todo)} cell(s) under callgrind"):
-        counts, counted_env = instructions.measure_all(cfg)
         if commit:
-            old = _count_base(cfg, commit, {**counted_env, **env})
+            counts, counted_env, old = _count_both(cfg, commit, env)
+        else:
+            counts, counted_env = instructions.measure_all(cfg)
     env, wall = {**counted_env, **env}, time.perf_counter() - t0
     if not update and not commit:
         refuse_if_incomparable(old, env, counts, path)
@@ -85,11 +86,14 @@ def _base_commit(cfg: CheckConfig) -> str:
     return commit
 
 
-def _count_base(cfg: CheckConfig, commit: str, env: Mapping[str, str]) -> pd.DataFrame:
-    """The base commit's counts here, as a baseline frame (cells it cannot run are left out)."""
+def _count_both(
+    cfg: CheckConfig, commit: str, env: Mapping[str, str]
+) -> tuple[list[Count], dict[str, str], pd.DataFrame]:
+    """This checkout's counts and environment, and the base commit's counts as a baseline frame
+    (cells it cannot run are left out), both counted here at once."""
     with against.checkout(commit) as base_dir:
-        counts, _ = instructions.measure_all(cfg, base_dir)
-    return frame(counts, {**env, "git_commit": commit[:12]})
+        (counts, counted_env), (base, base_env) = instructions.measure_sides(cfg, [None, base_dir])
+    return counts, counted_env, frame(base, {**base_env, **env, "git_commit": commit[:12]})
 
 
 def _write_results(

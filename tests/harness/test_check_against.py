@@ -123,6 +123,18 @@ def test_same_model_figures_are_used_and_say_so(setup):
     assert result.exit_code == 0 and "comparison: same-model baseline (cpu " in result.output
 
 
+def test_prefer_commit_measures_the_commit_and_falls_back_to_same_model_figures(setup, repo):
+    assert check(setup, "--update-baseline").exit_code == 0
+    df = pd.read_csv(setup[1], dtype=str, keep_default_na=False)
+    df.assign(git_commit=repo[1][:12]).to_csv(setup[1], index=False)
+    result = check(setup, "--prefer", "commit", "--plan")
+    assert result.exit_code == 0, result.output
+    assert f"comparison: measured base {repo[1][:12]} here, side by side (prefer = commit)" in result.output
+    df.assign(git_commit="0123456789ab").to_csv(setup[1], index=False)  # not in the clone
+    result = check(setup, "--prefer", "commit", "--plan")
+    assert result.exit_code == 0 and "comparison: same-model baseline (cpu " in result.output
+
+
 def test_another_models_figures_without_a_reachable_commit_are_one_line_and_exit_2(setup):
     assert check(setup, "--update-baseline").exit_code == 0
     as_another_model(setup, "0123456789ab")
@@ -190,3 +202,23 @@ def test_update_keeps_other_models_rows_of_the_same_commit_only(setup):
     both.assign(git_commit="0123456789ab").to_csv(setup[1], index=False)  # now of another commit
     assert check(setup, "--update-baseline").exit_code == 0
     assert set(pd.read_csv(setup[1], dtype=str)["machine"]) == {machine.cpu_model(machine.read_cpuinfo())}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instruction_counts_against_a_commit_count_both_and_name_the_slowed_cell(
+    setup, repo, tmp_path, monkeypatch
+):
+    """--metric instructions --against REV: both commits counted once, side by side (one valgrind each)."""
+    with against.checkout(repo[2], repo[0]) as slowed:
+        shutil.copytree(slowed, tmp_path / "head")
+    monkeypatch.setattr(against, "head_variants", lambda: tmp_path / "head")
+    flags = ("--metric", "instructions", "--against", repo[1][:12], "--modes", "fwd")
+    result = check(setup, *flags)
+    assert result.exit_code == 1, result.output
+    assert f"comparison: measured base {repo[1][:12]} here (both commits counted once)" in result.output
+    assert "REGRESSED gqa_g2 fwd n=32 h=4" in result.output and "REGRESSED mqa" not in result.output
+    (run,) = (setup[0].parent / "out").iterdir()
+    rows = pd.read_csv(run / "instructions.csv", dtype=str, keep_default_na=False)
+    ratios = dict(zip(rows["variant"], rows["ratio"].astype(float), strict=True))
+    assert ratios["gqa"] > 3 and abs(ratios["mqa"] - 1) < 0.01, ratios
