@@ -125,7 +125,12 @@ def measure_pair(
     results = {side.name: {c.key(): Result(c, "ok") for c in todo} for side in (head, base)}
     try:
         for side in (head, base):
-            side.start()
+            try:
+                side.start()
+            except EOFError as err:  # its attn_variants does not import (or the child cannot start)
+                raise ValueError(
+                    f"cannot measure the {side.name} ({side.root}): its child exited, {err}"
+                ) from None
         for p, rounds in enumerate(check.pass_rounds(cfg.rounds, cfg.passes)):
             for i, cell in enumerate(todo):
                 for side in (base, head) if (p + i) % 2 == 0 else (head, base):

@@ -61,7 +61,8 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """(repository, unchanged commit, slowed commit): this checkout's attn_variants, then gqa 4x."""
+    """(repository, unchanged, slowed, broken commit): this checkout's attn_variants, then gqa 4x,
+    then an attn_variants that raises on import."""
     root = tmp_path_factory.mktemp("repo")
     source = Path(attn_variants.__file__).parent
     shutil.copytree(source, root / "attn_variants", ignore=shutil.ignore_patterns("__pycache__"))
@@ -72,7 +73,11 @@ def repo(tmp_path_factory):
     with open(root / "attn_variants" / "grouped.py", "a") as f:
         f.write(SLOWDOWN)
     git(root, "commit", "-q", "-am", "slow")
-    return root, base, git(root, "rev-parse", "HEAD")
+    slowed = git(root, "rev-parse", "HEAD")
+    with open(root / "attn_variants" / "__init__.py", "a") as f:
+        f.write("\nraise RuntimeError('this commit does not import')\n")
+    git(root, "commit", "-q", "-am", "broken")
+    return root, base, slowed, git(root, "rev-parse", "HEAD")
 
 
 @pytest.fixture
@@ -185,6 +190,13 @@ def test_against_a_revision_not_in_the_history_is_one_line_and_exit_2(setup):
     result = check(setup, "--against", "no-such-branch")
     assert result.exit_code == 2
     assert result.output.strip() == "error: --against no-such-branch: no-such-branch is not in this clone"
+
+
+def test_a_base_whose_variants_do_not_import_is_one_line_and_exit_2(setup, repo):
+    result = check(setup, "--against", repo[3])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 2 and lines[0].startswith("comparison: measured base")
+    assert lines[1].startswith("error: cannot measure the base") and "this commit does not import" in lines[1]
 
 
 def test_against_and_update_baseline_do_not_go_together(setup, repo):
