@@ -16,8 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 import attn_variants
-from harness import against, machine, sidebyside
+from harness.check import against, sidebyside
 from harness.cli import app
+from harness.measure import machine
 
 runner = CliRunner()
 
