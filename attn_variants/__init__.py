@@ -18,7 +18,9 @@ Every variant is built by `create(name, spec, **options)` and called as
 from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)
 from .backends import BACKENDS, get_backend
 from .cache import KVCache
+from .gla import GroupedLatentAttention  # registers gla
 from .grouped import GroupedQueryAttention, from_mha
+from .gta import GroupedTiedAttention  # registers gta
 from .keydriven import DynamicKeyDrivenGQA, KeyDrivenGQA  # registers kdgqa, dgqa
 from .mla import MultiHeadLatentAttention  # registers mla
 from .mmca import MultiModalCausalAttention, SimpleMMCA  # registers mmca, concat
@@ -32,7 +34,9 @@ __all__ = [
     "MODES",
     "AttnSpec",
     "DynamicKeyDrivenGQA",
+    "GroupedLatentAttention",
     "GroupedQueryAttention",
+    "GroupedTiedAttention",
     "KVCache",
     "KeyDrivenGQA",
     "MixtureOfHeadsAttention",
