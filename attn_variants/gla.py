@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import ragged
 from .backends import causal_mask, get_backend
 from .cache import KVCache, skips_attention
 from .modality import check_unimodal
@@ -153,9 +154,8 @@ class GroupedLatentAttention(nn.Module):
     ) -> Tensor:
         """x (b, n, d) -> (b, n, d). Unimodal: `n_visual` and `modality` are only validated."""
         check_unimodal(x, self.spec.dim, n_visual, modality)
-        cached = cache.get("kv") if cache is not None else None
-        start = 0 if cached is None else cached.shape[2]  # tokens already cached: a shape, no sync
-        positions = torch.arange(start, start + x.shape[1], device=x.device)  # (n,)
+        start = cache.field_length("kv") if cache is not None else 0  # tokens cached: a shape, no sync
+        positions = ragged.positions(cache, "kv", x.shape[1], x.device)  # (n,), or (b, n) per example
         q_nope, q_pe = self.queries(x, positions)  # (b, h, n, e), (b, h, n, r)
         c, k_pe = self.latents(x, positions)  # (b, L, n, kv/L), (b, 1, n, r)
         if cache is not None:
@@ -164,17 +164,18 @@ class GroupedLatentAttention(nn.Module):
         form = self.attend_absorbed if absorbed else self.attend_naive
         if skips_attention(cache):  # KVCache.fill: the latents and rope key are cached
             form = self.attend_none
-        o = form(q_nope, q_pe, c, k_pe)  # (b, h, n, e)
+        o = form(q_nope, q_pe, c, k_pe, cache if ragged.active(cache) else None)  # (b, h, n, e)
         b, h, n, e = o.shape
         return self.o_proj(o.transpose(1, 2).reshape(b, n, h * e))  # (b, n, h*e) -> (b, n, d)
 
     def queries(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """x (b, n, d) -> q_nope (b, h, n, e) and q_pe (b, h, n, r) after RoPE."""
+        """x (b, n, d), positions (n,) or (b, n) -> q_nope (b, h, n, e), q_pe (b, h, n, r) after RoPE."""
         (b, n, _), e, r = x.shape, self.spec.head_dim, self.dims.rope_dim
         q = self.W_uQ_rope(self.q_norm(self.W_dQ(x)))  # (b, n, h*(e+r))
         q = q.view(b, n, self.spec.n_heads, e + r).transpose(1, 2)  # (b, h, n, e+r)
         q_nope, q_pe = q.split([e, r], dim=-1)
-        return q_nope, apply_rope(q_pe, positions, self.rope_theta)
+        per_head = positions[:, None] if positions.dim() == 2 else positions  # (b, 1, n) or (n,)
+        return q_nope, apply_rope(q_pe, per_head, self.rope_theta)
 
     def latents(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """x (b, n, d) -> the normalised latents c (b, L, n, kv/L) and k_pe (b, 1, n, r) after RoPE."""
@@ -182,7 +183,8 @@ class GroupedLatentAttention(nn.Module):
         c, k_pe = self.W_dKV(x).split([t.kv_proj_dim, t.rope_dim], dim=-1)  # (b, n, kv), (b, n, r)
         parts = c.split(t.latent_dim, dim=-1)  # L x (b, n, kv/L)
         c = torch.stack([norm(p) for norm, p in zip(self.latent_modules("kv_norm"), parts, strict=True)], 1)
-        return c, apply_rope(k_pe[:, None], positions, self.rope_theta)  # (b, L, n, kv/L), (b, 1, n, r)
+        per_head = positions[:, None] if positions.dim() == 2 else positions  # (b, 1, n) or (n,)
+        return c, apply_rope(k_pe[:, None], per_head, self.rope_theta)  # (b, L, n, kv/L), (b, 1, n, r)
 
     def up_projection(self) -> tuple[Tensor, Tensor, Tensor]:
         """Every latent's W_ukv as w_uk, w_uv (L, h/L, e, kv/L) and the value bias b_uv (L, h/L, e)."""
@@ -194,8 +196,11 @@ class GroupedLatentAttention(nn.Module):
         bias = torch.stack([m.bias for m in ups]).view(L, h // L, 2, e)  # (L, h/L, 2, e)
         return w[:, :, 0], w[:, :, 1], bias[:, :, 1]
 
-    def attend_naive(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
-        """Decompress every key and value per head, then the backend, scale (e+r)^-1/2."""
+    def attend_naive(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: KVCache | None = None
+    ) -> Tensor:
+        """Decompress every key and value per head, then the backend, scale (e+r)^-1/2. `cache`: a
+        ragged one, each example over its own tokens (attn_variants/ragged.py)."""
         (b, L, s, _), h, e, r = c.shape, self.spec.n_heads, self.spec.head_dim, self.dims.rope_dim
         kv = torch.stack(
             [up(c[:, i]) for i, up in enumerate(self.latent_modules("W_ukv"))], 1
@@ -205,16 +210,25 @@ class GroupedLatentAttention(nn.Module):
         k = torch.cat([k_nope, k_pe.expand(b, h, s, r)], dim=-1)  # (b, h, s, e+r)
         q = torch.cat([q_nope, q_pe], dim=-1)  # (b, h, n, e+r)
         v = F.pad(v, (0, r))  # (b, h, s, e+r): zero columns, as the official code pads for flash-attn
-        o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
+        if cache is not None:
+            o = ragged.attend(
+                self.backend, q, k, v, cache, field="kv", causal=self.spec.causal, dropout_p=self.dropout_p
+            )
+        else:
+            o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
         return o[..., :e]  # (b, h, n, e)
 
-    def attend_none(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
+    def attend_none(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: object = None
+    ) -> Tensor:
         """Zeros (b, h, n, e) in place of the attention, inside `KVCache.fill`."""
         return torch.zeros_like(q_nope)
 
-    def attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
+    def attend_absorbed(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: KVCache | None = None
+    ) -> Tensor:
         """Attention on the latents, W_uK folded into the query and W_uV into the output: no
-        per-head key or value, no copy of the cache."""
+        per-head key or value, no copy of the cache. `cache`: a ragged one, its padding masked."""
         (b, h, n, e), L = q_nope.shape, self.dims.n_latent_heads
         w_uk, w_uv, b_uv = self.up_projection()  # (L, h/L, e, c) twice, (L, h/L, e)
         q_nope = q_nope.view(b, L, h // L, n, e)  # (b, L, h/L, n, e): query head i reads latent i // (h/L)
@@ -225,7 +239,10 @@ class GroupedLatentAttention(nn.Module):
         )
         scores = scores * (e + self.dims.rope_dim) ** -0.5  # (b, L, h/L, n, s)
         s = scores.shape[-1]
-        if self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
+        if cache is not None:  # example i's query t sits at lengths[i] - n + t
+            mask = ragged.key_mask(cache.lengths_of("kv", c.device), n, s, causal=self.spec.causal)
+            scores = scores.masked_fill(~mask[:, :, None], float("-inf"))  # (b, L, h/L, n, s)
+        elif self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
             scores = scores.masked_fill(~causal_mask(n, s, scores.device), float("-inf"))
         probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
         probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, L, h/L, n, s)

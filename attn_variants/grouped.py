@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from . import grouping as grouping_mod
 from . import modality as layout
+from . import ragged
 from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .registry import create, info, register, with_kv_heads
@@ -81,17 +82,26 @@ class GroupedQueryAttention(nn.Module):
         if skips_attention(cache):  # KVCache.fill: the cache is complete, the output unused
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         if self.layout is not None:
-            return self.attend_uneven(q, k, v)
+            return self.attend_uneven(q, k, v, cache)
+        return self.kernel(q, k, v, cache)
+
+    def kernel(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None) -> Tensor:
+        """The backend on q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e); over a ragged cache
+        each example attends to its own cached tokens only (attn_variants/ragged.py)."""
+        if ragged.active(cache):
+            return ragged.attend(
+                self.backend, q, k, v, cache, causal=self.spec.causal, dropout_p=self.dropout_p
+            )
         return self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
 
-    def attend_uneven(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend_uneven(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None) -> Tensor:
         """The plan's order in and out: per group size s, its k KV heads and s*k query heads are a
         plain GQA, one backend call on slices (views) of q, k and v."""
         outs, q_at, kv_at = [], 0, 0
         for size, count in self.layout.classes:
             qs = q[:, q_at : q_at + size * count]  # (b, s*k, n, e)
             ks, vs = k[:, kv_at : kv_at + count], v[:, kv_at : kv_at + count]  # (b, k, s, e)
-            outs.append(self.backend(qs, ks, vs, causal=self.spec.causal, dropout_p=self.dropout_p))
+            outs.append(self.kernel(qs, ks, vs, cache))
             q_at, kv_at = q_at + size * count, kv_at + count
         return torch.cat(outs, dim=1)  # (b, h, n, e)
 

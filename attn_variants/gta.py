@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import ragged
 from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .modality import check_unimodal
@@ -82,24 +83,23 @@ class GroupedTiedAttention(nn.Module):
     ) -> Tensor:
         """x (b, n, d) -> (b, n, d). Unimodal: `n_visual` and `modality` are only validated."""
         check_unimodal(x, self.spec.dim, n_visual, modality)
-        cached = cache.get("kv") if cache is not None else None
-        start = 0 if cached is None else cached.shape[2]  # tokens already cached: a shape, no sync
-        positions = torch.arange(start, start + x.shape[1], device=x.device)  # (n,)
+        positions = ragged.positions(cache, "kv", x.shape[1], x.device)  # (n,), or (b, n) per example
         q, tied, k_rope = self.project(x, positions)  # (b, h, n, e), (b, g, n, e), (b, 1, n, r)
         if cache is not None:
             tied, k_rope = cache.append(2, kv=tied, pe=k_rope)  # (b, g, s, e), (b, 1, s, r)
         if skips_attention(cache):  # KVCache.fill: the tied state and rope key are cached
             o = q.new_zeros(q.shape)  # (b, h, n, e)
         else:
-            o = self.attend(q, tied, k_rope)  # (b, h, n, e)
+            o = self.attend(q, tied, k_rope, cache if ragged.active(cache) else None)  # (b, h, n, e)
         b, h, n, e = o.shape
         return self.o_proj(o.transpose(1, 2).reshape(b, n, h * e))  # (b, n, h*e) -> (b, n, d)
 
     def project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x (b, n, d) -> q (b, h, n, e) with its last r dims rotated, the tied state t
-        (b, g, n, e) and the rotated rope key (b, 1, n, r)."""
+        """x (b, n, d), positions (n,) or (b, n) -> q (b, h, n, e) with its last r dims rotated,
+        the tied state t (b, g, n, e) and the rotated rope key (b, 1, n, r)."""
         b, n, _ = x.shape
         h, g, e, r = self.spec.n_heads, self.spec.n_kv_heads, self.spec.head_dim, self.rope_dim
+        positions = positions[:, None] if positions.dim() == 2 else positions  # (b, 1, n) or (n,)
         q = self.q_proj(x).view(b, n, h, e).transpose(1, 2)  # (b, h, n, e)
         q_nope, q_rope = q.split([e - r, r], dim=-1)  # (b, h, n, e-r), (b, h, n, r)
         q = torch.cat([q_nope, apply_rope(q_rope, positions, self.rope_theta)], dim=-1)  # (b, h, n, e)
@@ -107,13 +107,18 @@ class GroupedTiedAttention(nn.Module):
         k_rope = apply_rope(self.W_rope_k(x)[:, None], positions, self.rope_theta)  # (b, 1, n, r)
         return q, tied, k_rope
 
-    def attend(self, q: Tensor, tied: Tensor, k_rope: Tensor) -> Tensor:
+    def attend(self, q: Tensor, tied: Tensor, k_rope: Tensor, cache: KVCache | None = None) -> Tensor:
         """q (b, h, n, e), tied (b, g, s, e), k_rope (b, 1, s, r) -> (b, h, n, e): K is the tied
-        state's first e - r numbers then the shared rope key, V the whole tied state."""
+        state's first e - r numbers then the shared rope key, V the whole tied state. `cache`: a
+        ragged one, each example over its own tokens (attn_variants/ragged.py)."""
         b, g, s, e = tied.shape
         k = torch.cat(
             [tied[..., : e - self.rope_dim], k_rope.expand(b, g, s, self.rope_dim)], dim=-1
         )  # (b, g, s, e)
+        if cache is not None:
+            return ragged.attend(
+                self.backend, q, k, tied, cache, field="kv", causal=self.spec.causal, dropout_p=self.dropout_p
+            )
         return self.backend(q, k, tied, causal=self.spec.causal, dropout_p=self.dropout_p)
 
     @property

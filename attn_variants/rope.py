@@ -37,11 +37,12 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """x (..., n, r), positions (n,) -> x rotated at those positions (HF Llama convention)."""
+    """x (..., n, r), positions (n,) or broadcastable to x's (..., n) (a ragged batch's (b, 1, n))
+    -> x rotated at those positions (HF Llama convention)."""
     r = x.shape[-1]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     inv_freq = theta ** (-torch.arange(0, r, 2, dtype=dtype, device=x.device) / r)  # (r/2,)
-    freqs = positions.to(dtype)[:, None] * inv_freq  # (n, r/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (n, r)
+    freqs = positions.to(dtype)[..., None] * inv_freq  # (..., n, r/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (..., n, r)
     xf = x.to(dtype)
     return (xf * emb.cos() + rotate_half(xf) * emb.sin()).to(x.dtype)  # (..., n, r)
