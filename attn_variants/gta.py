@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import ragged
+from . import decode, ragged
 from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .modality import check_unimodal
@@ -90,7 +90,7 @@ class GroupedTiedAttention(nn.Module):
         if skips_attention(cache):  # KVCache.fill: the tied state and rope key are cached
             o = q.new_zeros(q.shape)  # (b, h, n, e)
         else:
-            o = self.attend(q, tied, k_rope, cache if ragged.active(cache) else None)  # (b, h, n, e)
+            o = self.attend(q, tied, k_rope, cache)  # (b, h, n, e)
         b, h, n, e = o.shape
         return self.o_proj(o.transpose(1, 2).reshape(b, n, h * e))  # (b, n, h*e) -> (b, n, d)
 
@@ -109,17 +109,18 @@ class GroupedTiedAttention(nn.Module):
 
     def attend(self, q: Tensor, tied: Tensor, k_rope: Tensor, cache: KVCache | None = None) -> Tensor:
         """q (b, h, n, e), tied (b, g, s, e), k_rope (b, 1, s, r) -> (b, h, n, e): K is the tied
-        state's first e - r numbers then the shared rope key, V the whole tied state. `cache`: a
-        ragged one, each example over its own tokens (attn_variants/ragged.py)."""
+        state's first e - r numbers then the shared rope key, V the whole tied state. With a
+        cache, the registry's decode path (attn_variants/decode.py), each example over its own
+        tokens when the cache is ragged (attn_variants/ragged.py)."""
         b, g, s, e = tied.shape
-        k = torch.cat(
-            [tied[..., : e - self.rope_dim], k_rope.expand(b, g, s, self.rope_dim)], dim=-1
-        )  # (b, g, s, e)
-        if cache is not None:
+        r = self.rope_dim
+        k = torch.cat([tied[..., : e - r], k_rope.expand(b, g, s, r)], dim=-1)  # (b, g, s, e)
+        kernel = decode.kernel(self.backend_name) if cache is not None else self.backend
+        if ragged.active(cache):
             return ragged.attend(
-                self.backend, q, k, tied, cache, field="kv", causal=self.spec.causal, dropout_p=self.dropout_p
+                kernel, q, k, tied, cache, field="kv", causal=self.spec.causal, dropout_p=self.dropout_p
             )
-        return self.backend(q, k, tied, causal=self.spec.causal, dropout_p=self.dropout_p)
+        return kernel(q, k, tied, causal=self.spec.causal, dropout_p=self.dropout_p)
 
     @property
     def dropout_p(self) -> float:

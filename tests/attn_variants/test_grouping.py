@@ -8,6 +8,7 @@ import torch
 from torch.testing import assert_close
 
 import attn_variants as av
+from attn_variants import decode
 from attn_variants import grouping as gp
 
 CASES = [  # (b, n, h, g, grouping): sizes that differ, odd lengths, permuted uniform groups
@@ -62,6 +63,24 @@ def test_one_backend_call_per_distinct_group_size(b, n, h, g, grouping):
         (s * sum(grouping.count(j) == s for j in range(g)), sum(grouping.count(j) == s for j in range(g)))
         for s in sizes
     ]
+
+
+def test_a_decode_step_takes_the_decode_path_per_size_class(monkeypatch):
+    """With a cache, each size class goes through decode.attend (the registry's decode path)."""
+    calls = []
+    real = decode.attend
+
+    def recording(q, k, v, **kwargs):
+        calls.append((q.shape[1], k.shape[1]))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(decode, "attend", recording)
+    m = make(8, 4, (1, 1, 0, 2, 2, 2, 3, 1)).eval()  # sizes 1, 3, 3, 1: classes (1, 2), (3, 2)
+    cache = av.KVCache()
+    with torch.no_grad():
+        cache.fill(m, torch.randn(1, 6, 64, dtype=torch.float64))
+        m(torch.randn(1, 1, 64, dtype=torch.float64), cache=cache)
+    assert calls == [(2, 2), (6, 2)]
 
 
 @pytest.mark.parametrize("b, n, h, g, grouping", CASES)
