@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from harness.tasks import captions, images, mqar
-from harness.tasks.train import IGNORE, schedule
+from harness.accuracy.tasks import captions, images, mqar
+from harness.accuracy.tasks.train import IGNORE, schedule
 
 
 def gen(seed=0):

@@ -4,10 +4,10 @@ import torch
 from typer.testing import CliRunner
 
 import attn_variants as av
+from harness.accuracy.model import ModelConfig, TinyTransformer
+from harness.accuracy.tasks import pairs
+from harness.accuracy.tasks.train import IGNORE
 from harness.cli import app
-from harness.model import ModelConfig, TinyTransformer
-from harness.tasks import pairs
-from harness.tasks.train import IGNORE
 
 runner = CliRunner()
 

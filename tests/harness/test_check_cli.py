@@ -1,8 +1,7 @@
 """`attnbench check` end to end on a tiny grid: exit codes, baseline file, named regressions.
 
 The tiny shapes run in milliseconds, so these tests use tolerance 0.3 and a 4x slowdown: they
-test the plumbing. The calibrated behaviour (15%, 1.5x, 1.05x, five clean runs) is the README's
-measured bar on the real `ci` profile.
+test the plumbing. The real `ci` profile's runs are in docs/results.md ("Regression checks").
 """
 
 import itertools
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness.baseline import COLUMNS
+from harness.check.baseline import COLUMNS
 from harness.cli import app
 
 runner = CliRunner()
@@ -193,7 +192,7 @@ def test_update_with_a_failing_cell_writes_the_others_and_exits_1(setup, broken)
 
 
 def test_compile_and_backend_are_cell_axes_with_their_own_baseline_rows(setup, monkeypatch):
-    from harness import workload
+    from harness.measure import workload
 
     build = workload.build  # dynamo capture without Inductor's C++ code generation: seconds, not minutes
     monkeypatch.setattr(workload, "build", lambda *a, **k: build(*a, **{**k, "compiler": "eager"}))
