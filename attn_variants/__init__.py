@@ -19,7 +19,7 @@ from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)
 from .backends import BACKENDS, get_backend
 from .cache import KVCache
 from .gla import GroupedLatentAttention  # registers gla
-from .grouped import GroupedQueryAttention, from_mha
+from .grouped import GROUPINGS, GroupedQueryAttention, from_mha
 from .gta import GroupedTiedAttention  # registers gta
 from .keydriven import DynamicKeyDrivenGQA, KeyDrivenGQA  # registers kdgqa, dgqa
 from .mla import MultiHeadLatentAttention  # registers mla
@@ -31,6 +31,7 @@ from .spec import AttnSpec
 
 __all__ = [
     "BACKENDS",
+    "GROUPINGS",
     "MODES",
     "AttnSpec",
     "DynamicKeyDrivenGQA",
