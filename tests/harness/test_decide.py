@@ -159,3 +159,15 @@ def test_every_decision_column_is_documented(tmp_path):
     columns = runner.decide(runs, DecideConfig(tp=(1, 2))).columns
     generic = {re.sub(r"tp\d+$", "tpX", re.sub(r"^acc_mqar", "acc_X", c)) for c in columns}
     assert generic - named == set(), "docs/decide.md does not describe these columns"
+
+
+def test_the_report_of_a_decided_run_leads_with_the_decision(tmp_path):
+    from reports.render import render
+
+    timing, quality = fabricate(tmp_path)
+    runner.write(runner.decide(runner.read_runs([timing, quality]), DecideConfig(tp=(1,))), timing / "decide")
+    written = render([timing], tmp_path / "report")
+    assert tmp_path / "report" / "decision.png" in written
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert html.index("<figure") == html.index('<figure id="decision"')  # the first figure of the page
+    assert html.index("Which attention to ship") < html.index("Latency")
