@@ -23,6 +23,8 @@ from .pareto import Objective
 
 # Older runs lack some columns: they read as missing.
 OPTIONAL = [
+    "backend",
+    "compile",
     "flops_effective",
     "bytes_moved",
     "device_name",
@@ -55,8 +57,10 @@ def sweep_rows(sweep: pd.DataFrame | None, variants: tuple[str, ...]) -> pd.Data
     if sweep is None or sweep.empty:
         return pd.DataFrame(columns=[*DESIGN, *SHAPE, "mode", "source"])
     sweep = sweep.reindex(columns=[*sweep.columns, *(c for c in OPTIONAL if c not in sweep.columns)])
-    ok = sweep[(sweep["status"] == "ok") & (sweep.get("compile", "off") == "off")]
-    ok = ok[ok.get("backend", "sdpa") == "sdpa"]
+    # NaN never equals NaN in a shape; runs from before the kernel and compile axes ran sdpa, eager.
+    sweep = sweep.assign(device_name=sweep["device_name"].fillna(""), backend=sweep["backend"].fillna("sdpa"))
+    sweep = sweep.assign(compile=sweep["compile"].fillna("off"))
+    ok = sweep[(sweep["status"] == "ok") & (sweep["compile"] == "off") & (sweep["backend"] == "sdpa")]
     return ok if "all" in variants else ok[ok["variant"].isin(variants)]
 
 
@@ -105,7 +109,11 @@ def accuracy_columns(accuracy: pd.DataFrame | None, variants: tuple[str, ...]) -
     tasks every design ran) with the p10-p90 of its per-seed values; the source run(s)."""
     if accuracy is None or accuracy.empty:
         return pd.DataFrame(columns=DESIGN)
+    accuracy = accuracy.reindex(
+        columns=[*accuracy.columns, *(c for c in DESIGN if c not in accuracy.columns)]
+    )
     ok = accuracy[(accuracy["status"] == "ok") & (accuracy.get("ablate", "none") == "none")]
+    ok = ok.assign(init=ok.get("init", "scratch"))  # runs from before uptraining trained from scratch
     ok = ok if "all" in variants else ok[ok["variant"].isin(variants)]
     ok = ok.assign(task=np.where(ok["init"] == "scratch", ok["task"], ok["task"] + "_" + ok["init"]))
     ok = ok.drop_duplicates([*DESIGN, "task", "seed"], keep="first")
@@ -130,10 +138,12 @@ def cache_columns(key: Mapping, dtype: str, cfg: DecideConfig) -> dict:
         av.info(key["variant"]),
         parse_one(f"{key['variant']}:{key['options']}".rstrip(":").replace(";", ":")),
     )
-    spec = av.AttnSpec(dim=int(key["dim"]), n_heads=int(key["n_heads"]), n_kv_heads=int(key["n_kv_heads"]))
     out: dict = {"dtype": dtype, "causal_safe": entry.causal_safe, "cache_source": "registry"}
+    known = isinstance(dtype, str) and not any(pd.isna(key[c]) for c in ("dim", "n_heads", "n_kv_heads"))
+    if known:
+        spec = av.AttnSpec(int(key["dim"]), int(key["n_heads"]), int(key["n_kv_heads"]))
     for tp in cfg.tp:
-        if not isinstance(dtype, str):  # a run that did not record its dtype: no cache figure
+        if not known:  # a run that did not record its dtype or shape: no cache figure
             out[f"kv_bytes_per_token_tp{tp}"] = out[f"requests_fit_tp{tp}"] = math.nan
             continue
         try:
