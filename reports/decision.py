@@ -106,9 +106,11 @@ def figure(df: pd.DataFrame) -> Figure:
     ax.plot(front["kv_bytes_per_token_tp1"], front["decode_ms"], "--", color="black", lw=0.8, zorder=2,
             label="Pareto front (all objectives)")  # fmt: skip
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_yscale("log")  # one noisy p90 (a loaded machine) must not flatten every other point
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("KV cache bytes per token, one layer, TP=1")
-    ax.set_ylabel("decode latency, ms (median, p10–p90)")
+    ax.set_ylabel("decode latency, ms (median, p10–p90; log)")
     missing = sorted(set(df["design"]) - set(placed["design"]))
     title = "Which attention to ship: cache against decode latency"
     ax.set_title(title + (f"\nnot placed (missing cache or decode): {', '.join(missing)}" if missing else ""),
