@@ -8,7 +8,6 @@ it came from; a missing measurement stays empty.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 
@@ -132,12 +131,6 @@ def accuracy_columns(accuracy: pd.DataFrame | None, variants: tuple[str, ...]) -
     return wide.join(overall).join(sources.rename("accuracy_source")).reset_index()
 
 
-def registry_splits_tp() -> bool:
-    """Whether the registry's kv_cache_bytes takes `tp` (each variant's replication rule under
-    tensor parallelism). Without it, the TP>1 columns are missing: no rule is guessed here."""
-    return "tp" in inspect.signature(av.VariantInfo.kv_cache_bytes).parameters
-
-
 def cache_columns(key: Mapping, dtype: str, cfg: DecideConfig) -> dict:
     """kv_bytes_per_token_tp{N} (one layer, per device) and requests_fit_tp{N} from the registry;
     a tp that does not divide h is left empty."""
@@ -153,12 +146,8 @@ def cache_columns(key: Mapping, dtype: str, cfg: DecideConfig) -> dict:
         if not known:  # a run that did not record its dtype or shape: no cache figure
             out[f"kv_bytes_per_token_tp{tp}"] = out[f"requests_fit_tp{tp}"] = math.nan
             continue
-        if tp > 1 and not registry_splits_tp():
-            out[f"kv_bytes_per_token_tp{tp}"] = out[f"requests_fit_tp{tp}"] = math.nan
-            continue
         try:
-            by_tp = {"tp": tp} if tp > 1 else {}
-            per_token = entry.kv_cache_bytes(spec, dict(choice.options), 1, 1, getattr(torch, dtype), **by_tp)
+            per_token = entry.kv_cache_bytes(spec, dict(choice.options), 1, 1, getattr(torch, dtype), tp=tp)
         except ValueError:
             per_token = math.nan  # tp does not split this h
         out[f"kv_bytes_per_token_tp{tp}"] = per_token

@@ -108,9 +108,6 @@ def test_cache_column_at_table5(variant):
     row = cache_row(variant, spec, "bfloat16", (1, 2))
     assert row["kv_bytes_per_token_tp1"] == TABLE5[variant][0]
     assert row["requests_fit_tp1"] == math.floor(80e9 / (8192 * TABLE5[variant][0]))
-    if not table.registry_splits_tp():
-        assert math.isnan(row["kv_bytes_per_token_tp2"])  # missing, not guessed
-        pytest.skip("the registry has no tensor-parallel rule (kv_cache_bytes(tp=)) yet")
     assert row["kv_bytes_per_token_tp2"] == TABLE5[variant][1]
 
 
