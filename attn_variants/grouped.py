@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import decode
 from . import modality as layout
 from .backends import get_backend
 from .cache import KVCache, skips_attention
@@ -62,9 +63,17 @@ class GroupedQueryAttention(nn.Module):
         return q, k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, cache: KVCache | None) -> Tensor:
-        """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Variants override this."""
+        """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Variants override this.
+
+        With a cache (decode, chunked prefill) the call goes through the registry's one decode
+        path, `decode.attend`, which lays each KV head's query heads out as its rows where
+        that is faster; without one, straight to the backend."""
         if skips_attention(cache):  # KVCache.fill: the cache is complete, the output unused
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
+        if cache is not None:
+            return decode.attend(
+                q, k, v, backend=self.backend_name, causal=self.spec.causal, dropout_p=self.dropout_p
+            )
         return self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
 
     def merge(self, o: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import keydecode
+from . import decode, keydecode
 from .backends import causal_mask
 from .cache import KVCache, skips_attention
 from .grouped import GroupedQueryAttention
@@ -154,7 +154,8 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         g = k.shape[1]
         take, back, rows = keydecode.decode_layout(a.expand(b, g), h)
         q_rows = q.reshape(b * h, e).index_select(0, take).view(b, g, rows, e)  # (b, g, rows, e)
-        o = self.backend(q_rows, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, rows, e)
+        p = self.dropout_p
+        o = decode.attend_rows(q_rows, k, v, backend=self.backend_name, dropout_p=p)  # (b, g, rows, e)
         return o.reshape(b * g * rows, e).index_select(0, back).view(b, h, 1, e)  # (b*h, e) -> (b, h, 1, e)
 
 
