@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backends import causal_mask, get_backend
+from . import decode
+from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .modality import check_unimodal
 from .registry import register, with_kv_heads
@@ -220,20 +221,32 @@ class MultiHeadLatentAttention(nn.Module):
         return q_nope.new_zeros(*q_nope.shape[:-1], self.dims.v_head_dim)
 
     def attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
-        """Attention on the latent, W_UK folded into the query and W_UV into the output, written
-        as the official einsums: no per-head key or value, no copy of the cache."""
+        """Attention on the latent, W_UK folded into the query and W_UV into the output (the
+        official einsums' arithmetic): no per-head key or value, no copy of the cache.
+
+        This is the decode path's rows layout (attn_variants/decode.py) for one KV head: the
+        latent is an MQA's single head, so the h*n queries are its rows, (b, h*n, kv_lora)
+        against (b, s, kv_lora), one matmul over the cache per part. It does not call
+        `decode.attend`: a backend call would need the key [c; k_pe] as one tensor (a copy of
+        the cache per step) and a value as wide as the key (CPU flash requires it; math copies
+        the scaled key). The scale is folded into the (small) queries and the rope part of the
+        scores is added in place (baddbmm), so no (b, h, n, s) pass is spent on either."""
         t, h = self.dims, self.spec.n_heads
+        b, _, n, _ = q_nope.shape
+        s = c.shape[1]
         w = self.wkv_b.weight.view(h, -1, t.kv_lora_rank)  # (h, nope+v, kv_lora)
         w_uk, w_uv = w.split([t.qk_nope_head_dim, t.v_head_dim], dim=1)  # (h, nope, c), (h, v, c)
-        q_lat = torch.einsum("bhnd,hdc->bhnc", q_nope, w_uk)  # (b, h, n, kv_lora)
-        scores = torch.einsum("bhnc,bsc->bhns", q_lat, c) + torch.einsum("bhnr,bsr->bhns", q_pe, k_pe)
-        scores = scores * t.qk_head_dim**-0.5  # (b, h, n, s)
-        n, s = scores.shape[-2:]
-        if self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
-            scores = scores.masked_fill(~causal_mask(n, s, scores.device), float("-inf"))
+        scale = t.qk_head_dim**-0.5
+        q_lat = torch.einsum("bhnd,hdc->bhnc", q_nope, w_uk) * scale  # (b, h, n, kv_lora)
+        q_rope = (q_pe * scale).reshape(b, h * n, t.qk_rope_head_dim)  # (b, h*n, rope)
+        pe_scores = torch.bmm(q_rope, k_pe.transpose(1, 2))  # (b, h*n, s)
+        scores = torch.baddbmm(pe_scores, q_lat.reshape(b, h * n, -1), c.transpose(1, 2))  # (b, h*n, s)
+        mask = decode.rows_mask(None, self.spec.causal, h, n, s, scores.device)  # (1, 1, h*n, s) or None
+        if mask is not None:  # query i sits at s - n + i (bottom-right aligned)
+            scores = scores.masked_fill(~mask[0], float("-inf"))
         probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
-        probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h, n, s)
-        o_lat = torch.einsum("bhns,bsc->bhnc", probs, c)  # (b, h, n, kv_lora)
+        probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h*n, s)
+        o_lat = torch.bmm(probs, c).view(b, h, n, t.kv_lora_rank)  # (b, h*n, kv_lora) -> (b, h, n, kv_lora)
         return torch.einsum("bhnc,hvc->bhnv", o_lat, w_uv)  # (b, h, n, v)
 
     @property

@@ -1,0 +1,37 @@
+"""The roofline time of a decode step (harness/roof.py)."""
+
+import pytest
+import torch
+
+import attn_variants as av
+from harness import roof
+
+
+def test_decode_bytes_are_the_cache_the_weights_and_the_token_in_and_out():
+    spec = av.AttnSpec(16, 4, 2)  # q, o: 16 x 16; k, v: 16 x 8 (g*e = 8)
+    module = av.create("gqa", spec)
+    weights = (2 * 16 * 16 + 2 * 16 * 8) * 4
+    assert roof.weight_bytes(module) == weights
+    cache = av.info("gqa").kv_cache_bytes(spec, {}, 3, 100, torch.float32)  # 2*b*g*n*e*4
+    assert cache == 2 * 3 * 2 * 100 * 4 * 4
+    assert roof.decode_bytes(module, cache, 3, 1, torch.float32) == cache + weights + 2 * 3 * 16 * 4
+
+
+def test_decode_bytes_count_buffers_and_every_parameter():
+    """DGQA's state buffers and MoH's router are read by the step too."""
+    spec = av.AttnSpec(16, 4, 2)
+    base = roof.weight_bytes(av.create("gqa", spec))
+    assert roof.weight_bytes(av.create("dgqa", spec)) > base  # norm_cache, allocation, steps
+    assert roof.weight_bytes(av.create("moh", spec)) > base  # wg, wg_0, wg_1
+
+
+def test_roof_is_the_longer_of_moving_and_computing():
+    assert roof.roof_s(10e9, 1e9, 10e9, 100e9) == pytest.approx(1.0)  # memory: 1 s against 0.01 s
+    assert roof.bound(10e9, 1e9, 10e9, 100e9) == "memory"
+    assert roof.roof_s(1e9, 300e9, 10e9, 100e9) == pytest.approx(3.0)  # compute: 3 s against 0.1 s
+    assert roof.bound(1e9, 300e9, 10e9, 100e9) == "compute"
+
+
+def test_roof_refuses_a_peak_that_is_not_positive():
+    with pytest.raises(ValueError, match="peak_flops=0"):
+        roof.roof_s(1, 1, 1.0, 0)
