@@ -18,9 +18,10 @@ Two forms compute the same function (paper eq. 9-11 and its "absorb" remark):
 Option `absorb`: "decode" (default: naive for prefill, absorbed when the call continues a
 cache), "always" or "never". The naive form runs through the variant's backend (sdpa or
 eager: `backend="eager", absorb="never"` is the plain reference path); the absorbed form is
-the official code's einsums (scores = q~ c + q_pe k_pe, then p c W_UV^T), which read the
-cached latent in place: an SDPA call would need [c; k_pe] concatenated, a copy of the whole
-cache at every decode step, and (value width kv_lora != key width) the math kernel on CPU.
+the official code's arithmetic (scores = q~ c + q_pe k_pe, then p c W_UV^T), with the h*n
+queries as the rows of the one latent head (the decode path's rows layout, decode.py), which
+reads the cached latent in place: an SDPA call would need [c; k_pe] concatenated, a copy of the
+whole cache at every decode step, and (value width kv_lora != key width) the math kernel on CPU.
 
 Departures from the official code, and why:
 - RoPE is the official convention (consecutive pairs (2i, 2i+1) rotated by p*theta_i,
