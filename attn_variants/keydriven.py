@@ -15,7 +15,8 @@ the CPU, eager, where reading a small tensor is free, do the integer steps run i
 cache (prefix sums of squared key norms, `KEY_STATS`), so a step reads only its new keys to
 allocate; a single new token (decode) packs each KV head's query heads as its rows and meets
 every KV head in one call, so the cache is neither read twice nor copied h/g times
-(`attn_variants/keydecode.py`). The reference path
+(`attn_variants/keydecode.py`): the registry's decode path with uneven groups, whose kernel
+call is `decode.attend_rows`, the one GQA's decode makes. The reference path
 (`reference_forward`) is the paper's loop over groups with a Python-side allocation; the
 tests check one against the other.
 

@@ -129,3 +129,22 @@ def test_layouts_agree_on_every_device(device, layout):
     out = decode.attend(q, k, v, backend="sdpa", causal=True, layout=layout)
     ref = backends.eager(q.double().cpu(), k.double().cpu(), v.double().cpu(), causal=True)
     assert_close(out.double().cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["kdgqa", "dgqa"])
+def test_key_driven_decode_calls_the_rows_kernel(monkeypatch, variant):
+    """KDGQA/DGQA lay out their uneven groups as rows themselves, then call decode.attend_rows."""
+    calls = []
+    real = decode.attend_rows
+
+    def recording(q_rows, k, v, **kwargs):
+        calls.append((q_rows.shape[1], k.shape[1]))
+        return real(q_rows, k, v, **kwargs)
+
+    monkeypatch.setattr(decode, "attend_rows", recording)
+    module = av.create(variant, av.AttnSpec(16, 4, 2)).eval()
+    cache = av.KVCache()
+    with torch.no_grad():
+        cache.fill(module, torch.randn(1, 6, 16))
+        module(torch.randn(1, 1, 16), cache=cache)
+    assert calls == [(2, 2)]
