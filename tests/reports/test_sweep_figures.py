@@ -228,8 +228,9 @@ def test_roofline_marks_decode_points_by_their_own_bytes_and_their_gap_to_the_ro
     roof_s = max(real / peak_bw, flops_eff / peak_flops)
     row = dict(run="r", device_name="cpu", dtype="float32", variant="gqa", options="", mode="decode",
                status="ok", flops_effective=flops_eff, bytes_moved=moved, decode_bytes=real,
-               roof_s=roof_s, roof_util=roof_s / t, latency_ms_median=ms, flops_util=flops_eff / t / peak_flops,
-               bw_util=moved / t / peak_bw, seq_len=16384, n_heads=16, n_kv_heads=4, batch=1)  # fmt: skip
+               roof_s=roof_s, roof_util=roof_s / t, latency_ms_median=ms, seq_len=16384, n_heads=16,
+               flops_util=flops_eff / t / peak_flops, bw_util=moved / t / peak_bw, n_kv_heads=4,
+               batch=1)  # fmt: skip
     points = roofline.roofline_points(pd.DataFrame([row]))
     assert points["intensity"].tolist() == pytest.approx([flops_eff / real])
     fig = roofline.roofline_figure(pd.DataFrame([row]))
