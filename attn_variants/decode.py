@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .backends import causal_mask, get_backend
+from .backends import Backend, causal_mask, get_backend
 
 Layout = Literal["heads", "rows"]
 LAYOUTS: tuple[str, ...] = ("auto", "heads", "rows")
@@ -80,12 +80,25 @@ def attend(
     return from_rows(o, h, n)  # (b, h, n, e)
 
 
+def kernel(backend: str) -> Backend:
+    """`attend` with the backend signature (q, k, v, *, causal, dropout_p, mask): what a variant
+    calls in place of its backend when a cache is given (and hands to ragged.attend)."""
+
+    def run(
+        q: Tensor, k: Tensor, v: Tensor, *, causal: bool, dropout_p: float = 0.0, mask: Tensor | None = None
+    ) -> Tensor:
+        return attend(q, k, v, backend=backend, causal=causal, dropout_p=dropout_p, mask=mask)
+
+    run.__name__ = run.__qualname__ = f"decode_{backend}"
+    return run
+
+
 def attend_rows(
     q_rows: Tensor, k: Tensor, v: Tensor, *, backend: str, dropout_p: float = 0.0, mask: Tensor | None = None
 ) -> Tensor:
     """The kernel call of the rows layout: q_rows (b, g, rows, e), k/v (b, g, s, e) ->
     (b, g, rows, e), every row seeing every key unless `mask` (b or 1, 1, rows, s) says
-    otherwise. KDGQA/DGQA call it with their own (uneven) rows (keydecode.decode_layout)."""
+    otherwise."""
     return get_backend(backend)(q_rows, k, v, causal=False, dropout_p=dropout_p, mask=mask)
 
 

@@ -132,16 +132,17 @@ def test_layouts_agree_on_every_device(device, layout):
 
 
 @pytest.mark.parametrize("variant", ["kdgqa", "dgqa"])
-def test_key_driven_decode_calls_the_rows_kernel(monkeypatch, variant):
-    """KDGQA/DGQA lay out their uneven groups as rows themselves, then call decode.attend_rows."""
+def test_key_driven_decode_takes_the_decode_path(monkeypatch, variant):
+    """KDGQA/DGQA lay out their uneven groups as rows (b, g, rows, e) themselves, then take the
+    decode path like every variant."""
     calls = []
-    real = decode.attend_rows
+    real = decode.attend
 
     def recording(q_rows, k, v, **kwargs):
         calls.append((q_rows.shape[1], k.shape[1]))
         return real(q_rows, k, v, **kwargs)
 
-    monkeypatch.setattr(decode, "attend_rows", recording)
+    monkeypatch.setattr(decode, "attend", recording)
     module = av.create(variant, av.AttnSpec(16, 4, 2)).eval()
     cache = av.KVCache()
     with torch.no_grad():
