@@ -35,3 +35,26 @@ def test_roof_is_the_longer_of_moving_and_computing():
 def test_roof_refuses_a_peak_that_is_not_positive():
     with pytest.raises(ValueError, match="peak_flops=0"):
         roof.roof_s(1, 1, 1.0, 0)
+
+
+def test_a_sweep_gives_decode_rows_their_roof_and_other_rows_none(tmp_path):
+    """decode_bytes from the registry's cache bytes and the module's weights; roof_s the longer
+    of moving them and computing flops_effective at the run's calibrated peaks; roof_util =
+    roof_s / median. The peaks come back from the row's own flops_util and bw_util."""
+    from harness import sweep
+
+    cfg = sweep.SweepConfig(seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd", "decode"), batch=2,
+                            head_dim=8, repeats=2, warmup=0, threads=1, device="cpu", out=str(tmp_path),
+                            variants=("gqa", "mla"), reference="none")  # fmt: skip
+    df = sweep.run(cfg).set_index(["variant", "mode"])
+    for variant in ("gqa", "mla"):
+        row = df.loc[(variant, "decode")]
+        module = av.create(variant, av.AttnSpec(32, 4, 2))
+        assert row["decode_bytes"] == row["kv_cache_bytes"] + roof.weight_bytes(module) + 2 * 2 * 32 * 4
+        t = row["latency_ms_median"] / 1e3
+        peak_flops = row["flops_effective"] / t / row["flops_util"]
+        peak_bw = row["bytes_moved"] / t / row["bw_util"]
+        expected = max(row["decode_bytes"] / peak_bw, row["flops_effective"] / peak_flops)
+        assert row["roof_s"] == pytest.approx(expected, rel=1e-6)
+        assert row["roof_util"] == pytest.approx(row["roof_s"] / t, rel=1e-6)
+        assert df.loc[(variant, "fwd")][["decode_bytes", "roof_s", "roof_util"]].isna().all()
