@@ -11,9 +11,12 @@ numbers (query head i reads KV head i // (h/g), GQA arXiv 2305.13245):
   `seqlenq_ngroups_swapped`); PyTorch's CPU kernel does not, and loops over the h query heads,
   one row each, reading each KV head's block h/g times.
 
-Which wins, measured (benchmarks/ratios_decode_layout.py; CPU, AMD EPYC, 1 thread, float32,
-b=1, h=16, e=64, s=16,384, one query; medians of interleaved rounds):
-    g=4: "heads" 11.6 ms, "rows" 6.0 ms;  g=1: "heads" 5.8 ms, "rows" 1.5 ms.
+Which wins, measured (CPU, AMD EPYC, 1 thread, float32, b=1, h=16, e=64, s=16,384, one query,
+sdpa): on an idle machine, medians of 15 calls, g=4: "heads" 12.0 ms, "rows" 6.0 ms; g=1:
+"heads" 5.8 ms, "rows" 1.5 ms. Interleaved (benchmarks/ratios_decode_layout.py, 12 rounds, on a
+machine loaded by other jobs), rows / heads: g=4 0.47, g=1 0.29; at g=h the layouts are one
+call. Through eager (matmul, softmax, matmul) the rows layout is slower than sdpa's (51 against
+43 ms loaded, g=4), so the backend stays the user's; only the layout changes.
 So "rows" wherever h > g and the backend can take it (`choose_layout`). With n > 1 (several
 query tokens per step, speculative decode) the causal mask is no longer "see everything":
 row r*n + i of the rows layout is query i of its head, at position s - n + i, so it gets an
