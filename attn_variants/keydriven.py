@@ -155,6 +155,8 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         g = k.shape[1]
         if keydecode.on_host(a):
             shared = keydecode.shared_allocation(a.expand(b, g))  # one list for the batch, or None
+            if shared == [h // g] * g:  # the uniform split is GQA's: its one call, no loop
+                return self.call_backend(q, k, v, cache, causal=False)
             if shared is not None:
                 return self._attend_groups(q, k, v, shared, cache)
         take, back, rows = keydecode.decode_layout(a.expand(b, g), h)

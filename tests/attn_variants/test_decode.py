@@ -136,7 +136,8 @@ def test_layouts_agree_on_every_device(device, layout):
 def test_key_driven_decode_takes_the_decode_path(monkeypatch, variant, on_host):
     """KDGQA/DGQA lay out their uneven groups as query rows themselves, then take the decode path
     like every variant: on the host one call per KV head its a_j query heads read (a_j rows
-    each, h in all), elsewhere one call over (b, g, h, e) with padding rows."""
+    each, h in all; the uniform split is gqa's one call), elsewhere one call over (b, g, h, e)
+    with padding rows."""
     from attn_variants import keydecode
 
     calls = []
@@ -148,13 +149,17 @@ def test_key_driven_decode_takes_the_decode_path(monkeypatch, variant, on_host):
 
     monkeypatch.setattr(decode, "attend", recording)
     monkeypatch.setattr(keydecode, "on_host", lambda t: on_host)
+    shared, real_shared = [], keydecode.shared_allocation
+    monkeypatch.setattr(keydecode, "shared_allocation", lambda a: shared.append(real_shared(a)) or shared[-1])
     h, g = 8, 4
     module = av.create(variant, av.AttnSpec(32, h, g)).eval()
     cache = av.KVCache()
     with torch.no_grad():
         cache.fill(module, torch.randn(1, 6, 32))
         module(torch.randn(1, 1, 32), cache=cache)
-    if on_host:
+    if on_host and shared[-1] == [h // g] * g:  # the uniform split: gqa's one call
+        assert calls == [(h, g, 1)]
+    elif on_host:
         assert all(heads == kv == 1 for heads, kv, _ in calls) and sum(r for *_, r in calls) == h
     else:
         assert calls == [(g, g, h)]
