@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from attn_variants import decode
-from harness import compare
+from harness.measure import interleave as compare
 
 H, E = 16, 64
 

@@ -25,8 +25,9 @@ import argparse
 import torch
 
 import attn_variants as av
-from harness import calibrate, compare, flops, roof, workload
-from harness.timing import Summary, summarize
+from harness.measure import calibrate, flops, roof, workload
+from harness.measure import interleave as compare
+from harness.measure.timing import Summary, summarize
 
 D, H, G = 1024, 16, 4
 VARIANTS = ("mha", "mqa", "gqa", "concat", "kdgqa", "dgqa", "pgqa", "moh", "mla", "mmca")

@@ -14,7 +14,7 @@ import pytest
 import typer.main
 
 import attn_variants as av
-from harness.accuracy import COLUMNS as ACCURACY_COLUMNS
+from harness.accuracy.runner import COLUMNS as ACCURACY_COLUMNS
 from harness.cli import app
 from harness.records import COLUMNS as SWEEP_COLUMNS
 

@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from harness.measure import count_flops_detail
-from harness.workload import modality_ids
+from harness.measure.workload import modality_ids
 
 DECODERS = [name for name in av.names() if "decode" in av.info(name).modes]
 SHAPES = [(1, 7, 4, 2), (2, 13, 6, 3), (3, 33, 8, 1)]  # (b, n, h, g): odd lengths, g = 1

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from attn_variants.mmca import reference
-from harness import workload
+from harness.measure import workload
 
 CASES = [  # (b, n, m, d, h, g): several shapes and visual counts, including odd ones
     (2, 16, 0, 64, 8, 2),

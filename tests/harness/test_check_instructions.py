@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from harness import instructions, instructions_view
-from harness.check import CheckConfig, cells
+from harness.check import instructions, instructions_view
+from harness.check.instructions import Count
+from harness.check.ratios import CheckConfig, cells
 from harness.cli import app
-from harness.grid import row_key
-from harness.instructions import Count
+from harness.sweep.grid import row_key
 
 runner = CliRunner()
 needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")

@@ -1,10 +1,10 @@
-"""The roofline time of a decode step (harness/roof.py)."""
+"""The roofline time of a decode step (harness/measure/roof.py)."""
 
 import pytest
 import torch
 
 import attn_variants as av
-from harness import roof
+from harness.measure import roof
 
 
 def test_decode_bytes_are_the_cache_the_weights_and_the_token_in_and_out():
@@ -41,7 +41,7 @@ def test_a_sweep_gives_decode_rows_their_roof_and_other_rows_none(tmp_path):
     """decode_bytes from the registry's cache bytes and the module's weights; roof_s the longer
     of moving them and computing flops_effective at the run's calibrated peaks; roof_util =
     roof_s / median. The peaks come back from the row's own flops_util and bw_util."""
-    from harness import sweep
+    from harness.sweep import runner as sweep
 
     cfg = sweep.SweepConfig(seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd", "decode"), batch=2,
                             head_dim=8, repeats=2, warmup=0, threads=1, device="cpu", out=str(tmp_path),
