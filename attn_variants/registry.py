@@ -43,6 +43,11 @@ class VariantInfo:
     # Cached elements per token (one layer, one sequence) from (spec, resolved options); None is
     # the GQA family's K and V: 2*g*e.
     cache_per_token: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None
+    # The same per device under tensor parallelism of degree tp (query heads split tp ways), from
+    # (spec, resolved options, tp): the design's replication rule. None: the GQA family's KV heads
+    # split while there are enough of them, 2*ceil(g/tp)*e, if cache_per_token is None too, else
+    # the whole cache on every device (a rule no variant declared is taken as replication).
+    cache_per_device: Callable[[AttnSpec, Mapping[str, Any], int], int] | None = None
 
     def resolve(self, spec: AttnSpec) -> AttnSpec:
         """The spec this variant actually runs with (presets fix n_kv_heads)."""
@@ -58,23 +63,45 @@ class VariantInfo:
             )
         return {**self.options, **options}
 
-    def cache_elements(self, spec: AttnSpec, options: Mapping[str, Any] | None = None) -> int:
-        """Elements the KV cache holds per token and sequence, for the resolved spec."""
+    def cache_elements(self, spec: AttnSpec, options: Mapping[str, Any] | None = None, tp: int = 1) -> int:
+        """Elements the KV cache holds per token and sequence, for the resolved spec; with tp > 1,
+        on each of tp tensor-parallel devices (the design's replication rule)."""
         spec = self.resolve(spec)
+        check_tp(tp, spec)
+        resolved = self.resolve_options(options or {})
+        if tp > 1 and self.cache_per_device is not None:
+            return self.cache_per_device(spec, resolved, tp)
         if self.cache_per_token is None:
-            return 2 * spec.n_kv_heads * spec.head_dim
-        return self.cache_per_token(spec, self.resolve_options(options or {}))
+            return 2 * -(-spec.n_kv_heads // tp) * spec.head_dim  # KV heads split, ceil(g/tp) a device
+        return self.cache_per_token(spec, resolved)
 
     def kv_cache_bytes(
-        self, spec: AttnSpec, options: Mapping[str, Any] | None, batch: int, seq_len: int, dtype: torch.dtype
+        self,
+        spec: AttnSpec,
+        options: Mapping[str, Any] | None,
+        batch: int,
+        seq_len: int,
+        dtype: torch.dtype,
+        tp: int = 1,
     ) -> int:
-        """The analytic cache size at (b, n): b*n*cache_elements*itemsize (GQA: 2*b*g*n*e*itemsize)."""
+        """The analytic cache size at (b, n): b*n*cache_elements*itemsize (GQA: 2*b*g*n*e*itemsize),
+        per device under tensor parallelism of degree `tp` (1: the whole cache)."""
         itemsize = torch.empty((), dtype=dtype).element_size()
-        return batch * seq_len * self.cache_elements(spec, options) * itemsize
+        return batch * seq_len * self.cache_elements(spec, options, tp) * itemsize
 
     def kv_heads_equiv(self, spec: AttnSpec, options: Mapping[str, Any] | None = None) -> float:
         """The g of a GQA with the same cache per token: cache_elements / (2e)."""
         return self.cache_elements(spec, options) / (2 * self.resolve(spec).head_dim)
+
+
+def check_tp(tp: object, spec: AttnSpec) -> None:
+    """tp devices split the h query heads: a positive divisor of h."""
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp <= 0:
+        raise ValueError(f"tp={tp!r} must be a positive integer")
+    if spec.n_heads % tp:
+        raise ValueError(
+            f"tp={tp} does not divide n_heads={spec.n_heads}: tensor parallelism splits the query heads"
+        )
 
 
 _REGISTRY: dict[str, VariantInfo] = {}
@@ -92,6 +119,7 @@ def register(
     preset: Callable[[AttnSpec], AttnSpec] | None = None,
     uses_kv_heads: bool = True,
     cache_per_token: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None,
+    cache_per_device: Callable[[AttnSpec, Mapping[str, Any], int], int] | None = None,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator adding `name` to the registry; stack it to register presets."""
     bad_modes = sorted(set(modes) - set(MODES))
@@ -104,7 +132,7 @@ def register(
         merged = MappingProxyType({**COMMON_OPTIONS, **(options or {})})
         _REGISTRY[name] = VariantInfo(
             name, cls, description, paper, tuple(modes), multimodal, causal_safe, merged, preset,
-            uses_kv_heads, cache_per_token,
+            uses_kv_heads, cache_per_token, cache_per_device,
         )  # fmt: skip
         return cls
 

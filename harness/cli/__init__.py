@@ -1,12 +1,13 @@
 """The `attnbench` command line (Typer): `app` and `main`, with every command registered.
 
 app.py holds the Typer app, the options commands share and the sweep, accuracy, report and list
-commands; tools.py holds check, init, calibrate, selftest and compare. Command modules import
-the app; this package imports them (registering their commands, in `attnbench --help`'s order),
-and nothing imports this package back: no import circle.
+commands; tools.py holds check, init, calibrate, selftest and compare; generate.py holds
+generate; decide.py holds decide. Command modules import the app; this package imports them
+(registering their commands, in `attnbench --help`'s order), and nothing imports this package
+back: no import circle.
 """
 
-from . import tools  # noqa: F401  (registers check, init, calibrate, selftest, compare on `app`)
+from . import decide, generate, tools  # noqa: F401  (register decide, generate; check, init, calibrate, ...)
 from .app import app
 
 
