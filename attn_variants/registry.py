@@ -179,7 +179,8 @@ def _check_metadata(
     bad_modes = sorted(set(modes) - set(MODES), key=str)
     if bad_modes:
         raise ValueError(f"variant {name!r}: modes {bad_modes} are not among {list(MODES)}")
-    if options is not None and not (isinstance(options, Mapping) and all(isinstance(k, str) for k in options)):
+    named = isinstance(options, Mapping) and all(isinstance(k, str) for k in options)
+    if options is not None and not named:
         raise ValueError(f"variant {name!r}: options={options!r} must map option names to defaults")
     for key, value in flags.items():
         if not isinstance(value, bool):

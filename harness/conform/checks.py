@@ -1,7 +1,7 @@
 """Every property of one variant, in order; the FLOP count and the multimodal rules.
 
-    verdicts = harness.conform.check("gqa", {}, ConformConfig())   # list[Verdict]
-    failed = [v for v in verdicts if v.status == "fail"]
+verdicts = harness.conform.check("gqa", {}, ConformConfig())   # list[Verdict]
+failed = [v for v in verdicts if v.status == "fail"]
 """
 
 from __future__ import annotations
@@ -31,14 +31,20 @@ def flops(p: Probe) -> Verdict:
     for mode in modes:
         try:
             real = flop_count.count_real(_step(p, mode, p.device)).flops
-            meta = flop_count.count(lambda dev, mode=mode: _step(p, mode, dev)).flops if p.entry.flops_on_meta else None
+            meta = (
+                flop_count.count(lambda dev, mode=mode: _step(p, mode, dev)).flops
+                if p.entry.flops_on_meta
+                else None
+            )
         except Exception as err:  # noqa: BLE001 (the count failing is the finding)
             where = "the meta device" if p.entry.flops_on_meta else "real tensors"
             hint = "; declare flops_on_meta=False to count on real tensors" if p.entry.flops_on_meta else ""
             return Verdict("flops", "fail", f"{mode}: counting on {where} raised {type(err).__name__}: "
-                           f"{props._line(err)}{hint}")  # fmt: skip
+                           f"{props.oneone_line(err)}{hint}")  # fmt: skip
         if meta is not None and meta != real:
-            return Verdict("flops", "fail", f"{mode}: {meta} FLOPs on the meta device, {real} on real tensors")
+            return Verdict(
+                "flops", "fail", f"{mode}: {meta} FLOPs on the meta device, {real} on real tensors"
+            )
         counts.append(f"{mode} {real / 1e6:.3g} MFLOP")
     how = "on meta = real" if p.entry.flops_on_meta else "on real tensors (declared flops_on_meta=False)"
     return Verdict("flops", "pass", f"{', '.join(counts)} {how}")
@@ -61,7 +67,9 @@ def multimodal(p: Probe) -> Verdict:
     from attn_variants.modality import prefix
 
     x, m = p.inputs(), p.cfg.n_visual
-    same = p.error(p.forward(x, modality=prefix(p.cfg.batch, p.cfg.seq_len, m, p.device)), p.forward(x, n_visual=m))
+    same = p.error(
+        p.forward(x, modality=prefix(p.cfg.batch, p.cfg.seq_len, m, p.device)), p.forward(x, n_visual=m)
+    )
     if same > p.tol:
         return Verdict("multimodal", "fail", f"n_visual={m} and its modality ids differ by {fmt(same)}")
     seen = max(_text_effect(p, kw) for kw in (layouts["prefix"], layouts["interleaved"]))
@@ -74,8 +82,12 @@ def multimodal(p: Probe) -> Verdict:
     if not p.entry.isolates_images:
         return Verdict("multimodal", "declared", f"declared: image tokens read text (moved {fmt(seen)})")
     if seen > p.tol:
-        return Verdict("multimodal", "fail", f"image-token outputs changed by {fmt(seen)} when only text changed")
-    return Verdict("multimodal", "pass", f"image tokens see no text ({fmt(seen)}); n_visual = ids ({fmt(same)})")
+        return Verdict(
+            "multimodal", "fail", f"image-token outputs changed by {fmt(seen)} when only text changed"
+        )
+    return Verdict(
+        "multimodal", "pass", f"image tokens see no text ({fmt(seen)}); n_visual = ids ({fmt(same)})"
+    )
 
 
 def _text_effect(p: Probe, layout: Mapping[str, Any]) -> float:
@@ -97,7 +109,9 @@ def _unimodal(p: Probe) -> Verdict:
     x = p.inputs()
     err = p.error(p.forward(x, n_visual=p.cfg.n_visual), p.forward(x))
     if err > p.tol:
-        return Verdict("multimodal", "fail", f"unimodal, but n_visual={p.cfg.n_visual} changed the output by {fmt(err)}")
+        return Verdict(
+            "multimodal", "fail", f"unimodal, but n_visual={p.cfg.n_visual} changed the output by {fmt(err)}"
+        )
     return Verdict("multimodal", "n/a", f"{UNIMODAL}: n_visual ignored ({fmt(err)})")
 
 
@@ -117,5 +131,5 @@ def check(name: str, options: Mapping[str, Any], cfg: ConformConfig) -> list[Ver
         try:
             out.append(fn(p))
         except Exception as err:  # noqa: BLE001 (the variant's error is the finding)
-            out.append(Verdict(prop, "fail", f"raised {type(err).__name__}: {props._line(err)}"))
+            out.append(Verdict(prop, "fail", f"raised {type(err).__name__}: {props.oneone_line(err)}"))
     return out

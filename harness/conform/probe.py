@@ -49,7 +49,8 @@ class ConformConfig:
             raise ValueError(f"batch={self.batch} must be >= 2 (batch independence changes one example)")
         if not 1 <= self.n_visual <= self.prefill < self.seq_len - 1:
             raise ValueError(
-                f"need 1 <= n_visual={self.n_visual} <= prefill={self.prefill} < seq_len - 1 = {self.seq_len - 1}"
+                f"need 1 <= n_visual={self.n_visual} <= prefill={self.prefill} < seq_len - 1 "
+                f"= {self.seq_len - 1}"
             )
         if self.seq_len < 8:
             raise ValueError(f"seq_len={self.seq_len} must be >= 8 (two images and text between them)")

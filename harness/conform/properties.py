@@ -55,7 +55,9 @@ def batch(p: Probe) -> Verdict:
     if not p.entry.batch_independent:
         return Verdict("batch", "declared", f"declared batch-coupled; example 0 moved by {fmt(err)}")
     if err > p.tol:
-        return Verdict("batch", "fail", f"example 0 changed by {fmt(err)} when example 1 changed (tol {p.tol:g})")
+        return Verdict(
+            "batch", "fail", f"example 0 changed by {fmt(err)} when example 1 changed (tol {p.tol:g})"
+        )
     return Verdict("batch", "pass", f"max change {fmt(err)}")
 
 
@@ -66,7 +68,9 @@ def leak(p: Probe, layout: dict | None = None, cuts: tuple[int, ...] | None = No
     for t in cuts or (n // 3, 2 * n // 3):
         x2 = x.clone()
         x2[:, t + 1 :] = p.inputs(seed=3, scale=1)[:, t + 1 :] * 4
-        errs.append(p.error(p.forward(x2, **(layout or {}))[:, : t + 1], p.forward(x, **(layout or {}))[:, : t + 1]))
+        errs.append(
+            p.error(p.forward(x2, **(layout or {}))[:, : t + 1], p.forward(x, **(layout or {}))[:, : t + 1])
+        )
     return max(errs)
 
 
@@ -84,13 +88,16 @@ def causal(p: Probe) -> Verdict:
 
 def modes(p: Probe) -> Verdict:
     """Every declared mode runs: fwd, fwd_bwd (a backward), decode (a prefill and one step)."""
-    runs: dict[str, Callable[[], object]] = {"fwd": lambda: p.forward(p.inputs()), "fwd_bwd": lambda: _backward(p),
-                                            "decode": lambda: _decode(p, p.inputs(), {})}  # fmt: skip
+    runs: dict[str, Callable[[], object]] = {
+        "fwd": lambda: p.forward(p.inputs()),
+        "fwd_bwd": lambda: _backward(p),
+        "decode": lambda: _decode(p, p.inputs(), {}),
+    }
     for mode in p.entry.modes:
         try:
             runs[mode]()
         except Exception as err:  # noqa: BLE001 (any failure of a declared mode is the finding)
-            return Verdict("modes", "fail", f"{mode} raised {type(err).__name__}: {_line(err)}")
+            return Verdict("modes", "fail", f"{mode} raised {type(err).__name__}: {one_line(err)}")
     return Verdict("modes", "pass", ", ".join(p.entry.modes))
 
 
@@ -106,7 +113,9 @@ def decode(p: Probe) -> Verdict:
     if not p.entry.decode_exact:
         return Verdict("decode", "declared", f"declared not a forward; vs {against}: {where}")
     if err > p.tol:
-        return Verdict("decode", "fail", f"prefill + decode differs from {against} by {where} (tol {p.tol:g})")
+        return Verdict(
+            "decode", "fail", f"prefill + decode differs from {against} by {where} (tol {p.tol:g})"
+        )
     return Verdict("decode", "pass", f"vs {against}: {where}")
 
 
@@ -161,18 +170,18 @@ def cache(p: Probe) -> Verdict:
 
     x, k, b = p.inputs(), p.cfg.prefill, p.cfg.batch
     module, c = p.module(), av.KVCache()
+    sizes = []  # (tokens, real bytes, fields) after the prefill and after one decode step
     with torch.no_grad():
-        module(x[:, :k], cache=c)
-        sizes = [(k, c.nbytes)]
-        module(x[:, k : k + 1], cache=c)
-        sizes.append((k + 1, c.nbytes))
+        for start, stop in ((0, k), (k, k + 1)):
+            module(x[:, start:stop], cache=c)
+            sizes.append((stop, c.nbytes, ", ".join(f"{n} {shape}" for n, shape in c.fields.items())))
     per_token = p.entry.cache_bytes_per_token(p.spec, p.options, p.dtype)
-    wrong = [(s, real, b * s * per_token) for s, real in sizes if real != b * s * per_token]
+    wrong = [(s, real, fields) for s, real, fields in sizes if real != b * s * per_token]
     if wrong:
-        s, real, declared = wrong[0]
-        fields = ", ".join(f"{n} {shape}" for n, shape in c.fields.items())
-        return Verdict("cache", "fail", f"declared {declared} B at b={b}, s={s}; the cache holds {real} B "
-                       f"({fields}): {per_token} B/token declared, {real / (b * s):g} real")  # fmt: skip
+        s, real, fields = wrong[0]
+        declared = f"declared {b * s * per_token} B at b={b}, s={s}"
+        held = f"the cache holds {real} B ({fields}): {per_token} B/token declared, {real / (b * s):g} real"
+        return Verdict("cache", "fail", f"{declared}; {held}")
     return Verdict("cache", "pass", f"{per_token} B/token = nbytes")
 
 
@@ -197,7 +206,9 @@ def fill(p: Probe) -> Verdict:
     errs = [p.error(caches[1].get(n), caches[0].get(n)) for n in caches[0].fields]
     err = max([p.error(steps[1], steps[0]), *errs])
     if err > p.tol:
-        return Verdict("fill", "fail", f"after fill the cache or next step differs by {fmt(err)} (tol {p.tol:g})")
+        return Verdict(
+            "fill", "fail", f"after fill the cache or next step differs by {fmt(err)} (tol {p.tol:g})"
+        )
     return Verdict("fill", "pass", f"max diff {fmt(err)}")
 
 
@@ -243,11 +254,15 @@ def grad(p: Probe) -> Verdict:
     problems = [f"no gradient: {missing}" if missing else "", f"not finite: {bad}" if bad else "",
                 f"all zero: {zero}" if zero else ""]  # fmt: skip
     if any(problems):
-        return Verdict("grad", "fail", f"of {len(read)} parameters read by the forward, " + "; ".join(filter(None, problems)))
+        return Verdict(
+            "grad",
+            "fail",
+            f"of {len(read)} parameters read by the forward, " + "; ".join(filter(None, problems)),
+        )
     unread = len(grads) - len(read)
     note = f"; {unread} never read" if unread else ""
     return Verdict("grad", "pass", f"{len(read)}/{len(read)} read parameters get gradients{note}")
 
 
-def _line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -32,20 +33,22 @@ def main(choices: Sequence[VariantChoice], cfg: ConformConfig, console: Console)
     if len(results) > 1:
         for label, vs in results.items():
             for v in (v for v in vs if v.status == "declared"):
-                console.print(f"[yellow]declared[/] {escape(label)} {v.prop}: {escape(v.detail)}", soft_wrap=True)
+                console.print(
+                    f"[yellow]declared[/] {escape(label)} {v.prop}: {escape(v.detail)}", soft_wrap=True
+                )
     console.print(_summary(results, failed), soft_wrap=True)
     return 1 if failed else 0
 
 
 def table(results: dict[str, list[Verdict]], cfg: ConformConfig) -> Table:
     """Rows: properties; columns: variants; a cell: the verdict and, where short, the figure."""
-    tol = TOLERANCE[getattr(__import__("torch"), cfg.dtype)]
-    title = f"conform: {cfg.dtype} on {cfg.device}, b={cfg.batch} n={cfg.seq_len} h={cfg.heads} g={cfg.kv_heads} " \
-            f"e={cfg.head_dim}, tolerance {tol:g} (relative to max |output|)"  # fmt: skip
+    tol = TOLERANCE[getattr(torch, cfg.dtype)]
+    shapes = f"b={cfg.batch} n={cfg.seq_len} h={cfg.heads} g={cfg.kv_heads} e={cfg.head_dim}"
+    title = f"conform: {cfg.dtype} on {cfg.device}, {shapes}, tolerance {tol:g} (relative to max |output|)"
     t = Table(title=title, expand=False)
     t.add_column("property", no_wrap=True)
     if len(results) == 1:  # one variant: its verdicts and what was measured, side by side
-        (label, verdicts), = results.items()
+        ((label, verdicts),) = results.items()
         t.add_column(escape(label), no_wrap=True)
         t.add_column("measured", overflow="fold")
         for v in verdicts:
