@@ -40,7 +40,7 @@ def flops(p: Probe) -> Verdict:
             where = "the meta device" if p.entry.flops_on_meta else "real tensors"
             hint = "; declare flops_on_meta=False to count on real tensors" if p.entry.flops_on_meta else ""
             return Verdict("flops", "fail", f"{mode}: counting on {where} raised {type(err).__name__}: "
-                           f"{props.oneone_line(err)}{hint}")  # fmt: skip
+                           f"{props.one_line(err)}{hint}")  # fmt: skip
         if meta is not None and meta != real:
             return Verdict(
                 "flops", "fail", f"{mode}: {meta} FLOPs on the meta device, {real} on real tensors"
@@ -131,5 +131,5 @@ def check(name: str, options: Mapping[str, Any], cfg: ConformConfig) -> list[Ver
         try:
             out.append(fn(p))
         except Exception as err:  # noqa: BLE001 (the variant's error is the finding)
-            out.append(Verdict(prop, "fail", f"raised {type(err).__name__}: {props.oneone_line(err)}"))
+            out.append(Verdict(prop, "fail", f"raised {type(err).__name__}: {props.one_line(err)}"))
     return out
