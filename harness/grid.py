@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import attn_variants as av
+from attn_variants import plugins
 
 from .variant_choice import VariantChoice, parse_one, parse_variants, with_backends
 
@@ -65,6 +66,7 @@ def row_key(row: dict[str, str]) -> tuple[str, ...]:
 
 def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
     """The cells to run, and the (n_heads, n_kv_heads) pairs skipped as invalid."""
+    plugins.load_all(cfg.plugins)  # their variants are named in cfg.variants
     choices = with_backends(parse_variants(cfg.variants), cfg.backend)
     runs = [(c, comp) for c in choices for comp in cfg.compile]
     if cfg.reference != "none":

@@ -109,7 +109,7 @@ def build(
     torch.manual_seed(seed)  # parameter init
     with device:  # initialise the weights where they will live: d = 4096 on the CPU takes seconds
         module = to(av.create(variant, spec, **options), device, dtype)
-    resolved = module.spec
+    resolved = entry.resolve(spec)  # what the module was built with (a plugin need not keep `.spec`)
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": _decode}[mode]
     x = randn((batch, seq_len, spec.dim), gen, device, dtype)  # (b, n, d)
     layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
