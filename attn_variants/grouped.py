@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import modality as layout
+from . import ragged
 from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .registry import create, info, register, with_kv_heads
@@ -65,6 +66,10 @@ class GroupedQueryAttention(nn.Module):
         """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Variants override this."""
         if skips_attention(cache):  # KVCache.fill: the cache is complete, the output unused
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
+        if ragged.active(cache):  # each example over its own cached tokens only
+            return ragged.attend(
+                self.backend, q, k, v, cache, causal=self.spec.causal, dropout_p=self.dropout_p
+            )
         return self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
 
     def merge(self, o: Tensor) -> Tensor:

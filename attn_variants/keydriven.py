@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import keydecode
+from . import keydecode, ragged
 from .backends import causal_mask
 from .cache import KVCache, skips_attention
 from .grouped import GroupedQueryAttention
@@ -137,12 +137,18 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         if skips_attention(cache):  # KVCache.fill: statistics and DGQA's state are updated
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         if q.shape[2] == 1:
-            return self._attend_one_query(q, k, v, a)
+            return self._attend_one_query(q, k, v, a, cache)
         index = kv_index(a, self.spec.n_heads)  # (h,) or (b, h)
         k_h, v_h = gather_heads(k, index), gather_heads(v, index)  # (b, h, s, e)
-        return self.backend(q, k_h, v_h, causal=self.spec.causal, dropout_p=self.dropout_p)
+        return self._call(q, k_h, v_h, cache, causal=self.spec.causal)
 
-    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor) -> Tensor:
+    def _call(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, *, causal: bool) -> Tensor:
+        """The backend, or over a ragged cache each example's own keys (attn_variants/ragged.py)."""
+        if ragged.active(cache):
+            return ragged.attend(self.backend, q, k, v, cache, causal=causal, dropout_p=self.dropout_p)
+        return self.backend(q, k, v, causal=causal, dropout_p=self.dropout_p)
+
+    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor, cache: KVCache | None) -> Tensor:
         """Decode (n = 1) without copying the cache h/g times: KV head j gets its a_j query
         heads as `rows` query "tokens" (padded), one backend call over (b, g, rows, e) reads
         K/V once, and each query head takes back its own row.
@@ -154,7 +160,7 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         g = k.shape[1]
         take, back, rows = keydecode.decode_layout(a.expand(b, g), h)
         q_rows = q.reshape(b * h, e).index_select(0, take).view(b, g, rows, e)  # (b, g, rows, e)
-        o = self.backend(q_rows, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, rows, e)
+        o = self._call(q_rows, k, v, cache, causal=False)  # (b, g, rows, e): rows are heads, not positions
         return o.reshape(b * g * rows, e).index_select(0, back).view(b, h, 1, e)  # (b*h, e) -> (b, h, 1, e)
 
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import ragged
 from .backends import causal_mask, get_backend
 from .cache import KVCache, skips_attention
 from .modality import check_unimodal
@@ -109,12 +110,13 @@ class MLADims:
 
 
 def apply_rotary_emb(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """x (..., n, r), positions (n,) -> x with pairs (2i, 2i+1) rotated by p*theta^(-2i/r),
-    DeepSeek's convention (`precompute_freqs_cis` / `apply_rotary_emb`) in real arithmetic."""
+    """x (..., n, r), positions (n,) or broadcastable to x's (..., n) (a ragged batch's (b, n))
+    -> x with pairs (2i, 2i+1) rotated by p*theta^(-2i/r), DeepSeek's convention
+    (`precompute_freqs_cis` / `apply_rotary_emb`) in real arithmetic."""
     r = x.shape[-1]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     inv_freq = theta ** (-torch.arange(0, r, 2, dtype=dtype, device=x.device) / r)  # (r/2,)
-    angles = positions.to(dtype)[:, None] * inv_freq  # (n, r/2)
+    angles = positions.to(dtype)[..., None] * inv_freq  # (..., n, r/2)
     cos, sin = angles.cos(), angles.sin()
     pairs = x.to(dtype).unflatten(-1, (r // 2, 2))  # (..., n, r/2, 2)
     x0, x1 = pairs.unbind(-1)  # (..., n, r/2) each
@@ -168,9 +170,8 @@ class MultiHeadLatentAttention(nn.Module):
         """x (b, n, d) -> (b, n, d). Unimodal: `n_visual` and `modality` (b, n) are only
         validated (the concat baseline reads any layout as one causal stream)."""
         check_unimodal(x, self.spec.dim, n_visual, modality)
-        cached = cache.get("kv") if cache is not None else None
-        start = 0 if cached is None else cached.shape[1]  # tokens already cached: a shape, no sync
-        positions = torch.arange(start, start + x.shape[1], device=x.device)  # (n,)
+        start = cache.field_length("kv") if cache is not None else 0  # tokens cached: a shape, no sync
+        positions = ragged.positions(cache, "kv", x.shape[1], x.device)  # (n,), or (b, n) per example
         q_nope, q_pe = self.queries(x, positions)  # (b, h, n, nope), (b, h, n, rope)
         c, k_pe = self.latent(x, positions)  # (b, n, kv_lora), (b, n, rope)
         if cache is not None:
@@ -179,19 +180,21 @@ class MultiHeadLatentAttention(nn.Module):
         form = self.attend_absorbed if absorbed else self.attend_naive
         if skips_attention(cache):  # KVCache.fill: the latent and rope key are cached
             form = self.attend_none
-        o = form(q_nope, q_pe, c, k_pe)  # (b, h, n, v)
+        o = form(q_nope, q_pe, c, k_pe, cache if ragged.active(cache) else None)  # (b, h, n, v)
         b, h, n, v = o.shape
         return self.wo(o.transpose(1, 2).reshape(b, n, h * v))  # (b, n, h*v) -> (b, n, d)
 
     def queries(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """x (b, n, d) -> q_nope (b, h, n, nope) and q_pe (b, h, n, rope) after RoPE."""
+        """x (b, n, d), positions (n,) or (b, n) -> q_nope (b, h, n, nope) and q_pe (b, h, n, rope)
+        after RoPE."""
         t, (b, n, _) = self.dims, x.shape
         q = (
             self.wq(x) if t.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
         )  # (b, n, h*(nope+rope))
         q = q.view(b, n, self.spec.n_heads, t.qk_head_dim).transpose(1, 2)  # (b, h, n, nope+rope)
         q_nope, q_pe = q.split([t.qk_nope_head_dim, t.qk_rope_head_dim], dim=-1)
-        return q_nope, apply_rotary_emb(q_pe, positions, t.rope_theta)
+        per_head = positions[:, None] if positions.dim() == 2 else positions  # (b, 1, n) or (n,)
+        return q_nope, apply_rotary_emb(q_pe, per_head, t.rope_theta)
 
     def latent(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """x (b, n, d) -> c = kv_norm(latent) (b, n, kv_lora) and k_pe (b, n, rope) after RoPE."""
@@ -199,8 +202,11 @@ class MultiHeadLatentAttention(nn.Module):
         c, k_pe = self.wkv_a(x).split([t.kv_lora_rank, t.qk_rope_head_dim], dim=-1)
         return self.kv_norm(c), apply_rotary_emb(k_pe, positions, t.rope_theta)
 
-    def attend_naive(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
-        """Decompress every key and value per head, then the backend, scale (nope+rope)^-1/2."""
+    def attend_naive(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: KVCache | None = None
+    ) -> Tensor:
+        """Decompress every key and value per head, then the backend, scale (nope+rope)^-1/2.
+        `cache`: a ragged one, each example over its own tokens (attn_variants/ragged.py)."""
         t, h = self.dims, self.spec.n_heads
         b, s, _ = c.shape
         kv = self.wkv_b(c).view(b, s, h, -1).transpose(1, 2)  # (b, h, s, nope+v)
@@ -212,16 +218,26 @@ class MultiHeadLatentAttention(nn.Module):
         # back to its math kernel. Zero columns change nothing (HF's DeepSeek-V2 pads the same way).
         pad = max(0, t.qk_head_dim - t.v_head_dim)
         v = F.pad(v, (0, pad)) if pad else v  # (b, h, s, max(v, nope+rope))
-        o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
+        if cache is not None:
+            o = ragged.attend(
+                self.backend, q, k, v, cache, field="kv", causal=self.spec.causal, dropout_p=self.dropout_p
+            )
+        else:
+            o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
         return o[..., : t.v_head_dim]  # (b, h, n, v)
 
-    def attend_none(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
+    def attend_none(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: object = None
+    ) -> Tensor:
         """Zeros (b, h, n, v) in place of the attention, inside `KVCache.fill`."""
         return q_nope.new_zeros(*q_nope.shape[:-1], self.dims.v_head_dim)
 
-    def attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
+    def attend_absorbed(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: KVCache | None = None
+    ) -> Tensor:
         """Attention on the latent, W_UK folded into the query and W_UV into the output, written
-        as the official einsums: no per-head key or value, no copy of the cache."""
+        as the official einsums: no per-head key or value, no copy of the cache. `cache`: a
+        ragged one, whose padding is masked out of the scores."""
         t, h = self.dims, self.spec.n_heads
         w = self.wkv_b.weight.view(h, -1, t.kv_lora_rank)  # (h, nope+v, kv_lora)
         w_uk, w_uv = w.split([t.qk_nope_head_dim, t.v_head_dim], dim=1)  # (h, nope, c), (h, v, c)
@@ -229,7 +245,10 @@ class MultiHeadLatentAttention(nn.Module):
         scores = torch.einsum("bhnc,bsc->bhns", q_lat, c) + torch.einsum("bhnr,bsr->bhns", q_pe, k_pe)
         scores = scores * t.qk_head_dim**-0.5  # (b, h, n, s)
         n, s = scores.shape[-2:]
-        if self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
+        if cache is not None:  # example i's query t sits at lengths[i] - n + t
+            mask = ragged.key_mask(cache.lengths_of("kv", c.device), n, s, causal=self.spec.causal)
+            scores = scores.masked_fill(~mask, float("-inf"))  # (b, h, n, s)
+        elif self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
             scores = scores.masked_fill(~causal_mask(n, s, scores.device), float("-inf"))
         probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
         probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h, n, s)
