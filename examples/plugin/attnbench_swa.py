@@ -7,7 +7,9 @@ o_proj), so its attention weights load by `state_dict`.
 
 Departure: Mistral decodes with a rolling buffer that keeps only the last W keys. attnbench's
 KVCache keeps every token (its `nbytes` grows by one token's K and V per token, which the
-registry's default `cache_per_token` of 2*g*e states), and the mask hides the older keys.
+registry's default `cache_per_token` of 2*g*e states), and the mask hides the older keys. In a
+ragged batch (requests of different lengths in one cache) each example's window ends at its own
+length, read from the cache.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from attn_variants.cache import KVCache, skips_attention
 MISTRAL = "https://arxiv.org/abs/2310.06825"
 
 
-def window_mask(n: int, s: int, window: int, device: torch.device) -> Tensor:
-    """(1, 1, n, s) bool: query i, at position s - n + i, may see key j iff i - W < j <= i."""
-    i = torch.arange(s - n, s, device=device)[:, None]  # (n, 1) absolute query positions
-    j = torch.arange(s, device=device)[None, :]  # (1, s)
-    return ((j <= i) & (j > i - window))[None, None]  # (1, 1, n, s)
+def window_mask(lengths: Tensor, n: int, s: int, window: int) -> Tensor:
+    """(b, 1, n, s) bool: example b's query t sits at position lengths[b] - n + t (its cache may
+    be shorter than the frame of s keys: a ragged batch) and sees key j iff pos - W < j <= pos."""
+    pos = lengths[:, None] - n + torch.arange(n, device=lengths.device)  # (b, n) query positions
+    j = torch.arange(s, device=lengths.device)  # (s,) key positions
+    return ((j <= pos[..., None]) & (j > pos[..., None] - window))[:, None]  # (b, 1, n, s)
 
 
 @av.register(
@@ -47,5 +50,9 @@ class SlidingWindowGQA(av.GroupedQueryAttention):
         """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e), through the variant's backend."""
         if skips_attention(cache):  # KVCache.fill: keys and values are cached, the output unused
             return q.new_zeros(q.shape)  # (b, h, n, e)
-        mask = window_mask(q.shape[2], k.shape[2], self.sliding_window, q.device)  # (1, 1, n, s)
+        b, s = q.shape[0], k.shape[2]
+        lengths = (
+            cache.lengths_of("k", q.device) if cache is not None else torch.full((b,), s, device=q.device)
+        )
+        mask = window_mask(lengths, q.shape[2], s, self.sliding_window)  # (b, 1, n, s)
         return self.backend(q, k, v, causal=False, dropout_p=self.dropout_p, mask=mask)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from attn_variants import KVCache
+
 from .. import flops as flop_count
 from .. import workload
 from . import properties as props
@@ -115,11 +117,76 @@ def _unimodal(p: Probe) -> Verdict:
     return Verdict("multimodal", "n/a", f"{UNIMODAL}: n_visual ignored ({fmt(err)})")
 
 
+def ragged(p: Probe) -> Verdict:
+    """A served batch: examples of different lengths in one cache (KVCache.truncate(lengths)).
+    A decode step must give each example what it gives that example decoded alone (a
+    batch-independent variant), and the paged layout the padded layout's numbers."""
+    if "decode" not in p.entry.modes:
+        return Verdict("ragged", "n/a", "no decode mode declared")
+    x, new, k = p.inputs(), p.inputs(1, seed=6), p.cfg.prefill  # (b, n, d), (b, 1, d)
+    lengths = [k - 2 * (i % 2) for i in range(p.cfg.batch)]  # every other example 2 tokens shorter
+    steps = {layout: _ragged_step(p, x[:, :k], new, lengths, layout) for layout in ("padded", "paged")}
+    paged = p.error(steps["paged"], steps["padded"])
+    if paged > p.tol:
+        return Verdict(
+            "ragged", "fail", f"lengths {lengths}: the paged layout differs from the padded by {fmt(paged)}"
+        )
+    why = _not_alone(p)
+    if why:
+        return Verdict(
+            "ragged", "declared", f"{why}: not compared with requests alone; paged = padded ({fmt(paged)})"
+        )
+    alone = [_ragged_step(p, x[i : i + 1, :n], new[i : i + 1], None, "padded") for i, n in enumerate(lengths)]
+    err = max(p.error(steps["padded"][i : i + 1], y) for i, y in enumerate(alone))
+    if err > p.tol:
+        what = (
+            f"lengths {lengths}: a ragged decode step differs from each request decoded alone by {fmt(err)}"
+        )
+        return Verdict(
+            "ragged", "fail", f"{what} (tol {p.tol:g}): each example must attend to its own tokens only"
+        )
+    return Verdict(
+        "ragged", "pass", f"lengths {lengths}: = alone ({fmt(err)}), paged = padded ({fmt(paged)})"
+    )
+
+
+def _not_alone(p: Probe) -> str:
+    """Why a request decoded alone is no reference for this variant ('' when it is)."""
+    if not p.entry.batch_independent:
+        return "declared batch-coupled"
+    if not p.entry.decode_exact:  # pgqa: a batch of prompts draws other noise than one prompt
+        return "declared not a forward"
+    return ""
+
+
+def _ragged_step(p: Probe, prompt, new, lengths: list[int] | None, layout: str):
+    """Prefill `prompt` (b, k, d), cut example i to lengths[i], decode `new` (b, 1, d) -> (b, 1, d)."""
+    module, cache = p.module(), KVCache(layout=layout, page_size=3)  # small pages: several per example
+    torch.manual_seed(p.cfg.seed + 1)
+    with torch.no_grad():
+        module(prompt, cache=cache)
+        if lengths is not None:
+            cache.truncate(lengths)
+        return module(new, cache=cache)
+
+
 PROPERTIES: tuple[Callable[[Probe], Verdict], ...] = (
     props.shape, props.batch, props.causal, props.modes, props.decode, props.cache, props.fill,
-    props.grad, flops, multimodal,
+    ragged, props.grad, flops, multimodal,
 )  # fmt: skip
-NAMES = ("shape", "batch", "causal", "modes", "decode", "cache", "fill", "grad", "flops", "multimodal")
+NAMES = (
+    "shape",
+    "batch",
+    "causal",
+    "modes",
+    "decode",
+    "cache",
+    "fill",
+    "ragged",
+    "grad",
+    "flops",
+    "multimodal",
+)
 
 
 def check(name: str, options: Mapping[str, Any], cfg: ConformConfig) -> list[Verdict]:
