@@ -60,7 +60,8 @@ def test_one_defect_fails_its_property(scratch_registry, plugin, prop, measured)
     # Consequences of the same defect: a leaky prefill also breaks decode; in a ragged batch a
     # short request's keys are followed by padding, which leaky and forgetful read, and the
     # batch mean of coupled differs from one request's.
-    unrelated = {"leaky": {"decode", "ragged"}, "forgetful": {"ragged"}, "coupled": {"ragged"}}.get(plugin, set())
+    consequences = {"leaky": {"decode", "ragged"}, "forgetful": {"ragged"}, "coupled": {"ragged"}}
+    unrelated = consequences.get(plugin, set())
     others = [v for v in verdicts.values() if v.status == "fail" and v.prop not in {prop, *unrelated}]
     assert not others, others
 
