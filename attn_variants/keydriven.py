@@ -15,7 +15,8 @@ the CPU, eager, where reading a small tensor is free, do the integer steps run i
 cache (prefix sums of squared key norms, `KEY_STATS`), so a step reads only its new keys to
 allocate; a single new token (decode) packs each KV head's query heads as its rows and meets
 every KV head in one call, so the cache is neither read twice nor copied h/g times
-(`attn_variants/keydecode.py`). The reference path
+(`attn_variants/keydecode.py`): the registry's decode path with uneven groups; the rows then
+go through `decode.kernel` like every other variant's decode call. The reference path
 (`reference_forward`) is the paper's loop over groups with a Python-side allocation; the
 tests check one against the other.
 
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import keydecode, ragged
+from . import keydecode
 from .backends import causal_mask
 from .cache import KVCache, skips_attention
 from .grouped import GroupedQueryAttention
@@ -140,13 +141,7 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
             return self._attend_one_query(q, k, v, a, cache)
         index = kv_index(a, self.spec.n_heads)  # (h,) or (b, h)
         k_h, v_h = gather_heads(k, index), gather_heads(v, index)  # (b, h, s, e)
-        return self._call(q, k_h, v_h, cache, causal=self.spec.causal)
-
-    def _call(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, *, causal: bool) -> Tensor:
-        """The backend, or over a ragged cache each example's own keys (attn_variants/ragged.py)."""
-        if ragged.active(cache):
-            return ragged.attend(self.backend, q, k, v, cache, causal=causal, dropout_p=self.dropout_p)
-        return self.backend(q, k, v, causal=causal, dropout_p=self.dropout_p)
+        return self.call_backend(q, k_h, v_h, cache, causal=self.spec.causal)
 
     def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor, cache: KVCache | None) -> Tensor:
         """Decode (n = 1) without copying the cache h/g times: KV head j gets its a_j query
@@ -160,7 +155,7 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         g = k.shape[1]
         take, back, rows = keydecode.decode_layout(a.expand(b, g), h)
         q_rows = q.reshape(b * h, e).index_select(0, take).view(b, g, rows, e)  # (b, g, rows, e)
-        o = self._call(q_rows, k, v, cache, causal=False)  # (b, g, rows, e): rows are heads, not positions
+        o = self.call_backend(q_rows, k, v, cache, causal=False)  # (b, g, rows, e): rows are heads
         return o.reshape(b * g * rows, e).index_select(0, back).view(b, h, 1, e)  # (b*h, e) -> (b, h, 1, e)
 
 

@@ -18,9 +18,10 @@ Two forms compute the same function (paper eq. 9-11 and its "absorb" remark):
 Option `absorb`: "decode" (default: naive for prefill, absorbed when the call continues a
 cache), "always" or "never". The naive form runs through the variant's backend (sdpa or
 eager: `backend="eager", absorb="never"` is the plain reference path); the absorbed form is
-the official code's einsums (scores = q~ c + q_pe k_pe, then p c W_UV^T), which read the
-cached latent in place: an SDPA call would need [c; k_pe] concatenated, a copy of the whole
-cache at every decode step, and (value width kv_lora != key width) the math kernel on CPU.
+the official code's arithmetic (scores = q~ c + q_pe k_pe, then p c W_UV^T), with the h*n
+queries as the rows of the one latent head (the decode path's rows layout, decode.py), which
+reads the cached latent in place: an SDPA call would need [c; k_pe] concatenated, a copy of the
+whole cache at every decode step, and (value width kv_lora != key width) the math kernel on CPU.
 
 Departures from the official code, and why:
 - RoPE is the official convention (consecutive pairs (2i, 2i+1) rotated by p*theta_i,
@@ -49,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ragged
-from .backends import causal_mask, get_backend
+from . import decode, ragged
+from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .modality import check_unimodal
 from .registry import register, with_kv_heads
@@ -235,25 +236,44 @@ class MultiHeadLatentAttention(nn.Module):
     def attend_absorbed(
         self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: KVCache | None = None
     ) -> Tensor:
-        """Attention on the latent, W_UK folded into the query and W_UV into the output, written
-        as the official einsums: no per-head key or value, no copy of the cache. `cache`: a
-        ragged one, whose padding is masked out of the scores."""
+        """Attention on the latent, W_UK folded into the query and W_UV into the output (the
+        official einsums' arithmetic): no per-head key or value, no copy of the cache. `cache`:
+        a ragged one, whose padding is masked out of the scores.
+
+        This is the decode path's rows layout (attn_variants/decode.py) for one KV head: the
+        latent is an MQA's single head, so the h*n queries are its rows, (b, h*n, kv_lora)
+        against (b, s, kv_lora), one matmul over the cache per part. It does not call
+        `decode.attend`: a backend call would need the key [c; k_pe] as one tensor (a copy of
+        the cache per step) and a value as wide as the key (CPU flash requires it; math copies
+        the scaled key). The scale is folded into the (small) queries and the rope part of the
+        scores is added in place (baddbmm), so no (b, h, n, s) pass is spent on either."""
         t, h = self.dims, self.spec.n_heads
+        b, _, n, _ = q_nope.shape
+        s = c.shape[1]
         w = self.wkv_b.weight.view(h, -1, t.kv_lora_rank)  # (h, nope+v, kv_lora)
         w_uk, w_uv = w.split([t.qk_nope_head_dim, t.v_head_dim], dim=1)  # (h, nope, c), (h, v, c)
-        q_lat = torch.einsum("bhnd,hdc->bhnc", q_nope, w_uk)  # (b, h, n, kv_lora)
-        scores = torch.einsum("bhnc,bsc->bhns", q_lat, c) + torch.einsum("bhnr,bsr->bhns", q_pe, k_pe)
-        scores = scores * t.qk_head_dim**-0.5  # (b, h, n, s)
-        n, s = scores.shape[-2:]
-        if cache is not None:  # example i's query t sits at lengths[i] - n + t
-            mask = ragged.key_mask(cache.lengths_of("kv", c.device), n, s, causal=self.spec.causal)
-            scores = scores.masked_fill(~mask, float("-inf"))  # (b, h, n, s)
-        elif self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
-            scores = scores.masked_fill(~causal_mask(n, s, scores.device), float("-inf"))
+        scale = t.qk_head_dim**-0.5
+        q_lat = torch.einsum("bhnd,hdc->bhnc", q_nope, w_uk) * scale  # (b, h, n, kv_lora)
+        q_rope = (q_pe * scale).reshape(b, h * n, t.qk_rope_head_dim)  # (b, h*n, rope)
+        pe_scores = torch.bmm(q_rope, k_pe.transpose(1, 2))  # (b, h*n, s)
+        scores = torch.baddbmm(pe_scores, q_lat.reshape(b, h * n, -1), c.transpose(1, 2))  # (b, h*n, s)
+        lengths = None if cache is None else cache.lengths_of("kv", c.device)  # (b,): a ragged batch
+        mask = self._rows_mask(lengths, n, s, scores.device)  # (b or 1, 1, h*n, s) or None
+        if mask is not None:  # example i's query t sits at lengths[i] - n + t (else s - n + t)
+            scores = scores.masked_fill(~mask[:, 0], float("-inf"))
         probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
-        probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h, n, s)
-        o_lat = torch.einsum("bhns,bsc->bhnc", probs, c)  # (b, h, n, kv_lora)
+        probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h*n, s)
+        o_lat = torch.bmm(probs, c).view(b, h, n, t.kv_lora_rank)  # (b, h*n, kv_lora) -> (b, h, n, kv_lora)
         return torch.einsum("bhnc,hvc->bhnv", o_lat, w_uv)  # (b, h, n, v)
+
+    def _rows_mask(self, lengths: Tensor | None, n: int, s: int, device: torch.device) -> Tensor | None:
+        """Which keys each of the h*n query rows sees: the causal rule, or each example's own
+        keys in a ragged batch (lengths (b,)); None when every row sees every key."""
+        h = self.spec.n_heads
+        if lengths is None:
+            return decode.rows_mask(None, self.spec.causal, h, n, s, device)
+        keys = ragged.key_mask(lengths, n, s, causal=self.spec.causal)  # (b, 1, n, s)
+        return decode.rows_mask(keys, False, h, n, s, device)  # (b, 1, h*n, s)
 
     @property
     def dropout_p(self) -> float:

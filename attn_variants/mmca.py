@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import flex
+from . import decode, flex
 from . import modality as layout
+from .backends import Backend
 from .cache import KVCache, skips_attention
 from .grouped import GQA_PAPER, GroupedQueryAttention
 from .registry import create, register
@@ -172,15 +173,22 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         n, s = q.shape[2], k.shape[2]
         if n_visual is not None and (s == n or n_visual <= s - n):  # image queries only without a cache
-            return self._prefix(q, k, v, n_visual)
+            return self._prefix(q, k, v, n_visual, self._kernel(cache))
         if n_visual is not None and modality is None:
             modality = layout.prefix(q.shape[0], s, n_visual, q.device)  # (b, s)
         if modality is None:
             raise ValueError("attend needs modality ids (b, s) when the keys are not the prefix layout")
         lengths = cache.lengths_of("k", q.device) if cache is not None and cache.ragged else None
-        return self._interleaved(q, k, v, modality, lengths)
+        return self._interleaved(q, k, v, modality, self._kernel(cache), lengths)
 
-    def _prefix(self, q: Tensor, k: Tensor, v: Tensor, m: int) -> Tensor:
+    def _kernel(self, cache: KVCache | None) -> Backend:
+        """The backend, or with a cache the registry's decode path (`decode.attend`: each KV
+        head's query heads as its rows where that is faster), with the backend's signature."""
+        if cache is None:
+            return self.backend
+        return decode.kernel(self.backend_name)
+
+    def _prefix(self, q: Tensor, k: Tensor, v: Tensor, m: int, kernel: Backend) -> Tensor:
         """Keys [image (m); text]: three SDPA calls on slices, no mask tensor (the fast path)."""
         if self.backend_name == "flex" and k.shape[2] == q.shape[2]:  # block masks, whole sequence
             return flex.mmca(
@@ -188,21 +196,21 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             )
         n_v = max(0, m - (k.shape[2] - q.shape[2]))  # image queries: all m, or none (decode)
         if n_v == 0:
-            return self._text(q, k, v, m)  # (b, h, n, e)
+            return self._text(q, k, v, m, kernel)  # (b, h, n, e)
         visual = self._visual(q[:, :, :n_v], k[:, :, :n_v], v[:, :, :n_v])  # (b, h, m, e)
         if n_v == q.shape[2]:  # no text
             return visual
-        text = self._text(q[:, :, n_v:], k, v, m)  # (b, h, n - m, e)
+        text = self._text(q[:, :, n_v:], k, v, m, kernel)  # (b, h, n - m, e)
         return torch.cat([visual, text], dim=2)  # (b, h, n, e)
 
-    def _text(self, q: Tensor, k: Tensor, v: Tensor, m: int) -> Tensor:
+    def _text(self, q: Tensor, k: Tensor, v: Tensor, m: int, kernel: Backend) -> Tensor:
         """Text queries q (b, h, n_t, e) over keys [visual (m); text]: two softmaxes, summed."""
         causal, p = self.spec.causal, self.dropout_p
         # Causal self-attention over the text keys (bottom-right aligned when a cache holds more).
-        out = self.backend(q, k[:, :, m:], v[:, :, m:], causal=causal, dropout_p=p)  # (b, h, n_t, e)
+        out = kernel(q, k[:, :, m:], v[:, :, m:], causal=causal, dropout_p=p)  # (b, h, n_t, e)
         if m:
             # Cross-attention over every visual key, normalised on its own (arXiv 2309.14327 §3.1).
-            out = out + self.backend(q, k[:, :, :m], v[:, :, :m], causal=False, dropout_p=p)
+            out = out + kernel(q, k[:, :, :m], v[:, :, :m], causal=False, dropout_p=p)
         return out
 
     def _visual(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -218,7 +226,7 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         return out
 
     def _interleaved(
-        self, q: Tensor, k: Tensor, v: Tensor, ids: Tensor, lengths: Tensor | None = None
+        self, q: Tensor, k: Tensor, v: Tensor, ids: Tensor, kernel: Backend, lengths: Tensor | None = None
     ) -> Tensor:
         """Any layout, ids (b, s): two SDPA calls with boolean (b, 1, n, s) masks, summed.
         `lengths` (b,): a ragged batch, example i's keys its first lengths[i] (the rest padding).
@@ -229,8 +237,8 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         the empty branch. Masks come from per-token bounds, three (b, n, s) comparisons."""
         own, cross, has_cross = self._masks(ids, q.shape[2], lengths)  # (b, n, s), (b, n, s), (b, n)
         p = self.dropout_p
-        out = self.backend(q, k, v, causal=False, dropout_p=p, mask=own[:, None])  # (b, h, n, e)
-        image = self.backend(q, k, v, causal=False, dropout_p=p, mask=cross[:, None])  # (b, h, n, e)
+        out = kernel(q, k, v, causal=False, dropout_p=p, mask=own[:, None])  # (b, h, n, e)
+        image = kernel(q, k, v, causal=False, dropout_p=p, mask=cross[:, None])  # (b, h, n, e)
         return out + torch.where(has_cross[:, None, :, None], image, 0.0)  # (b, h, n, e)
 
     def _masks(self, ids: Tensor, n: int, lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
