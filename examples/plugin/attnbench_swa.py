@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 import attn_variants as av
+from attn_variants import decode
 from attn_variants.cache import KVCache, skips_attention
 
 MISTRAL = "https://arxiv.org/abs/2310.06825"
@@ -55,4 +56,7 @@ class SlidingWindowGQA(av.GroupedQueryAttention):
             cache.lengths_of("k", q.device) if cache is not None else torch.full((b,), s, device=q.device)
         )
         mask = window_mask(lengths, q.shape[2], s, self.sliding_window)  # (b, 1, n, s)
-        return self.backend(q, k, v, causal=False, dropout_p=self.dropout_p, mask=mask)
+        # With a cache, the registry's one decode path (query heads as rows of their KV head),
+        # so a decode step is timed on the same code as gqa's; else the backend itself.
+        kernel = decode.kernel(self.backend_name) if cache is not None else self.backend
+        return kernel(q, k, v, causal=False, dropout_p=self.dropout_p, mask=mask)
