@@ -82,7 +82,7 @@ def multimodal(p: Probe) -> Verdict:
             return Verdict("multimodal", "fail", f"interleaved layout: outputs up to a text token changed by "
                            f"{fmt(late)} when later tokens changed")  # fmt: skip
     if not p.entry.isolates_images:
-        return Verdict("multimodal", "declared", f"declared: image tokens read text (moved {fmt(seen)})")
+        return Verdict("multimodal", "declared", f"image tokens read text (moved {fmt(seen)})")
     if seen > p.tol:
         return Verdict(
             "multimodal", "fail", f"image-token outputs changed by {fmt(seen)} when only text changed"
@@ -153,9 +153,9 @@ def ragged(p: Probe) -> Verdict:
 def _not_alone(p: Probe) -> str:
     """Why a request decoded alone is no reference for this variant ('' when it is)."""
     if not p.entry.batch_independent:
-        return "declared batch-coupled"
+        return "batch-coupled"
     if not p.entry.decode_exact:  # pgqa: a batch of prompts draws other noise than one prompt
-        return "declared not a forward"
+        return "not a forward"
     return ""
 
 

@@ -53,7 +53,7 @@ def batch(p: Probe) -> Verdict:
     x2[1] = p.inputs(seed=2, scale=1)[1] * 4
     err = p.error(p.forward(x2)[0], p.forward(x)[0])
     if not p.entry.batch_independent:
-        return Verdict("batch", "declared", f"declared batch-coupled; example 0 moved by {fmt(err)}")
+        return Verdict("batch", "declared", f"batch-coupled; example 0 moved by {fmt(err)}")
     if err > p.tol:
         return Verdict(
             "batch", "fail", f"example 0 changed by {fmt(err)} when example 1 changed (tol {p.tol:g})"
@@ -79,7 +79,7 @@ def causal(p: Probe) -> Verdict:
     err = leak(p)
     if not p.entry.causal_safe:
         hint = "" if err > p.tol else " (none at these shapes)"
-        return Verdict("causal", "declared", f"declared not causal-safe; leak {fmt(err)}{hint}")
+        return Verdict("causal", "declared", f"not causal-safe; leak {fmt(err)}{hint}")
     if err > p.tol:
         return Verdict("causal", "fail", f"outputs up to t changed by {fmt(err)} when tokens after t changed "
                        f"(tol {p.tol:g}): it reads the future")  # fmt: skip
@@ -111,7 +111,7 @@ def decode(p: Probe) -> Verdict:
     against = "one forward" if p.entry.causal_safe else "forwards over each prefix"
     where = ", ".join(f"{k} {fmt(v)}" for k, v in errs.items())
     if not p.entry.decode_exact:
-        return Verdict("decode", "declared", f"declared not a forward; vs {against}: {where}")
+        return Verdict("decode", "declared", f"not a forward; vs {against}: {where}")
     if err > p.tol:
         return Verdict(
             "decode", "fail", f"prefill + decode differs from {against} by {where} (tol {p.tol:g})"
