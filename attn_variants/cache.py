@@ -1,6 +1,6 @@
 """`KVCache`: the per-token state of the tokens seen so far, for decode and chunked prefill.
 
-One class serves every variant (DESIGN.md, "the variant contract"): a cache is a set of named
+One class serves every variant (docs/, the variant contract): a cache is a set of named
 fields, each a tensor that grows along its own token axis (axis 0 is always the batch).
 
 - the GQA family stores "k" and "v", (b, g, s, e), token axis 2 (`update(k, v)`);
@@ -110,7 +110,7 @@ class KVCache:
         the attention itself, whose output a decode benchmark's prefill discards (dropout's draws
         go with it). The prompt's attention is O(n^2), every field O(n): on one CPU thread a fill
         takes 0.44-0.65x the forward's time at n=512 and 0.11-0.19x at n=8192
-        (tests/bench/ratios_cache_fill.py). Each variant checks `skips_attention(cache)` after its
+        (benchmarks/ratios_cache_fill.py). Each variant checks `skips_attention(cache)` after its
         last cache or state update; tests/attn_variants/test_cache_fill.py holds every variant to
         the same cache, state and next decode step as the forward.
 

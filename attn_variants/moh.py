@@ -22,7 +22,7 @@ Routers, option `router`:
 
 Compute is dense, as in the official code: every head is computed, then gated (unselected
 heads get 0). `active_head_frac` (the share of non-zero gates in the last forward) is left on
-the module for the harness, which records it with `flops_active` (see harness/measure.py).
+the module for the harness, which records it with `flops_active` (see harness/measure/__init__.py).
 `reference_forward` is a loop over heads with eager softmax.
 
 Departures from the official code, and why:

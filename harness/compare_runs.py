@@ -1,6 +1,6 @@
 """`attnbench compare RUN_A RUN_B`: two finished sweeps, cell by cell, in the terminal.
 
-(Not harness/compare.py, which times callables interleaved in one process.) The statistics
+(Not harness/measure/interleave.py, which times callables interleaved in one process.) The statistics
 are reports/comparison.py's, the same table the multi-run report shows; the decision is
 reports.stats', the one `attnbench check` makes. This module only loads, prints and picks the
 exit code.

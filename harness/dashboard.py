@@ -214,10 +214,10 @@ def instruction_records(rows: Iterable[Mapping[str, str]]) -> list[dict[str, Any
     return out
 
 
-# The instruction-count run's measured columns (harness/instructions_view.py).
+# The instruction-count run's measured columns (harness/check/instructions_view.py).
 INSTRUCTION_VALUES = ("cell", "instructions", "calls", "spread", "baseline", "ratio", "verdict", "date")
 
-# check.csv's measured columns (harness/baseline.py): metrics above, never benchmark extra_info.
+# check.csv's measured columns (harness/check/baseline.py): metrics above, never benchmark extra_info.
 CHECK_VALUES = (
     "cell", "rounds", "ratio_median", "ratio_p10", "ratio_p90", "variant_ms", "reference_ms",
     "baseline_ratio", "change", "p_value", "verdict", "date",

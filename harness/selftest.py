@@ -24,7 +24,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attn_variants as av
 
-from . import check, sweep, workload
+from .check import ratios as check
+from .measure import workload
+from .sweep import runner as sweep
 
 # Tolerances of the fast path against the eager reference in the same dtype: float32 differs
 # by summation order only; bfloat16 keeps 8 mantissa bits (2^-8 ~ 0.4% per rounding) and the

@@ -6,7 +6,7 @@ which must not import harness) share this one decision. For `check` a sample is 
 ratio; for `compare` a per-call latency.
 
 In `check` a sample is one round's ratio variant time / reference time, measured interleaved
-in one process (harness/compare.py), so machine-wide drift mostly cancels. The baseline CSV keeps
+in one process (harness/measure/interleave.py), so machine-wide drift mostly cancels. The baseline CSV keeps
 every per-round ratio of the run it was taken from, not only their median.
 
 The test, and why this one. A cell REGRESSED iff both:

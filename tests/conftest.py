@@ -9,7 +9,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 @pytest.fixture(autouse=True, scope="session")
 def _calibration_cache(tmp_path_factory):
-    """Sweeps calibrate the machine's roof (harness/calibrate.py) into a cache of the session's
+    """Sweeps calibrate the machine's roof (harness/measure/calibrate.py) into a cache of the session's
     own: the user's ~/.cache/attnbench is not the tests' to write, and a roof measured while the
     suite loads both cores would be cached too low for the user's next sweep."""
     with pytest.MonkeyPatch.context() as mp:

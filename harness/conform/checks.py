@@ -13,8 +13,8 @@ import torch
 
 from attn_variants import KVCache
 
-from .. import flops as flop_count
-from .. import workload
+from ..measure import flops as flop_count
+from ..measure import workload
 from . import properties as props
 from .probe import ConformConfig, Probe, fmt
 from .properties import Verdict

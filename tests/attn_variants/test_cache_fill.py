@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from harness.measure import count_flops_detail
-from harness.workload import modality_ids
+from harness.measure.workload import modality_ids
 
 DECODERS = [name for name in av.names() if "decode" in av.info(name).modes]
 SHAPES = [(1, 7, 4, 2), (2, 13, 6, 3), (3, 33, 8, 1)]  # (b, n, h, g): odd lengths, g = 1
@@ -97,9 +97,9 @@ def test_fill_inside_a_fill_is_refused_and_the_flag_is_reset():
 
 
 def test_the_readmes_contract_example_runs_and_its_fill_equals_the_prefill():
-    """The python block of the README's "The variants" section, run as users read it."""
+    """The python block of the README's "The contract" section, run as users read it."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("## The variants", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## The contract", 1)[1].split("\n## ", 1)[0]
     scope: dict = {}
     exec(re.search(r"```python\n(.*?)```", section, re.S).group(1), scope)
     assert scope["cache"].nbytes == 2 * 2 * 2 * 129 * 64 * 4  # the figure its comment states

@@ -8,7 +8,8 @@ from torch.testing import assert_close
 import attn_variants as av
 from attn_variants import backends
 from attn_variants.flex import MASKS
-from harness import measure, workload
+from harness import measure
+from harness.measure import workload
 
 CPU = torch.device("cpu")
 CPU_BACKENDS = ["sdpa", "sdpa_flash", "sdpa_math", "eager", "flex"]  # what a CPU can run

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness.accuracy import COLUMNS
+from harness.accuracy.runner import COLUMNS
 from harness.cli import app
 from reports.load import ACCURACY_CORE, load_run
 

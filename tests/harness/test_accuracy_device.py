@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from harness.accuracy.tasks import train
 from harness.cli import app
-from harness.tasks import train
 
 from ..conftest import DEVICES
 from .test_accuracy_cli import read_csv, smoke

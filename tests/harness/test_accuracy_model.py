@@ -6,7 +6,7 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness.model import ModelConfig, TinyTransformer, uptrain
+from harness.accuracy.model import ModelConfig, TinyTransformer, uptrain
 
 F64 = dict(dtype=torch.float64)
 

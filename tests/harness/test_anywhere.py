@@ -19,11 +19,13 @@ from typer.testing import CliRunner
 import attn_variants as av
 import harness
 from attn_variants.registry import _REGISTRY, register
-from harness import accuracy_config, config, tasks
-from harness.accuracy import AccuracyConfig
-from harness.check import CheckConfig
+from harness import config
+from harness.accuracy import config as accuracy_config
+from harness.accuracy import tasks
+from harness.accuracy.runner import AccuracyConfig
+from harness.check.ratios import CheckConfig
 from harness.cli import app
-from harness.sweep import SweepConfig
+from harness.sweep.runner import SweepConfig
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -160,7 +162,7 @@ def test_check_from_an_empty_folder(empty):
     missing = runner.invoke(app, TINY_CHECK)
     assert missing.exit_code == 2 and "--update-baseline" in missing.stderr
     ok([*TINY_CHECK, "--update-baseline"])
-    assert (empty / "tests" / "bench" / "baselines" / "ci-cpu.csv").is_file()  # bench.toml's path, here
+    assert (empty / "benchmarks" / "baselines" / "ci-cpu.csv").is_file()  # bench.toml's path, here
     result = runner.invoke(app, TINY_CHECK)
     assert result.exit_code in (0, 1), result.output  # 1 only if this noisy machine made a real regression
     assert "2 cell(s)" in result.output
@@ -268,14 +270,14 @@ def test_a_variant_refused_at_some_shapes_only_becomes_invalid_rows(empty):
 
 
 def test_tasks_do_not_import_the_accuracy_runner():
-    """harness/tasks read AccuracyConfig from harness/accuracy_config.py: no import circle, not
+    """harness/accuracy/tasks read AccuracyConfig from harness/accuracy/config.py: no import circle, not
     even one hidden behind `if TYPE_CHECKING:` (read from the source, every task module)."""
-    code = "import sys, harness.tasks; print('harness.accuracy' in sys.modules)"
+    code = "import sys, harness.accuracy.tasks; print('harness.accuracy.runner' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
-    for path in (REPO / "harness" / "tasks").glob("*.py"):
+    for path in (REPO / "harness" / "accuracy" / "tasks").glob("*.py"):
         imports = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)]
-        assert not [n.module for n in imports if n.level == 2 and n.module == "accuracy"], path.name
+        assert not [n.module for n in imports if n.level == 2 and n.module == "runner"], path.name
 
 
 def test_task_names_match_the_task_table():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness.baseline import COLUMNS
+from harness.check.baseline import COLUMNS
 from harness.cli import app
 
 runner = CliRunner()
@@ -193,7 +193,7 @@ def test_update_with_a_failing_cell_writes_the_others_and_exits_1(setup, broken)
 
 
 def test_compile_and_backend_are_cell_axes_with_their_own_baseline_rows(setup, monkeypatch):
-    from harness import workload
+    from harness.measure import workload
 
     build = workload.build  # dynamo capture without Inductor's C++ code generation: seconds, not minutes
     monkeypatch.setattr(workload, "build", lambda *a, **k: build(*a, **{**k, "compiler": "eager"}))

@@ -7,7 +7,10 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from harness import baseline, check, check_view, config, measure
+from harness import config, measure
+from harness.check import baseline
+from harness.check import ratios as check
+from harness.check import view as check_view
 
 H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
 REPO_TOML = Path(__file__).resolve().parents[2] / "bench.toml"
@@ -46,8 +49,8 @@ def fake_gpu(monkeypatch, here: dict, ratio: float = 0.8):
 
 
 def test_the_baseline_path_is_keyed_by_the_device_name():
-    path = baseline.path_for("tests/bench/baselines/gpu-{device_name}.csv", env())
-    assert path == Path("tests/bench/baselines/gpu-nvidia-h100-80gb-hbm3.csv")
+    path = baseline.path_for("benchmarks/baselines/gpu-{device_name}.csv", env())
+    assert path == Path("benchmarks/baselines/gpu-nvidia-h100-80gb-hbm3.csv")
     assert baseline.path_for("ci-cpu.csv", env(device="cpu", name="AMD EPYC")) == Path("ci-cpu.csv")
     gpu = config.load(check.CheckConfig, "check", path=REPO_TOML, profile="gpu")
     assert "{device_name}" in gpu.baseline

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harness import stats
-from harness.check import CheckConfig
+from harness.check.ratios import CheckConfig
 
 TOL, ALPHA = 0.15, 0.01
 
@@ -87,7 +87,7 @@ def test_bad_tolerance_or_alpha_names_the_value(bad):
 
 
 def test_rounds_are_split_over_passes_and_passes_not_above_rounds():
-    from harness.check import pass_rounds
+    from harness.check.ratios import pass_rounds
 
     assert pass_rounds(30, 3) == [10, 10, 10] and pass_rounds(20, 3) == [7, 7, 6] and pass_rounds(5, 1) == [5]
     with pytest.raises(ValueError, match="passes=6 must be <= rounds=5"):

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from harness import compare_runs
 from harness.cli import app
-from harness.cli_tools import compare_command
+from harness.cli.tools import compare_command
 from reports import comparison
 from tests.reports.ab_runs import FASTER, cell_mask, pair, write_pair
 
@@ -109,7 +109,7 @@ def test_bad_settings_exit_2(runs, flag):
 
 
 def test_cli_defaults_are_the_reports_defaults():
-    """The flags' defaults (written out in cli_tools.py so --help shows them) are the report's."""
+    """The flags' defaults (written out in harness/cli/tools.py so --help shows them) are the report's."""
     flags = inspect.signature(compare_command).parameters
     api = inspect.signature(compare_runs.main).parameters
     assert flags["threshold"].default == api["threshold"].default == comparison.THRESHOLD == 0.05

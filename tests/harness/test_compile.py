@@ -7,7 +7,7 @@ the captured graph without code generation, ~0.3 s a case on one core, where Ind
 code generation takes 10-90 s a case on this 2-core machine. Training mode goes through
 AOTAutograd ("aot_eager") for the variants that mutate state or draw noise inside the graph
 (dgqa's buffers, pgqa's noise). Inductor itself, with sdpa and with flex, is checked in
-tests/bench/test_compile_inductor.py (minutes on this machine, out of the default run).
+benchmarks/test_compile_inductor.py (minutes on this machine, out of the default run).
 """
 
 import time
@@ -18,8 +18,11 @@ from torch.testing import assert_close
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness import measure, sweep, sweep_cell, workload
-from harness.grid import grid
+from harness import measure
+from harness.measure import workload
+from harness.sweep import cell as sweep_cell
+from harness.sweep import runner as sweep
+from harness.sweep.grid import grid
 from harness.variant_choice import VariantChoice
 
 SPEC = av.AttnSpec(32, 4, 2)

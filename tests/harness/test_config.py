@@ -72,8 +72,8 @@ def test_optional_field_accepts_value_and_rejects_wrong_type():
 
 
 def test_plugins_add_up_from_the_top_level_the_table_and_the_flags(tmp_path):
-    from harness.check import CheckConfig
-    from harness.sweep import SweepConfig
+    from harness.check.ratios import CheckConfig
+    from harness.sweep.config import SweepConfig
 
     path = tmp_path / "bench.toml"
     path.write_text('plugins = ["a", "my/b.py"]\n[check]\nplugins = ["c"]\n[sweep]\nrepeats = 3\n')

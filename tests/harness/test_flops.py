@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import attn_variants as av
-from harness import flops, measure, workload
+from harness import measure
+from harness.measure import flops, workload
 
 CASES = [(name, mode) for name in av.names() for mode in av.info(name).modes]
 

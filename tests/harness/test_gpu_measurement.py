@@ -11,8 +11,11 @@ import pytest
 import torch
 
 import attn_variants as av
-from harness import calibrate, compare, flops, measure, sweep, timing, workload
+from harness import measure
+from harness.measure import calibrate, flops, timing, workload
+from harness.measure import interleave as compare
 from harness.records import Row
+from harness.sweep import runner as sweep
 from harness.variant_choice import VariantChoice
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -266,7 +269,7 @@ def test_rows_above_the_calibrated_roof_are_flagged():
     above the roof silently."""
     import pandas as pd
 
-    from harness.sweep_view import roof_note
+    from harness.sweep.view import roof_note
 
     high = pd.DataFrame({"flops_util": [0.5, 4.5], "bw_util": [0.1, 0.2]})
     assert "flops_util up to 4.50" in roof_note(high)

@@ -8,8 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 import attn_variants as av
-from harness import calibrate, selftest
+from harness import selftest
 from harness.cli import app
+from harness.measure import calibrate
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,11 @@ from typer.testing import CliRunner
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness import config, sweep
+from harness import config
 from harness.cli import app
-from harness.grid import row_key
 from harness.records import COLUMNS
+from harness.sweep import runner as sweep
+from harness.sweep.grid import row_key
 
 runner = CliRunner()
 ISSUE_COLUMNS = (

@@ -8,8 +8,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from harness import calibrate, config, executors, measure, sweep, sweep_cell, sweep_view
+from harness import config, measure
+from harness.measure import calibrate
 from harness.records import read_rows
+from harness.sweep import cell as sweep_cell
+from harness.sweep import executors
+from harness.sweep import runner as sweep
+from harness.sweep import view as sweep_view
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 REPO_TOML = Path(__file__).resolve().parents[2] / "bench.toml"

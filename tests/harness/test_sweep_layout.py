@@ -5,8 +5,9 @@ import torch
 from torch.testing import assert_close
 
 import attn_variants as av
-from harness import sweep, workload
-from harness.grid import grid, row_key
+from harness.measure import workload
+from harness.sweep import runner as sweep
+from harness.sweep.grid import grid, row_key
 
 
 def tiny_config(tmp_path, **kw):

@@ -7,8 +7,10 @@ import torch
 
 import attn_variants as av
 from attn_variants.registry import _REGISTRY, register
-from harness import measure, sweep, workload
-from harness.grid import grid
+from harness import measure
+from harness.measure import workload
+from harness.sweep import runner as sweep
+from harness.sweep.grid import grid
 from harness.variant_choice import VariantChoice, parse_one, parse_variants
 
 CPU = torch.device("cpu")
@@ -72,7 +74,7 @@ def test_sdpa_backend_from_op_names():
 
 
 def test_the_summary_footer_splits_overhead_from_one_off_start_up(tmp_path):
-    from harness.sweep_view import footer
+    from harness.sweep.view import footer
 
     df = sweep.run(tiny_config(tmp_path, variants=("gqa",), kv_heads=(2,)))
     assert df.attrs["startup_s"] > 0 and df.attrs["wall_s"] > df.attrs["timed_s"] > 0

@@ -9,8 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import executors, measure, sweep, sweep_cell
+from harness import measure
 from harness.cli import app
+from harness.sweep import cell as sweep_cell
+from harness.sweep import executors
+from harness.sweep import runner as sweep
 
 from .test_sweep_cli import read_csv, tiny
 

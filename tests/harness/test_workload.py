@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import attn_variants as av
-from harness import timing, workload
+from harness.measure import timing, workload
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd", "decode"])

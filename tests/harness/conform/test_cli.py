@@ -10,7 +10,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from attn_variants import plugins
-from harness.cli import app, variant_table
+from harness.cli import app
+from harness.cli.app import variant_table
 from tests.attn_variants.test_plugins import fake_distribution
 
 runner = CliRunner()

@@ -1,0 +1,5 @@
+"""`python -m harness`: the `attnbench` command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m harness.cli`: the `attnbench` command line."""
+
+from . import main
+
+main()

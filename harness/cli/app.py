@@ -1,0 +1,381 @@
+"""The `attnbench` command line: a thin Typer layer over plain functions.
+
+Bad input (a ValueError from the library or the harness) prints one line on stderr and
+exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import attn_variants as av
+
+from .. import __version__
+from .. import config as config_mod
+from ..config import load as load_config
+
+app = typer.Typer(
+    name="attnbench",
+    help="Benchmark and ablate attention variants: latency, memory, FLOPs and accuracy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        typer.echo(f"attnbench {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Benchmark and ablate attention variants: latency, memory, FLOPs and accuracy."""
+
+
+# Options that sweep and check share: the grid's kernel, compile and mode axes.
+BackendOption = Annotated[str | None, typer.Option(help=f"Kernels: {', '.join(av.BACKENDS)}.")]
+CompileOption = Annotated[
+    str | None, typer.Option(help="torch.compile modes (fullgraph): off, default, max-autotune.")
+]
+ModesOption = Annotated[str | None, typer.Option(help=f"Modes: {', '.join(av.MODES)}.")]
+
+# Every command that takes variants takes this option; bench.toml's top-level `plugins` add up with it.
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin",
+        help="A module or .py file that registers variants (repeatable); adds to bench.toml's `plugins`.",
+    ),
+]
+
+# Every command that reads settings takes this option (harness/config.py `find`).
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Settings file (it must exist). Default: ./bench.toml if there is one, else the built-in "
+        "defaults (write them out with `attnbench init`)."
+    ),
+]
+
+
+def fail_cleanly(fn: F) -> F:
+    """Turn a ValueError into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            typer.echo("error: " + " ".join(str(err).splitlines()), err=True)  # one line, always
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_plugins(targets: list[str] | tuple[str, ...] | None) -> None:
+    """Import the plugins (attn_variants/plugins.py); a plugin that fails, given or installed,
+    is a ValueError naming it (one line and exit 2 through `fail_cleanly`)."""
+    from attn_variants import plugins
+
+    plugins.load_all(targets or ())
+    broken = plugins.errors()
+    if broken:
+        raise ValueError("; ".join(broken))
+
+
+def split_csv(value: str | None) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; None stays None (the flag was not given)."""
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def variant_table() -> Table:
+    """The registry as a rich table: what `attnbench list` prints."""
+    table = Table(title="attention variants", show_lines=False)
+    columns = ("name", "description", "paper", "modes", "multimodal", "causal-safe", "uses g", "options")
+    columns += ("from",)  # "built in", or the distribution, module or file of a plugin
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column == "paper")
+    for name in av.names():
+        entry = av.info(name)
+        options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
+        cells = (
+            name,
+            entry.description,
+            entry.paper,
+            ",".join(entry.modes),
+            "yes" if entry.multimodal else "no",
+            "yes" if entry.causal_safe else "NO (reads later tokens)",
+            "yes" if entry.uses_kv_heads else "no (latent)",
+            options,
+            entry.origin,
+        )
+        table.add_row(*map(escape, cells))  # registry text is plain: "[visual; text]" is not markup
+    return table
+
+
+@app.command("list")
+@fail_cleanly
+def list_variants(plugin: PluginOption = None, config: ConfigOption = None) -> None:
+    """List the registered variants, their papers, modes, options and where each comes from."""
+    from attn_variants import plugins
+
+    plugins.load_all([*config_mod.find(config).plugins, *(plugin or [])])
+    Console(width=200).print(variant_table())
+    load_plugins(())  # an installed plugin that failed: named after the table of what loaded, exit 2
+
+
+# --- sweep (issue 5) -------------------------------------------------------------------------
+
+
+def split_ints(flag: str, value: str | None) -> list[int] | None:
+    """'128, 256' -> [128, 256]; a non-integer names the flag."""
+    items = split_csv(value)
+    if items is None:
+        return None
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise ValueError(f"{flag} {value!r} must be a comma-separated list of integers") from None
+
+
+@app.command("sweep")
+@fail_cleanly
+def sweep_command(
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated names, 'all', or name:key=value:... (mmca:visual_attention=full)."
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Variant added at every shape as the speedup baseline; 'none' to leave out."),
+    ] = None,
+    seq_len: Annotated[str | None, typer.Option(help="Sequence lengths n, e.g. 128,256,512.")] = None,
+    heads: Annotated[str | None, typer.Option(help="Query head counts h.")] = None,
+    kv_heads: Annotated[
+        str | None, typer.Option(help="KV head counts g (pairs with h % g != 0 are skipped).")
+    ] = None,
+    modes: ModesOption = None,
+    backend: BackendOption = None,
+    compile: CompileOption = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size b.")] = None,
+    head_dim: Annotated[int | None, typer.Option(help="Head dim e (d = h * e).")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, float64, float16 or bfloat16."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Timed calls per cell.")] = None,
+    min_time_s: Annotated[
+        float | None, typer.Option(help="Keep timing a cell until its timed calls add up to this.")
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
+    ] = None,
+    visual_frac: Annotated[float | None, typer.Option(help="Multimodal variants: visual share of n.")] = None,
+    layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Multimodal variants: prefix (one image first) or interleaved (images between text)."
+        ),
+    ] = None,
+    images: Annotated[int | None, typer.Option(help="Images of the interleaved layout.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
+    executor: Annotated[
+        str | None, typer.Option(help="local (this process) or ray (one Ray task per cell).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join: auto or HOST:PORT ('' starts a local one).")
+    ] = None,
+    l2_flush: Annotated[
+        bool | None,
+        typer.Option("--l2-flush/--no-l2-flush", help="CUDA: cool the L2 before each fwd/fwd_bwd call."),
+    ] = None,
+    cuda_graph: Annotated[
+        bool | None, typer.Option("--cuda-graph/--no-cuda-graph", help="CUDA: time decode as graph replays.")
+    ] = None,
+    memory_limit_mb: Annotated[
+        float | None,
+        typer.Option(help="Skip cells whose estimated peak exceeds this (0: CUDA free memory; CPU none)."),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Named profile from bench.toml: quick, ci, gpu.")
+    ] = None,
+    config: ConfigOption = None,
+    plugin: PluginOption = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Finish an interrupted run: its folder (settings come from its run.json)."),
+    ] = None,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Skip drawing the figures and index.html at the end.")
+    ] = False,
+) -> None:
+    """Measure latency, peak memory and FLOPs over a grid of variants and shapes, into CSV."""
+    from ..sweep import runner as sweep
+    from ..sweep import view as sweep_view
+
+    overrides = dict(
+        variants=split_csv(variants),
+        reference=reference,
+        seq_len=split_ints("--seq-len", seq_len),
+        heads=split_ints("--heads", heads),
+        kv_heads=split_ints("--kv-heads", kv_heads),
+        modes=split_csv(modes),
+        backend=split_csv(backend),
+        compile=split_csv(compile),
+        batch=batch,
+        head_dim=head_dim,
+        dtype=dtype,
+        device=device,
+        repeats=repeats,
+        min_time_s=min_time_s,
+        warmup=warmup,
+        threads=threads,
+        visual_frac=visual_frac,
+        layout=layout,
+        images=images,
+        seed=seed,
+        out=out,
+        executor=executor,
+        ray_address=ray_address,
+        l2_flush=l2_flush,
+        cuda_graph=cuda_graph,
+        memory_limit_mb=memory_limit_mb,
+        plugins=plugin,
+    )
+    if resume is not None:
+        given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])
+        if given:
+            raise ValueError(f"--resume takes its settings from run.json; drop {given}")
+        cfg, record = sweep.resume_config(resume), None  # run.json keeps the first session's record
+    else:
+        settings = config_mod.find(config)
+        cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=overrides)
+        record = settings.record(profile)
+    load_plugins(cfg.plugins)
+    console = Console(width=160)
+    code = sweep_view.main(cfg, resume=resume, console=console, report=not no_report, settings=record)
+    raise typer.Exit(code)
+
+
+# --- report (issue 7): redraw figures and pages from run directories' CSVs -------------------
+
+
+@app.command("report")
+@fail_cleanly
+def report(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Run directories holding sweep.csv and/or accuracy.csv (and run.json)."),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output directory (default: <run>/report; several runs: compare_<a>_vs_<b> beside "
+            "the first)."
+        ),
+    ] = None,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            help="Sequence length of the speedup heatmap (default: the largest with an mha baseline)."
+        ),
+    ] = None,
+) -> None:
+    """Redraw every figure, index.html and summary.md from the runs' CSVs (several runs are compared)."""
+    from reports.render import render  # here, so other commands do not pay for matplotlib's import
+
+    written = render(run_dirs, out, seq_len=seq_len)
+    typer.echo(f"wrote {len(written)} files; open {next(p for p in written if p.name == 'index.html')}")
+
+
+# --- accuracy (issue 6): train the tiny transformer per variant on mqar, digits, captions -----
+
+
+@app.command("accuracy")
+@fail_cleanly
+def accuracy_command(
+    variants: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated names, 'all', or name:key=value:... (gqa:backend=eager)."),
+    ] = None,
+    tasks: Annotated[str | None, typer.Option(help="Tasks: mqar, digits, captions, pairs.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds, e.g. 0,1,2 (summary: mean ± std over them).")
+    ] = None,
+    heads: Annotated[int | None, typer.Option(help="Query heads h.")] = None,
+    kv_heads: Annotated[
+        str | None, typer.Option(help="KV head counts g for variants that take one (divisors of h).")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="Model width d.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Transformer blocks L.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    ablate: Annotated[
+        str | None,
+        typer.Option(help="none, or zero-attention: attention outputs replaced by zeros (a control run)."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
+    config: ConfigOption = None,
+    plugin: PluginOption = None,
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="Skip drawing the figures and index.html at the end.")
+    ] = False,
+) -> None:
+    """Train and test a tiny transformer per variant on small real tasks; accuracy into CSV."""
+    from ..accuracy import runner as accuracy
+    from ..accuracy import view as accuracy_view
+
+    overrides = dict(
+        variants=split_csv(variants),
+        tasks=split_csv(tasks),
+        seeds=split_ints("--seeds", seeds),
+        heads=heads,
+        kv_heads=split_ints("--kv-heads", kv_heads),
+        dim=dim,
+        layers=layers,
+        batch=batch,
+        ablate=ablate,
+        threads=threads,
+        device=device,
+        out=out,
+        plugins=plugin,
+    )
+    settings = config_mod.find(config)
+    cfg = load_config(
+        accuracy.AccuracyConfig, "accuracy", settings=settings, profile=profile, overrides=overrides
+    )
+    load_plugins(cfg.plugins)
+    accuracy.preflight(cfg)  # unknown variants, bad options or an unwritable --out fail here, before any run
+    console, record = Console(width=160), settings.record(profile)
+    raise typer.Exit(accuracy_view.main(cfg, console=console, report=not no_report, settings=record))

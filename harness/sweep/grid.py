@@ -1,0 +1,109 @@
+"""The sweep's grid: which cells a config asks for, and the key that finds a cell's row again.
+
+The grid is variants x backend x compile x modes x seq_len x n_heads x n_kv_heads. Cells are
+deduplicated by the spec each variant resolves to (mha and mqa fix g), pairs with h % g != 0
+or g > h are skipped and counted, and the cells of one shape run back to back so that a
+variant and its mha reference see the same machine state. The check (harness/check/ratios.py) builds its
+cells with the same `cell_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import attn_variants as av
+from attn_variants import plugins
+
+from ..variant_choice import VariantChoice, parse_one, parse_variants, with_backends
+from .config import SweepConfig
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: a variant (with options) at one resolved shape and mode."""
+
+    choice: VariantChoice
+    mode: str
+    batch: int
+    seq_len: int
+    n_visual: int
+    spec: av.AttnSpec  # after the variant's preset
+    dtype: str
+    layout: str = "prefix"  # where the n_visual image tokens sit (multimodal variants)
+    n_images: int = 0  # images in the sequence: 1 for prefix with n_visual > 0
+    compile: str = "off"
+
+    def key(self) -> tuple[str, ...]:
+        s = self.spec
+        values = (self.choice.name, self.choice.options_text, self.mode, self.batch, self.seq_len)
+        key = (*values, self.n_visual, s.n_heads, s.n_kv_heads, s.head_dim, self.dtype)
+        # The prefix layout and compile "off" keep the old key, so existing CSVs and the check
+        # baseline still match.
+        key = key if self.layout == "prefix" else (*key, self.layout, self.n_images)
+        return tuple(map(str, key if self.compile == "off" else (*key, f"compile={self.compile}")))
+
+    @property
+    def backend(self) -> str:
+        """The kernel this cell asks for: its `backend` option, or the registry default."""
+        return dict(self.choice.options).get("backend", av.info(self.choice.name).options["backend"])
+
+
+def row_key(row: dict[str, str]) -> tuple[str, ...]:
+    """The `Cell.key` of a row read back from a CSV (resume)."""
+    names = ("variant", "options", "mode", "batch", "seq_len", "n_visual", "n_heads", "n_kv_heads")
+    key = tuple(str(row[k]) for k in (*names, "head_dim", "dtype"))
+    layout = row.get("layout")
+    layout = layout if isinstance(layout, str) and layout else "prefix"  # older CSVs: prefix
+    key = key if layout == "prefix" else (*key, layout, str(row["n_images"]))
+    compile = row.get("compile")
+    compile = compile if isinstance(compile, str) and compile else "off"  # older CSVs: off
+    return key if compile == "off" else (*key, f"compile={compile}")
+
+
+def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
+    """The cells to run, and the (n_heads, n_kv_heads) pairs skipped as invalid."""
+    plugins.load_all(cfg.plugins)  # their variants are named in cfg.variants
+    choices = with_backends(parse_variants(cfg.variants), cfg.backend)
+    runs = [(c, comp) for c in choices for comp in cfg.compile]
+    if cfg.reference != "none":
+        runs.insert(0, (parse_one(cfg.reference), "off"))  # the speedup baseline: sdpa, eager
+    pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads]
+    skipped = [(h, g) for h, g in pairs if g > h or h % g]
+    cells: dict[tuple[str, ...], Cell] = {}
+    for mode in cfg.modes:
+        for n in cfg.seq_len:
+            for h, g in (p for p in pairs if p not in skipped):
+                for choice, comp in runs:
+                    cell = cell_at(choice, mode, n, h, g, cfg, comp)
+                    cells.setdefault(cell.key(), cell)
+    if not cells:
+        raise ValueError(
+            f"empty grid: no valid (n_heads, n_kv_heads) pair in heads={cfg.heads}, "
+            f"kv_heads={cfg.kv_heads} (n_heads must be divisible by n_kv_heads)"
+        )
+    return _by_shape(cells.values()), skipped
+
+
+def cell_at(
+    choice: VariantChoice, mode: str, n: int, h: int, g: int, cfg: SweepConfig | Any, compile: str = "off"
+) -> Cell:
+    """The cell of `choice` at (mode, n, h, g): the variant's preset resolves g, multimodal
+    variants get round(visual_frac * n) visual tokens. `cfg` gives batch, head_dim, dtype and
+    visual_frac (a SweepConfig, or the check's CheckConfig, which has the same fields; the
+    check has no `layout`, so its cells are prefix). Multimodal cells of the interleaved
+    layout hold `images` images."""
+    entry = av.info(choice.name)
+    spec = entry.resolve(av.AttnSpec(dim=h * cfg.head_dim, n_heads=h, n_kv_heads=g))
+    n_visual = round(cfg.visual_frac * n) if entry.multimodal else 0
+    cell_layout = getattr(cfg, "layout", "prefix") if n_visual else "prefix"
+    images = getattr(cfg, "images", 1) if cell_layout == "interleaved" else int(n_visual > 0)
+    return Cell(choice, mode, cfg.batch, n, n_visual, spec, cfg.dtype, cell_layout, images, compile)
+
+
+def _by_shape(cells: Iterable[Cell]) -> list[Cell]:
+    """Group the cells of one (mode, n, h) together, in grid order (stable)."""
+    cells = list(cells)
+    shapes = list(dict.fromkeys((c.mode, c.seq_len, c.spec.n_heads) for c in cells))
+    return sorted(cells, key=lambda c: shapes.index((c.mode, c.seq_len, c.spec.n_heads)))

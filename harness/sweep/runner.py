@@ -1,0 +1,192 @@
+"""`attnbench sweep`: latency, memory and FLOPs of registered variants over a grid, into CSV.
+
+Python API (the CLI is a thin layer over it):
+
+    cfg = harness.config.load(SweepConfig, "sweep", profile="quick")
+    df = harness.sweep.run(cfg)          # pandas.DataFrame, also <out>/<run_id>/sweep.csv
+
+This module runs a sweep: the config, the checks before any cell runs, the run folder
+(run.json, sweep.csv, benchmark.json), resuming, and the speedup against the reference. The
+cells are harness/sweep/grid.py's; each is measured by harness/sweep/cell.py, on the executor the
+config names (executors.py). A failing cell becomes a row with its status; Ctrl-C keeps the
+rows written so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+
+from .. import config as config_mod
+from .. import dashboard, measure
+from ..measure import calibrate, timing
+from ..records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
+from ..variant_choice import check_builds
+from . import cell as sweep_cell
+from . import executors
+from .config import SweepConfig
+from .grid import Cell, grid, row_key
+
+TEXT_COLUMNS = ("options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile")
+
+
+class Observer(Protocol):
+    """Progress hooks (the CLI's rich progress bar)."""
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def cell(self, cell: Cell, row: Row) -> None: ...
+
+
+def new_run_dir(cfg: SweepConfig) -> Path:
+    """<out>/<run_id>: a timestamp and a short random suffix (two runs in one second differ)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.out) / f"{stamp}-{secrets.token_hex(2)}"
+
+
+def resume_config(run_dir: Path) -> SweepConfig:
+    """The config a run was started with, read back from its run.json."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"cannot resume {str(run_dir)!r}: no run.json there")
+    return config_mod.build(SweepConfig, json.loads(path.read_text())["config"], where=str(path))
+
+
+def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell], list[tuple[int, int]]]:
+    """`grid(cfg)`, with every input checked before any cell runs (ValueError): each distinct
+    variant built once (its options), the device, then the output folder made and written to."""
+    cells, skipped = grid(cfg)
+    check_builds((c.choice, c.spec) for c in cells)
+    if cfg.executor == "local":  # a Ray cluster's devices are its workers' (executors.py)
+        measure.resolve_device(cfg.device)  # 'cuda' without a GPU
+    check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
+    return cells, skipped
+
+
+def run(
+    cfg: SweepConfig,
+    *,
+    run_dir: Path | None = None,
+    observer: Observer | None = None,
+    settings: dict | None = None,
+) -> pd.DataFrame:
+    """Measure every cell of `cfg`'s grid not already in `run_dir`/sweep.csv; return all rows.
+
+    `settings` (`config.Settings.record()`: which file the config came from) goes to run.json.
+    The frame's `attrs` hold run_dir, csv, skipped pairs, and this session's wall and timed seconds.
+    At the end, benchmark.json beside the CSV holds every ok row as dashboard records (dashboard.py).
+    """
+    preflight(cfg, run_dir)  # before Ray starts or any cell runs
+    pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads)
+    device = pool.device(cfg.device)
+    cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # run.json and rows: the real one
+    cells, skipped = grid(cfg)
+    dtype_ok = measure.DTYPES[cfg.dtype]
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = run_dir / "sweep.csv"
+    done = {row_key(r) for r in read_rows(csv_path)}
+    todo = [c for c in cells if c.key() not in done]
+    with timing.threads(cfg.threads):
+        # Before the clock starts: the roof of the roofline (cached: measured once per machine,
+        # dtype and thread count) and the tools' one-off imports. Ray workers pay both in their
+        # first cell.
+        peaks = calibrate.get(device, cfg.dtype) if cfg.executor == "local" else None
+        startup = measure.warm_up_tools(device) if cfg.executor == "local" else 0.0
+    t0, timed = time.perf_counter(), 0.0
+    with timing.threads(cfg.threads):
+        env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
+        _write_run_json(run_dir, cfg, env, skipped, len(cells), settings, peaks)
+        if observer:
+            observer.start(len(cells), len(cells) - len(todo))
+        task = functools.partial(
+            sweep_cell.measure_on_host if cfg.executor == "ray" else sweep_cell.measure_cell,
+            cfg=cfg, device=device, dtype=dtype_ok, env=env, run_id=run_dir.name,
+        )  # fmt: skip
+        with CsvSink(csv_path) as sink:
+            for cell, result in pool.map(task, todo, device=device):
+                failed = not isinstance(result, Row)  # the worker died or raised outside the cell
+                row = sweep_cell.failed_row(cell, result, env, run_dir.name) if failed else result
+                sink.write(row)
+                timed += row.timed_s or 0.0
+                if observer:
+                    observer.cell(cell, row)
+    df = load(csv_path)
+    records = dashboard.sweep_records(dashboard.read_csv(csv_path), dashboard.metric_columns(Row))
+    dashboard.write(run_dir / dashboard.FILE, records)
+    df.attrs.update(
+        run_dir=str(run_dir),
+        csv=str(csv_path),
+        skipped=skipped,
+        measured=len(todo),
+        wall_s=time.perf_counter() - t0,
+        timed_s=timed,
+        startup_s=startup,
+    )
+    return df
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The dtype a sweep runs in: `name`, or for 'auto' bfloat16 on CUDA and float32 on CPU."""
+    if name != "auto":
+        return name
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def load(csv_path: Path) -> pd.DataFrame:
+    """A sweep CSV as a DataFrame, text columns as '' (not NaN) where empty."""
+    return read_frame(csv_path, TEXT_COLUMNS)
+
+
+def _write_run_json(
+    run_dir: Path,
+    cfg: SweepConfig,
+    env: dict,
+    skipped: Sequence,
+    cells: int,
+    settings: dict | None,
+    peaks: Any = None,
+) -> None:
+    if (run_dir / "run.json").exists():  # resuming: the first session's record stays unchanged
+        return
+    calibration = dataclasses.asdict(peaks) if peaks is not None else None
+    pairs = [list(p) for p in skipped]
+    write_run_json(run_dir, cfg, env, cells, skipped_pairs=pairs, settings=settings, calibration=calibration)
+
+
+SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]
+
+
+def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
+    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape;
+    `reference_sdpa_backend`, the kernel the reference ran there; and `kernels_differ`, True
+    where that is not this row's `sdpa_backend`: such a speedup compares kernels, not variants
+    (CUDA float32 GQA on math against MHA on memory-efficient, or an eager variant)."""
+    ok = df[df["status"] == "ok"]
+    if "compile" in ok:  # the reference is uncompiled mha (a compiled mha row is a variant row)
+        ok = ok[ok["compile"].isin(["off", ""])]
+    ref = ok[(ok["variant"] == reference) & (ok["options"] == "")]
+    ref = ref.groupby(SHAPE, as_index=False).agg(
+        _ref_ms=("latency_ms_median", "median"), reference_sdpa_backend=("sdpa_backend", _kernels)
+    )
+    out = df.merge(ref, on=SHAPE, how="left")
+    out["speedup"] = out["_ref_ms"] / out["latency_ms_median"]
+    out["reference_sdpa_backend"] = out["reference_sdpa_backend"].fillna("")
+    known = (out["status"] == "ok") & (out["reference_sdpa_backend"] != "")
+    out["kernels_differ"] = known & (out["sdpa_backend"] != out["reference_sdpa_backend"])
+    return out.drop(columns="_ref_ms")
+
+
+def _kernels(backends: pd.Series) -> str:
+    """The reference's backend at one shape ('a+b' if its rows disagree)."""
+    return "+".join(sorted(set(backends)))
