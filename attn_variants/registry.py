@@ -95,9 +95,9 @@ class VariantInfo:
     ) -> int:
         """Bytes the cache holds per token and sequence: cache_elements*itemsize + cache_extra_bytes."""
         itemsize = torch.empty((), dtype=dtype).element_size()
-        extra = self.cache_extra_bytes(self.resolve(spec), self.resolve_options(options or {})) if (
-            self.cache_extra_bytes
-        ) else 0
+        extra = 0
+        if self.cache_extra_bytes is not None:
+            extra = self.cache_extra_bytes(self.resolve(spec), self.resolve_options(options or {}))
         return self.cache_elements(spec, options) * itemsize + extra
 
     def kv_cache_bytes(
