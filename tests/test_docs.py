@@ -124,7 +124,9 @@ def test_the_adding_a_variant_example_runs(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     # The third, conform on the example plugin, names its file from the project's root.
-    done = subprocess.run([sys.executable, "-c", blocks[2]], cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", blocks[2]], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
