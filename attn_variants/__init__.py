@@ -18,7 +18,9 @@ Every variant is built by `create(name, spec, **options)` and called as
 from . import grouped as _grouped  # noqa: F401  (registers mha, mqa, gqa)
 from .backends import BACKENDS, get_backend
 from .cache import KVCache
-from .grouped import GroupedQueryAttention, from_mha
+from .gla import GroupedLatentAttention  # registers gla
+from .grouped import GROUPINGS, GroupedQueryAttention, from_mha
+from .gta import GroupedTiedAttention  # registers gta
 from .keydriven import DynamicKeyDrivenGQA, KeyDrivenGQA  # registers kdgqa, dgqa
 from .mla import MultiHeadLatentAttention  # registers mla
 from .mmca import MultiModalCausalAttention, SimpleMMCA  # registers mmca, concat
@@ -29,10 +31,13 @@ from .spec import AttnSpec
 
 __all__ = [
     "BACKENDS",
+    "GROUPINGS",
     "MODES",
     "AttnSpec",
     "DynamicKeyDrivenGQA",
+    "GroupedLatentAttention",
     "GroupedQueryAttention",
+    "GroupedTiedAttention",
     "KVCache",
     "KeyDrivenGQA",
     "MixtureOfHeadsAttention",

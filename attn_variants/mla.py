@@ -293,6 +293,12 @@ def cache_per_token(spec: AttnSpec, options: Mapping[str, Any]) -> int:
     return MLADims.resolve(spec, options).cache_per_token
 
 
+def cache_per_device(spec: AttnSpec, options: Mapping[str, Any], tp: int) -> int:
+    """Under tensor parallelism every device needs the whole latent and rope key, which every
+    head reads: MLA's cache is replicated, not split (arXiv 2505.21487, section 3.3, Table 5)."""
+    return cache_per_token(spec, options)
+
+
 register(
     "mla",
     description=(
@@ -314,4 +320,5 @@ register(
     preset=with_kv_heads(lambda s: s.n_heads),
     uses_kv_heads=False,
     cache_per_token=cache_per_token,
+    cache_per_device=cache_per_device,
 )(MultiHeadLatentAttention)

@@ -52,6 +52,11 @@ class VariantInfo:
     # Cached elements per token (one layer, one sequence) from (spec, resolved options); None is
     # the GQA family's K and V: 2*g*e.
     cache_per_token: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None
+    # The same per device under tensor parallelism of degree tp (query heads split tp ways), from
+    # (spec, resolved options, tp): the design's replication rule. None: the GQA family's KV heads
+    # split while there are enough of them, 2*ceil(g/tp)*e, if cache_per_token is None too, else
+    # the whole cache on every device (a rule no variant declared is taken as replication).
+    cache_per_device: Callable[[AttnSpec, Mapping[str, Any], int], int] | None = None
     # Bytes per token and sequence held beside those elements whatever the activations' dtype,
     # e.g. kdgqa's float64 running key norms (8*g); None: nothing else.
     cache_extra_bytes: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None
@@ -83,32 +88,55 @@ class VariantInfo:
             )
         return {**self.options, **options}
 
-    def cache_elements(self, spec: AttnSpec, options: Mapping[str, Any] | None = None) -> int:
-        """Elements the KV cache holds per token and sequence, for the resolved spec."""
+    def cache_elements(self, spec: AttnSpec, options: Mapping[str, Any] | None = None, tp: int = 1) -> int:
+        """Elements the KV cache holds per token and sequence, for the resolved spec; with tp > 1,
+        on each of tp tensor-parallel devices (the design's replication rule)."""
         spec = self.resolve(spec)
+        check_tp(tp, spec)
+        resolved = self.resolve_options(options or {})
+        if tp > 1 and self.cache_per_device is not None:
+            return self.cache_per_device(spec, resolved, tp)
         if self.cache_per_token is None:
-            return 2 * spec.n_kv_heads * spec.head_dim
-        return self.cache_per_token(spec, self.resolve_options(options or {}))
+            return 2 * -(-spec.n_kv_heads // tp) * spec.head_dim  # KV heads split, ceil(g/tp) a device
+        return self.cache_per_token(spec, resolved)
 
     def cache_bytes_per_token(
-        self, spec: AttnSpec, options: Mapping[str, Any] | None, dtype: torch.dtype
+        self, spec: AttnSpec, options: Mapping[str, Any] | None, dtype: torch.dtype, tp: int = 1
     ) -> int:
-        """Bytes the cache holds per token and sequence: cache_elements*itemsize + cache_extra_bytes."""
+        """Bytes the cache holds per token and sequence: cache_elements*itemsize + cache_extra_bytes
+        (on each of tp devices; the extra bytes are taken as replicated, no rule splits them)."""
         itemsize = torch.empty((), dtype=dtype).element_size()
         extra = 0
         if self.cache_extra_bytes is not None:
             extra = self.cache_extra_bytes(self.resolve(spec), self.resolve_options(options or {}))
-        return self.cache_elements(spec, options) * itemsize + extra
+        return self.cache_elements(spec, options, tp) * itemsize + extra
 
     def kv_cache_bytes(
-        self, spec: AttnSpec, options: Mapping[str, Any] | None, batch: int, seq_len: int, dtype: torch.dtype
+        self,
+        spec: AttnSpec,
+        options: Mapping[str, Any] | None,
+        batch: int,
+        seq_len: int,
+        dtype: torch.dtype,
+        tp: int = 1,
     ) -> int:
-        """The analytic cache size at (b, n): b*n*cache_bytes_per_token (GQA: 2*b*g*n*e*itemsize)."""
-        return batch * seq_len * self.cache_bytes_per_token(spec, options, dtype)
+        """The analytic cache size at (b, n): b*n*cache_bytes_per_token (GQA: 2*b*g*n*e*itemsize),
+        per device under tensor parallelism of degree `tp` (1: the whole cache)."""
+        return batch * seq_len * self.cache_bytes_per_token(spec, options, dtype, tp)
 
     def kv_heads_equiv(self, spec: AttnSpec, options: Mapping[str, Any] | None = None) -> float:
         """The g of a GQA with the same cache per token: cache_elements / (2e)."""
         return self.cache_elements(spec, options) / (2 * self.resolve(spec).head_dim)
+
+
+def check_tp(tp: object, spec: AttnSpec) -> None:
+    """tp devices split the h query heads: a positive divisor of h."""
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp <= 0:
+        raise ValueError(f"tp={tp!r} must be a positive integer")
+    if spec.n_heads % tp:
+        raise ValueError(
+            f"tp={tp} does not divide n_heads={spec.n_heads}: tensor parallelism splits the query heads"
+        )
 
 
 _REGISTRY: dict[str, VariantInfo] = {}
@@ -128,6 +156,7 @@ def register(
     preset: Callable[[AttnSpec], AttnSpec] | None = None,
     uses_kv_heads: bool = True,
     cache_per_token: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None,
+    cache_per_device: Callable[[AttnSpec, Mapping[str, Any], int], int] | None = None,
     cache_extra_bytes: Callable[[AttnSpec, Mapping[str, Any]], int] | None = None,
     batch_independent: bool = True,
     decode_exact: bool = True,
@@ -144,8 +173,9 @@ def register(
                  flops_on_meta=flops_on_meta, isolates_images=isolates)  # fmt: skip
     _check_metadata(name, description, paper, modes, options, flags)
     _check_callables(
-        name, preset=preset, cache_per_token=cache_per_token, cache_extra_bytes=cache_extra_bytes
-    )
+        name, preset=preset, cache_per_token=cache_per_token, cache_per_device=cache_per_device,
+        cache_extra_bytes=cache_extra_bytes,
+    )  # fmt: skip
     if isolates and not multimodal:
         raise ValueError(f"variant {name!r}: isolates_images=True needs multimodal=True")
     origin = _ORIGIN[-1] if _ORIGIN else _caller_origin()
@@ -158,8 +188,8 @@ def register(
         merged = MappingProxyType({**COMMON_OPTIONS, **(options or {})})
         _REGISTRY[name] = VariantInfo(
             name, cls, description, paper, tuple(modes), multimodal, causal_safe, merged, preset,
-            uses_kv_heads, cache_per_token, cache_extra_bytes, batch_independent, decode_exact,
-            flops_on_meta, isolates, origin,
+            uses_kv_heads, cache_per_token, cache_per_device, cache_extra_bytes, batch_independent,
+            decode_exact, flops_on_meta, isolates, origin,
         )  # fmt: skip
         return cls
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import attn_variants as av
+
 from .model import ABLATIONS, Ablate
 
 TaskName = Literal["mqar", "digits", "captions", "pairs"]
@@ -39,6 +41,9 @@ class AccuracyConfig:
     digits_finetune_lr: float = 1e-3
     digits_patch: int = 2  # p: 8x8 images as (8/p)^2 patches of p*p pixels
     digits_scratch: bool = True  # also train every grouped variant from scratch
+    # how from_mha groups query heads for a variant with a `grouping` option (gqa): "neighbour"
+    # (GQA's), "weights" (QCQA), "activations" (AsymGQA); one uptrained row per entry, equal g
+    digits_grouping: tuple[str, ...] = ("neighbour",)
     captions_steps: int = 500
     captions_lr: float = 3e-3
     captions_patch: int = 2
@@ -94,5 +99,9 @@ class AccuracyConfig:
         bad = [g for g in self.kv_heads if g <= 0 or self.heads % g]
         if bad:
             raise ValueError(f"kv_heads {bad} must be positive divisors of heads={self.heads}")
+        bad_groupings = [x for x in self.digits_grouping if x not in av.GROUPINGS]
+        if bad_groupings or not self.digits_grouping:
+            valid = list(av.GROUPINGS)
+            raise ValueError(f"digits_grouping={list(self.digits_grouping)} must name some of {valid}")
         if self.ablate not in ABLATIONS:
             raise ValueError(f"ablate={self.ablate!r} is not one of {list(ABLATIONS)}")

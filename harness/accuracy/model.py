@@ -151,11 +151,15 @@ class TinyTransformer(nn.Module):
         return layers[0].aux_loss_coef * torch.stack([a.aux_loss for a in layers]).mean()
 
 
-def uptrain(source: TinyTransformer, cfg: ModelConfig) -> TinyTransformer:
+def uptrain(
+    source: TinyTransformer, cfg: ModelConfig, grouping: str = "neighbour", **calibration: Tensor
+) -> TinyTransformer:
     """A model for `cfg` (a grouped variant) from an MHA `source`, the GQA/KDGQA protocol.
 
     Every attention layer goes through `av.from_mha` (K/V heads mean-pooled per group,
-    Ainslie et al. 2023 section 2.1); embeddings, norms, MLPs and head are copied.
+    Ainslie et al. 2023 section 2.1); embeddings, norms, MLPs and head are copied. `grouping`
+    is from_mha's ("weights", "activations": gqa's uneven groups); "activations" reads each
+    layer's attention inputs on the source's forward of `calibration` (the model's inputs).
     """
     if source.cfg.spec().n_kv_heads != source.cfg.n_heads:
         raise ValueError(f"uptraining needs an MHA source model; its variant is {source.cfg.variant!r}")
@@ -163,9 +167,27 @@ def uptrain(source: TinyTransformer, cfg: ModelConfig) -> TinyTransformer:
     target = TinyTransformer(cfg).to(device=weight.device, dtype=weight.dtype)
     shared = {k: v for k, v in source.state_dict().items() if ".attn." not in k}
     missing, _ = target.load_state_dict(shared, strict=False)
-    for src, dst in zip(source.blocks, target.blocks, strict=True):
-        dst.attn = av.from_mha(src.attn, cfg.spec().n_kv_heads, variant=cfg.variant, **cfg.options)
+    inputs = attention_inputs(source, **calibration) if grouping == "activations" else [None] * cfg.layers
+    for src, dst, x in zip(source.blocks, target.blocks, inputs, strict=True):
+        extra = {} if grouping == "neighbour" else {"grouping": grouping, "calibration": x}
+        dst.attn = av.from_mha(src.attn, cfg.spec().n_kv_heads, variant=cfg.variant, **cfg.options, **extra)
     not_attention = [k for k in missing if ".attn." not in k]
     if not_attention:
         raise ValueError(f"source and target models differ outside attention: {not_attention}")
     return target
+
+
+@torch.no_grad()
+def attention_inputs(model: TinyTransformer, **inputs: Tensor) -> list[Tensor]:
+    """Each layer's attention input x (b, n, d) on `model(**inputs)`: AsymGQA's calibration."""
+    seen: list[Tensor] = []
+    hooks = [b.attn.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) for b in model.blocks]
+    try:
+        model(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(seen) != len(model.blocks):
+        ran = f"{len(seen)} of {len(model.blocks)} attention layers ran"
+        raise ValueError(f"{ran} (ablate={model.cfg.ablate!r}): no activations to group heads by")
+    return seen

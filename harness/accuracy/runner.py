@@ -63,7 +63,9 @@ class AccuracyRow:
     task: str
     variant: str
     options: str  # 'key=value;...' ('' = registry defaults)
-    init: str  # scratch | uptrained (from the MHA model through from_mha)
+    # scratch | uptrained (from the MHA model through from_mha), or uptrained-weights,
+    # uptrained-activations (gqa's groups chosen by from_mha)
+    init: str
     n_heads: int  # h
     n_kv_heads: int  # g after the variant's preset
     dim: int  # d
@@ -110,7 +112,7 @@ def cells(cfg: AccuracyConfig) -> list[Cell]:
     # Scratch runs first within a task and seed, so digits' MHA source is trained (and timed)
     # in its own row, not inside the first uptrained one.
     order = {(c.task, c.seed): i for i, c in enumerate(found.values())}
-    return sorted(found.values(), key=lambda c: (order[(c.task, c.seed)], c.init == "uptrained"))
+    return sorted(found.values(), key=lambda c: (order[(c.task, c.seed)], c.init.startswith("uptrained")))
 
 
 class Observer(Protocol):

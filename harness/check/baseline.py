@@ -1,9 +1,11 @@
 """The committed baseline of `attnbench check`: a CSV of per-cell ratio statistics and samples.
 
-One row per cell. Besides the median and p10/p90 it keeps every per-round ratio
-(`ratio_samples`, ';'-separated), because the check's test compares two sets of rounds
-(harness/stats.py). Each row carries the environment it was measured on: a baseline from
-another device kind is refused, never compared.
+One row per cell and machine model. Besides the median and p10/p90 it keeps every per-round
+ratio (`ratio_samples`, ';'-separated), because the check's test compares two sets of rounds
+(harness/stats.py). Each row carries the environment it was measured on, its `machine` model
+(harness/measure/machine.py) and its `git_commit`: the file stands for one commit, and holds per machine
+model the figures measured there. The check reads only its own model's rows; for any other
+model it measures that commit here (harness/check/against.py), never another model's figures.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ KEY = (  # `Cell.key()`, as grid.row_key reads it
 )  # fmt: skip
 # `Cell.key()`'s last part; a baseline written before it existed was all "off".
 OPTIONAL = {"compile": "off"}
-ENVIRONMENT = ("device", "device_name", "torch_version", "threads", "git_commit", "host", "date")
+ENVIRONMENT = ("device", "device_name", "machine", "torch_version", "threads", "git_commit", "host", "date")
 COLUMNS = (
     "cell",  # 'gqa_g2 fwd n=128 h=8', as the check prints it
     *KEY,
@@ -49,12 +51,6 @@ RESULT_COLUMNS = (
     *COLUMNS, "status", "error", "baseline_ratio", "change", "p_value", "verdict",
     "variant_ms_samples", "reference_ms_samples",
 )  # fmt: skip
-
-
-def device_kind(device: str, device_name: str) -> str:
-    """'cpu' for any CPU; a GPU is its model ('cuda NVIDIA H100 80GB HBM3'): ratios do not carry
-    over between GPU models, whose kernels and balance of compute and bandwidth differ."""
-    return "cpu" if device == "cpu" else f"{device} {device_name}"
 
 
 def path_for(template: str, env: Mapping[str, object]) -> Path:
@@ -81,6 +77,8 @@ def read(path: Path) -> pd.DataFrame:
     for column, default in OPTIONAL.items():
         if column not in df:
             df.insert(len(KEY) + 1, column, default)
+    if "machine" not in df:  # written before models were recorded: no model's figures
+        df.insert(len(df.columns), "machine", "")
     missing = sorted(set(COLUMNS) - set(df.columns))
     if missing:
         raise ValueError(f"baseline {str(path)!r} lacks column(s) {missing}; rewrite it: --update-baseline")
@@ -93,45 +91,21 @@ def samples(df: pd.DataFrame) -> dict[tuple[str, ...], list[float]]:
     return {row_key(row): [float(x) for x in row["ratio_samples"].split(";")] for row in rows}
 
 
-def incompatibility(df: pd.DataFrame, env: Mapping[str, object], cfg: CheckConfig) -> str | None:
-    """Why this baseline cannot be compared with a run on `env` under `cfg`, or None."""
-    kinds = sorted({device_kind(d, n) for d, n in zip(df["device"], df["device_name"], strict=True)})
-    here = device_kind(str(env["device"]), str(env["device_name"]))
-    if kinds != [here]:
-        return f"baseline was taken on {', '.join(kinds)}, this check runs on {here}"
-    threads, references = sorted(set(df["threads"])), sorted(set(df["reference"]))
-    # Only a CPU kernel runs on `threads` cores; on a GPU it is the host's core count, which
-    # says nothing about the ratios (two hosts with the same GPU may differ).
-    if here == "cpu" and threads != [str(env["threads"])]:
-        return f"baseline was taken with threads={','.join(threads)}, this check uses {env['threads']}"
-    if references != [cfg.reference]:
-        return f"baseline ratios are vs {','.join(references)}, the check's reference is {cfg.reference}"
-    return None
-
-
-def warnings(df: pd.DataFrame, env: Mapping[str, object]) -> list[str]:
-    """Differences that may shift ratios but do not stop the comparison."""
-    out = []
-    for column in ("device_name", "torch_version"):
-        seen = sorted(set(df[column]) - {str(env[column])})
-        if seen:
-            out.append(f"baseline {column} {', '.join(seen)} differs from this run's {env[column]}")
-    return out
-
-
 def write(path: Path, results: Sequence[Result], env: Mapping[str, object], cfg: CheckConfig) -> pd.DataFrame:
-    """Write the ok results as the baseline; rows of cells not measured now are kept if the old
-    file is compatible (so `--variants new_one --update-baseline` adds one variant)."""
+    """Write the ok results as this machine model's figures. The old file's rows taken at the
+    same commit are kept (other models' figures; this model's cells not measured now, so
+    `--variants new_one --update-baseline` adds one variant); rows of another commit are
+    dropped: the file stands for one commit."""
     path = Path(path)
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = [_row(r, env, cfg.reference, date) for r in results if r.status == "ok"]
     new = pd.DataFrame(rows, columns=list(COLUMNS), dtype=str)
     if path.is_file():
         old = read(path)
-        if incompatibility(old, env, cfg) is None:
-            measured = {row_key(r) for r in rows}
-            kept = old[[row_key(r) not in measured for r in old.to_dict("records")]]
-            new = pd.concat([kept, new], ignore_index=True)
+        old = old[old["git_commit"] == str(env["git_commit"])]
+        mine = {(str(env["machine"]), row_key(r)) for r in rows}
+        kept = old.loc[[(r["machine"], row_key(r)) not in mine for r in old.to_dict("records")]]
+        new = pd.concat([kept[list(COLUMNS)], new], ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     new.to_csv(path, index=False)
     return new

@@ -29,8 +29,8 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +40,7 @@ import torch
 from .. import measure
 from ..measure import timing
 from ..sweep.grid import Cell
+from . import against, instructions_child
 from .ratios import CheckConfig, cell_name, cell_step, cells
 
 INSTALL_HINT = (
@@ -93,34 +94,66 @@ def valgrind_version(exe: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def measure_all(cfg: CheckConfig) -> tuple[list[Count], dict[str, str]]:
+def measure_all(cfg: CheckConfig, variants_root: Path | None = None) -> tuple[list[Count], dict[str, str]]:
     """Count every cell of `cfg` in `instructions_jobs` valgrind processes side by side (valgrind
     runs on one core; a count does not depend on its neighbour); the counts, in `cells(cfg)`
-    order, and the run's environment (torch, CPU ISA as torch sees it under valgrind, Python)."""
+    order, and the run's environment (torch, CPU ISA as torch sees it under valgrind, Python).
+
+    `variants_root`: a folder whose attn_variants the children import instead of this one (a
+    base commit's, harness/against.py); its cells' SDPA kernel is then not probed (this process
+    runs the other variants) and left blank."""
+    return measure_sides(cfg, [variants_root])[0]
+
+
+def measure_sides(cfg: CheckConfig, roots: Sequence[Path | None]) -> list[tuple[list[Count], dict[str, str]]]:
+    """`measure_all` for each of `roots` (None: this process's attn_variants), every side's
+    valgrind processes started at once, `instructions_jobs` shared among the sides: each
+    process pays valgrind's start-up (loading torch) once, whichever commit it counts."""
     exe, todo = valgrind(), cells(cfg)
-    jobs = max(1, min(cfg.instructions_jobs, len(todo)))
+    jobs = max(1, min(cfg.instructions_jobs // len(roots), len(todo)))
+    sides = [Path(root or against.head_variants()).resolve() for root in roots]
     with tempfile.TemporaryDirectory(prefix="attnbench-callgrind-") as tmp:
         plan = Path(tmp, "plan.json")
         plan.write_text(json.dumps(asdict(cfg)))
-        folders = [Path(tmp, f"job{j}") for j in range(jobs)]
-        procs = [_start_child(exe, plan, folder, j, jobs) for j, folder in enumerate(folders)]
-        done = [_finish(proc, folder) for proc, folder in zip(procs, folders, strict=True)]
-    counted = {}
+        folders = [[Path(tmp, f"side{s}-job{j}") for j in range(jobs)] for s in range(len(sides))]
+        procs = [
+            [_start_child(exe, plan, folder, j, jobs, root) for j, folder in enumerate(side_folders)]
+            for root, side_folders in zip(sides, folders, strict=True)
+        ]
+        pairs = [zip(ps, fs, strict=True) for ps, fs in zip(procs, folders, strict=True)]
+        done = [[_finish(proc, folder) for proc, folder in side] for side in pairs]
+    version = valgrind_version(exe)
+    return [
+        _side_counts(todo, side_done, cfg, root, probe=given is None, version=version)
+        for side_done, root, given in zip(done, sides, roots, strict=True)
+    ]
+
+
+def _side_counts(
+    todo: list[Cell], done: list, cfg: CheckConfig, root: Path, *, probe: bool, version: str
+) -> tuple[list[Count], dict[str, str]]:
+    """One side's counts, in `todo` order, and its environment; RuntimeError if its children
+    imported attn_variants from anywhere but `root`."""
+    imported = Path(done[0][0].get("attn_variants", root)).resolve()
+    if not imported.is_relative_to(root):  # the counts would be of other code than asked
+        raise RuntimeError(f"the callgrind child imported attn_variants from {imported}, not {root}")
+    jobs, counted = len(done), {}
     for j, (_, records, dumps) in enumerate(done):
         for cell, rec in zip(todo[j::jobs], records, strict=False):
-            counted[cell.key()] = _count(cell, rec, dumps, cfg)
+            counted[cell.key()] = _count(cell, rec, dumps, cfg, probe=probe)
     stopped = "the callgrind run stopped before this cell"
     counts = [counted.get(c.key(), Count(c, "error", stopped)) for c in todo]
-    env = {k: str(v) for k, v in done[0][0].items() if k != "pid"}
-    return counts, {**env, "valgrind_version": valgrind_version(exe)}
+    env = {k: str(v) for k, v in done[0][0].items() if k not in ("pid", "attn_variants")}
+    return counts, {**env, "valgrind_version": version}
 
 
-def _start_child(exe: str, plan: Path, folder: Path, job: int, jobs: int) -> subprocess.Popen:
-    """`python -m harness.check.instructions_child` under callgrind, counting cells job, job + jobs, ..."""
+def _start_child(exe: str, plan: Path, folder: Path, job: int, jobs: int, root: Path) -> subprocess.Popen:
+    """harness/check/instructions_child.py under callgrind, with `root`'s attn_variants, counting cells
+    job, job + jobs, ..."""
     folder.mkdir()
-    cmd = [exe, *CALLGRIND, f"--callgrind-out-file={folder}/cg.%p", sys.executable]
-    child = "harness.check.instructions_child"
-    cmd += ["-m", child, str(plan), str(folder / "counts.jsonl"), str(job), str(jobs)]
+    cmd = [exe, *CALLGRIND, f"--callgrind-out-file={folder}/cg.%p"]
+    cmd += against.child_command(instructions_child.__name__, root)
+    cmd += [str(plan), str(folder / "counts.jsonl"), str(job), str(jobs)]
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -146,14 +179,14 @@ def read_dumps(folder: Path, pid: int) -> dict[int, int]:
     return found
 
 
-def _count(cell: Cell, rec: dict, dumps: dict[int, int], cfg: CheckConfig) -> Count:
+def _count(cell: Cell, rec: dict, dumps: dict[int, int], cfg: CheckConfig, probe: bool = True) -> Count:
     if rec["status"] != "ok":
         return Count(cell, rec["status"], rec["error"])
     missing = [d for d in rec["dumps"] if d not in dumps]
     if missing:
         return Count(cell, "error", f"callgrind dumps {missing} were not written")
     per_step = tuple(round(dumps[d] / rec["steps"]) for d in rec["dumps"])
-    return Count(cell, "ok", "", per_step, kernel(cell, cfg))
+    return Count(cell, "ok", "", per_step, kernel(cell, cfg) if probe else "")
 
 
 def kernel(cell: Cell, cfg: CheckConfig) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+import attn_variants
+
 from .. import config
 from ..measure import workload
 from ..records import error_text
@@ -73,6 +75,7 @@ def header() -> dict:
     (valgrind emulates no AVX-512, so it may differ from the bare machine's), torch, Python."""
     return {
         "pid": os.getpid(),
+        "attn_variants": attn_variants.__file__,  # the parent checks it is the commit it asked for
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

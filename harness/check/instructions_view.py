@@ -24,8 +24,8 @@ from .. import dashboard, measure
 from ..records import write_run_json
 from ..sweep.grid import row_key
 from ..sweep.runner import new_run_dir
+from . import against, instructions
 from . import baseline as time_baseline
-from . import instructions
 from . import ratios as check
 from .instructions import Count
 from .ratios import CheckConfig
@@ -38,22 +38,37 @@ COLUMNS = ("cell", *KEY, "compile", "instructions", "calls", "spread", "sdpa_bac
 RESULT_EXTRA = ("status", "error", "baseline", "ratio", "verdict")  # instructions.csv of every run
 
 
-def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | None = None) -> int:
+def main(
+    cfg: CheckConfig, *, update: bool, console: Console, settings: dict | None = None, plan_only: bool = False
+) -> int:
     """Count every cell, then compare with (or, with `update`, rewrite) the baseline; the exit code.
+    With `cfg.against` the counts are compared with that commit's, counted here once as well.
     Every run also writes <out>/<run_id>/: run.json, instructions.csv and benchmark.json."""
     path = Path(cfg.instructions_baseline)
     instructions.valgrind()  # no valgrind: exit 2 before anything else
-    old = None if update else read(path)
+    if update and cfg.against:
+        raise ValueError(f"--against {cfg.against} compares; --update-baseline writes counts: choose one")
+    commit = _base_commit(cfg) if cfg.against else None
+    old = None if update or commit else read(path)
+    comparison = f"measured base {commit[:12]} here (both commits counted once)" if commit else ""
+    comparison = comparison or f"the counts in {path} (same torch, Python and CPU capability only)"
+    console.print(f"comparison: {escape(comparison)}")
+    if plan_only:
+        return 0
     todo = check.preflight(cfg)  # bad option values or --out fail before valgrind starts
     run_dir = new_run_dir(cfg)
     run_dir.mkdir(parents=True)
     env = _host()
-    write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update, settings=settings)
+    write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update, settings=settings,
+                   comparison=comparison)  # fmt: skip
     t0 = time.perf_counter()
     with console.status(f"counting instructions of {len(todo)} cell(s) under callgrind"):
-        counts, counted_env = instructions.measure_all(cfg)
+        if commit:
+            counts, counted_env, old = _count_both(cfg, commit, env)
+        else:
+            counts, counted_env = instructions.measure_all(cfg)
     env, wall = {**counted_env, **env}, time.perf_counter() - t0
-    if not update:
+    if not update and not commit:
         refuse_if_incomparable(old, env, counts, path)
     _write_results(run_dir, counts, old, env, cfg, console)
     console.print(table(counts, old, cfg))
@@ -62,6 +77,25 @@ def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | N
         console.print(f"wrote {sum(c.status == 'ok' for c in counts)} cell(s) to {path}; {wall:.0f} s")
         return 1 if any(c.status == "error" for c in counts) else 0
     return verdict(counts, old, cfg, console, wall)
+
+
+def _base_commit(cfg: CheckConfig) -> str:
+    """The full hash of `--against`; ValueError (exit 2) if this checkout does not have it."""
+    repo = against.repo_root()
+    commit = against.resolve(cfg.against, repo)
+    if commit is None:
+        raise ValueError(f"--against {cfg.against}: {cfg.against} {against.unreachable(cfg.against, repo)}")
+    return commit
+
+
+def _count_both(
+    cfg: CheckConfig, commit: str, env: Mapping[str, str]
+) -> tuple[list[Count], dict[str, str], pd.DataFrame]:
+    """This checkout's counts and environment, and the base commit's counts as a baseline frame
+    (cells it cannot run are left out), both counted here at once."""
+    with against.checkout(commit) as base_dir:
+        (counts, counted_env), (base, base_env) = instructions.measure_sides(cfg, [None, base_dir])
+    return counts, counted_env, frame(base, {**base_env, **env, "git_commit": commit[:12]})
 
 
 def _write_results(
@@ -105,12 +139,17 @@ def read(path: Path) -> pd.DataFrame:
 
 def write(path: Path, counts: Sequence[Count], env: Mapping[str, str]) -> pd.DataFrame:
     """The ok counts as the baseline (a whole rewrite: counts from two environments never mix)."""
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rows = [_row(c, {**env, "date": date}) for c in counts if c.status == "ok"]
-    df = pd.DataFrame(rows, columns=list(COLUMNS), dtype=str)
+    df = frame(counts, env)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
     return df
+
+
+def frame(counts: Sequence[Count], env: Mapping[str, str]) -> pd.DataFrame:
+    """The ok counts as baseline rows (text), dated now."""
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = [_row(c, {**env, "date": date}) for c in counts if c.status == "ok"]
+    return pd.DataFrame(rows, columns=list(COLUMNS), dtype=str)
 
 
 def _key(c: Count, env: Mapping[str, str]) -> dict[str, str]:

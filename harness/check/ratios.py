@@ -88,6 +88,14 @@ class CheckConfig:
     # that registers a project's own variant; bench.toml's top-level `plugins` and each --plugin
     # add up here (harness/config.py). The callgrind child imports them too.
     plugins: tuple[str, ...] = ()
+    # A commit (any git revision) to measure here side by side with this checkout instead of
+    # reading the baseline's figures (harness/check/against.py); "" = the baseline's figures for this
+    # machine model, or, where it has none, the baseline's own commit measured here.
+    against: str = ""
+    # Where the baseline has this machine model's figures and its commit is here too, which
+    # reference wins: "figures" (no extra time), or "commit", measured side by side with this
+    # checkout (twice the time; drift and load hit both sides alike). The other is the fallback.
+    prefer: Literal["figures", "commit"] = "figures"
 
     def __post_init__(self) -> None:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile"):

@@ -56,13 +56,25 @@ def check_command(
         str | None,
         typer.Option(help="time (ratios to mha) or instructions (counts under callgrind; needs valgrind)."),
     ] = None,
+    against: Annotated[
+        str | None,
+        typer.Option(help="A commit (git revision) to measure here side by side, instead of the baseline."),
+    ] = None,
+    prefer: Annotated[
+        str | None,
+        typer.Option(help="figures (this model's in the baseline) or commit (its commit, measured here)."),
+    ] = None,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Print which comparison the check would make, then exit (0, or 2).")
+    ] = False,
     update_baseline: Annotated[
         bool, typer.Option("--update-baseline", help="Measure and rewrite the baseline instead of checking.")
     ] = False,
     config: ConfigOption = None,
     plugin: PluginOption = None,
 ) -> None:
-    """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's."""
+    """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's
+    figures for this machine model (or, where it has none, its commit's, measured here)."""
     from ..check import instructions_view
     from ..check import ratios as check
     from ..check import view as check_view
@@ -79,13 +91,15 @@ def check_command(
         out=out,
         metric=metric,
         plugins=plugin,
+        against=against,
+        prefer=prefer,
     )
     settings = config_mod.find(config)
     cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=overrides)
     load_plugins(cfg.plugins)
     console, record = Console(width=160), settings.record(profile)
     view = instructions_view if cfg.metric == "instructions" else check_view
-    raise typer.Exit(view.main(cfg, update=update_baseline, console=console, settings=record))
+    raise typer.Exit(view.main(cfg, update=update_baseline, console=console, settings=record, plan_only=plan))
 
 
 # --- init (issue 14): the built-in defaults as an editable bench.toml -------------------------

@@ -100,7 +100,7 @@ def test_bad_layout_and_heads_raise_with_the_values():
         decode.attend(q, k, v, backend="sdpa", causal=True, layout="cols")
 
 
-@pytest.mark.parametrize("variant", ["gqa", "mqa", "mha", "concat", "pgqa", "moh", "mmca"])
+@pytest.mark.parametrize("variant", ["gqa", "mqa", "mha", "concat", "pgqa", "moh", "mmca", "gta"])
 def test_variants_decode_through_the_helper(monkeypatch, variant):
     """Every grouped variant's decode step calls decode.attend (and nothing else attends)."""
     calls = []

@@ -28,6 +28,10 @@ PER_EXAMPLE = [
     ("mla", {"absorb": "never"}),
     ("mmca", {}),
     ("mmca", {"visual_attention": "full"}),
+    ("gqa", {"grouping": "1-0-1-1"}),  # uneven: two size classes
+    ("gta", {}),
+    ("gla", {}),
+    ("gla", {"absorb": "never"}),
 ]
 LAYOUTS = [("padded", 16), ("paged", 3), ("paged", 16)]
 

@@ -122,22 +122,21 @@ def test_slowed_variant_fails_and_is_named(setup, slow):
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [
-        ("device_name", None, "taken on cuda NVIDIA H100 80GB HBM3, this check runs on cpu"),
-        ("threads", "2", "taken with threads=2, this check uses 1"),
-        ("reference", "mqa", "ratios are vs mqa, the check's reference is mha"),
+        ("machine", "cuda NVIDIA H100 80GB HBM3", "it has cuda NVIDIA H100 80GB HBM3, threads=1"),
+        ("threads", "2", ", threads=2, torch"),
+        ("reference", "mqa", "vs mqa"),
+        ("torch_version", "2.99.0", "torch 2.99.0"),
     ],
 )
-def test_baseline_from_another_device_kind_is_refused(setup, column, value, message):
+def test_figures_of_another_model_threads_torch_or_reference_are_never_used(setup, column, value, message):
+    """With no reachable commit to measure instead (test_check_against.py): one line, exit 2."""
     assert check(setup, "--variants", "gqa", "--update-baseline").exit_code == 0
     df = pd.read_csv(setup[1], dtype=str, keep_default_na=False)
-    if value is None:  # a GPU baseline
-        df["device"], df["device_name"] = "cuda", "NVIDIA H100 80GB HBM3"
-    else:
-        df[column] = value
+    df[column], df["git_commit"] = value, "0123456789ab"
     df.to_csv(setup[1], index=False)
     result = check(setup, "--variants", "gqa")
-    assert result.exit_code == 2
-    assert "refusing baseline" in result.output and message in result.output
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "has no figures for cpu " in result.output and message in result.output, result.output
 
 
 def test_a_cell_that_fails_to_run_fails_the_check(setup, broken):

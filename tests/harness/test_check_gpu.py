@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 
 from harness import config, measure
-from harness.check import baseline
+from harness.check import against, baseline
 from harness.check import ratios as check
 from harness.check import view as check_view
 
@@ -80,11 +80,12 @@ def test_a_same_gpu_baseline_from_a_host_with_other_cpu_cores_is_compared(tmp_pa
 
 
 def test_threads_are_still_compared_on_cpu():
-    df = pd.DataFrame([{"device": "cpu", "device_name": "AMD EPYC", "threads": "1", "reference": "mha"}])
-    c = check.CheckConfig()
-    assert baseline.incompatibility(df, env("cpu", "AMD EPYC", threads=1), c) is None
-    why = baseline.incompatibility(df, env("cpu", "AMD EPYC", threads=2), c)
-    assert why == "baseline was taken with threads=1, this check uses 2"
-    gpu = df.assign(device="cuda", device_name=H100, threads="16")
-    assert baseline.incompatibility(gpu, env(threads=64), c) is None
-    assert "this check runs on cuda NVIDIA H200" in baseline.incompatibility(gpu, env(name=H200), c)
+    amd = "cpu AMD EPYC (AuthenticAMD 25/1; avx avx2 fma)"
+    row = {"machine": amd, "device": "cpu", "threads": "1", "reference": "mha", "torch_version": "2.13"}
+    df, c = pd.DataFrame([row]), check.CheckConfig()
+    here = env("cpu", "AMD EPYC", threads=1) | {"machine": amd}
+    assert len(against.same_model(df, here, c)) == 1
+    assert len(against.same_model(df, here | {"threads": 2}, c)) == 0
+    gpu = df.assign(machine=f"cuda {H100}", device="cuda", threads="16")
+    assert len(against.same_model(gpu, env(threads=64) | {"machine": f"cuda {H100}"}, c)) == 1
+    assert len(against.same_model(gpu, env(name=H200) | {"machine": f"cuda {H200}"}, c)) == 0

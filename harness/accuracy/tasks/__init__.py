@@ -40,7 +40,9 @@ def unsupported(task_name: str, variant: str, init: Init = "scratch") -> str:
     task, entry = get(task_name), av.info(variant)
     if entry.multimodal and not task.visual:
         return f"{variant} is multimodal (needs visual tokens); task {task_name!r} has none"
-    if init == "uptrained" and not issubclass(entry.cls, av.GroupedQueryAttention):
+    if init.startswith("uptrained") and not issubclass(entry.cls, av.GroupedQueryAttention):
         # from_mha mean-pools K/V projections; mla has none (its keys come from a latent).
         return f"{variant} cannot be uptrained from MHA (no q/k/v/o projections); it runs from scratch"
+    if init not in ("scratch", "uptrained") and "grouping" not in entry.options:
+        return f"{variant} has no 'grouping' option: {init} needs one (gqa)"
     return ""

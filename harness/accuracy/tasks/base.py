@@ -11,7 +11,9 @@ from ...measure import resolve_device
 from ..config import AccuracyConfig
 from ..model import ModelConfig, TinyTransformer
 
-Init = Literal["scratch", "uptrained"]
+# uptrained: from an MHA model through from_mha with GQA's neighbour groups; uptrained-weights and
+# uptrained-activations: with the groups from_mha chooses (gqa's `grouping`; digits_grouping)
+Init = Literal["scratch", "uptrained", "uptrained-weights", "uptrained-activations"]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import attn_variants as av
+
 from ..config import AccuracyConfig
 from ..model import TinyTransformer, uptrain
 from .base import Init, Job, Outcome, build, outcome
@@ -20,6 +22,12 @@ from .images import SIDE, patchify, sample, split
 from .train import fit
 
 SOURCE = "mha"  # the protocol uptrains from multi-head attention (g = h)
+UPTRAINED: dict[str, Init] = {
+    "neighbour": "uptrained",
+    "weights": "uptrained-weights",
+    "activations": "uptrained-activations",
+}
+CALIBRATION_SEED = 12345  # the activations grouping's batch of training images, apart from training's
 CLASSES = 10
 
 
@@ -29,10 +37,15 @@ class Digits:
 
     def inits(self, variant: str, cfg: AccuracyConfig) -> tuple[Init, ...]:
         """The source itself is only trained from scratch; every other variant is uptrained
-        from it, and also trained from scratch when `digits_scratch` is on."""
+        from it, and also trained from scratch when `digits_scratch` is on. A variant with a
+        `grouping` option (gqa) is uptrained once per `digits_grouping` entry, at the same g:
+        "uptrained" with neighbours, "uptrained-weights", "uptrained-activations"."""
         if variant == SOURCE:
             return ("scratch",)
-        return ("uptrained", "scratch") if cfg.digits_scratch else ("uptrained",)
+        uptrained: tuple[Init, ...] = ("uptrained",)
+        if "grouping" in av.info(variant).options:
+            uptrained = tuple(UPTRAINED[g] for g in cfg.digits_grouping)
+        return (*uptrained, "scratch") if cfg.digits_scratch else uptrained
 
     def chance(self, cfg: AccuracyConfig) -> float:
         return 1 / CLASSES
@@ -51,7 +64,8 @@ class Digits:
             loss = train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c)
             return self._outcome(model, data, loss, c.digits_steps, c)
         source, _ = source_model(job, data, context)
-        model = uptrain(source, model_config(job))
+        grouping = next(g for g, init in UPTRAINED.items() if init == job.init)
+        model = uptrain(source, model_config(job), grouping, **calibration(source, data, c))
         loss = train(model, data[0], c.digits_finetune_steps, c.digits_finetune_lr, job.seed + 1, c)
         return self._outcome(model, data, loss, c.digits_steps + c.digits_finetune_steps, c)
 
@@ -75,6 +89,12 @@ def source_model(job: Job, data, context: dict) -> tuple[TinyTransformer, float]
         model = build(model_config(source_job), job.seed, job.device)
         context[key] = model, train(model, data[0], c.digits_steps, c.digits_lr, job.seed, c)
     return context[key]
+
+
+def calibration(source: TinyTransformer, data, cfg: AccuracyConfig) -> dict[str, Tensor]:
+    """The model inputs of one batch of training images (AsymGQA's calibration batch)."""
+    images, _ = sample(data[0], cfg.batch, torch.Generator().manual_seed(CALIBRATION_SEED), 0)  # (b, 8, 8)
+    return {"patches": patchify(images.to(_device(source)), cfg.digits_patch)}
 
 
 def train(model: TinyTransformer, data, steps: int, lr: float, seed: int, cfg: AccuracyConfig) -> float:
