@@ -13,10 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-SWEEP_CSV, ACCURACY_CSV, RUN_JSON = "sweep.csv", "accuracy.csv", "run.json"
+SWEEP_CSV, ACCURACY_CSV, GENERATE_CSV, RUN_JSON = "sweep.csv", "accuracy.csv", "generate.csv", "run.json"
 # Columns without which a file cannot be read as a sweep or accuracy table at all.
 SWEEP_CORE = ("variant", "mode", "seq_len", "status", "latency_ms_median")
 ACCURACY_CORE = ("task", "variant", "accuracy", "status")
+GENERATE_CORE = ("variant", "context", "status", "tpot_s")
 # Shape columns that may vary across a sweep; a series is named by the ones that do.
 # A sweep gives multimodal variants m = visual_frac * n visual tokens, so m grows with n: a
 # series is named by the fraction m/n (`visual_frac`, derived on load), not by m.
@@ -40,6 +41,7 @@ class Run:
     sweep: pd.DataFrame | None = None
     accuracy: pd.DataFrame | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    generate: pd.DataFrame | None = None
 
 
 def require(df: pd.DataFrame, columns: tuple[str, ...] | list[str], what: str) -> None:
@@ -100,13 +102,17 @@ def load_run(path: Path, label: str | None = None) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"run directory {path} does not exist or is not a directory")
-    sweep_path, accuracy_path = path / SWEEP_CSV, path / ACCURACY_CSV
-    if not sweep_path.exists() and not accuracy_path.exists():
-        raise ValueError(f"{path} holds no {SWEEP_CSV} or {ACCURACY_CSV}; is it a run directory?")
+    sweep_path, accuracy_path, generate_path = path / SWEEP_CSV, path / ACCURACY_CSV, path / GENERATE_CSV
+    if not any(p.exists() for p in (sweep_path, accuracy_path, generate_path)):
+        # generate.csv named last: the message older runs and their tests know stays a prefix
+        raise ValueError(
+            f"{path} holds no {SWEEP_CSV} or {ACCURACY_CSV} (or {GENERATE_CSV}); is it a run directory?"
+        )
     label = label or path.resolve().name
     sweep = _with_visual_frac(_read_csv(sweep_path, SWEEP_CORE)) if sweep_path.exists() else None
     accuracy = _read_csv(accuracy_path, ACCURACY_CORE) if accuracy_path.exists() else None
-    return Run(path, label, sweep, accuracy, _read_meta(path / RUN_JSON))
+    generate = _read_csv(generate_path, GENERATE_CORE) if generate_path.exists() else None
+    return Run(path, label, sweep, accuracy, _read_meta(path / RUN_JSON), generate)
 
 
 def unique_labels(paths: list[Path]) -> list[str]:
@@ -128,7 +134,8 @@ def load_runs(paths: list[Path]) -> list[Run]:
 
 
 def combined(runs: list[Run], table: str) -> pd.DataFrame | None:
-    """The runs' `table` ('sweep' or 'accuracy') stacked, with a `run` column; None if none has it."""
+    """The runs' `table` ('sweep', 'accuracy' or 'generate') stacked, with a `run` column; None if
+    none has it."""
     frames = [getattr(r, table).assign(run=r.label) for r in runs if getattr(r, table) is not None]
     return pd.concat(frames, ignore_index=True) if frames else None
 

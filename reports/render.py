@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from . import accuracy_figures as af
 from . import comparison as cmp
 from . import comparison_figure as cf
+from . import generate_figures as gf
 from . import kernel_figures as kf
 from . import roofline as rf
 from . import sweep_figures as sf
@@ -27,7 +28,7 @@ REPORT_DIR = "report"
 @dataclass(frozen=True)
 class FigureSpec:
     name: str
-    table: str  # "sweep" or "accuracy"
+    table: str  # "sweep", "accuracy" or "generate"
     needs: tuple[str, ...]  # columns that must exist and hold at least one value
     title: str
     caption: str
@@ -62,6 +63,12 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "Mean over seeds with ±1 std; every seed is a dot.", af.accuracy_figure),
         FigureSpec("accuracy_vs_kv_cache", "accuracy", ("kv_cache_bytes",), "Accuracy against KV-cache size",
                    "The grouped-query trade-off: fewer KV heads, smaller cache.", af.tradeoff_figure),
+        FigureSpec("generate", "generate", gf.GENERATE_COLUMNS, "Inside a decoder that generates",
+                   "attnbench generate: attention's share of a decode step (timers around the attention "
+                   "calls, at the generation's last context), the median time per output token (band "
+                   "p10-p90), and each variant's speedup over mha on the whole decode step (solid) beside "
+                   "its speedup on the attention calls alone (dashed), both from the share pass (one clock, "
+                   "one context).", gf.generate_figure),
     ]  # fmt: skip
 
 
@@ -112,7 +119,7 @@ def _save(fig: Figure, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _tables(runs: list[Run], sweep, accuracy, seq_len) -> list[tuple[str, pd.DataFrame, str]]:
+def _tables(runs: list[Run], sweep, accuracy, seq_len, generate=None) -> list[tuple[str, pd.DataFrame, str]]:
     out = []
     if sweep is not None:
         out.append(
@@ -128,6 +135,9 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len) -> list[tuple[str, pd.Dat
             out.append((f"{comp.b} against {comp.a}", cmp.table(comp), caption))
     if accuracy is not None:
         out.append(("Accuracy", tables.accuracy_table(accuracy), "Mean ± sample std over finished seeds."))
+    if generate is not None:
+        note = "Median time per output token; speedups over mha: the decode step, and its attention calls."
+        out.append(("Generation", gf.generate_table(generate), note))
     return out
 
 
@@ -140,7 +150,7 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
     runs = load_runs([Path(p) for p in run_dirs])
     out = Path(out) if out is not None else default_out([r.path for r in runs])
     out.mkdir(parents=True, exist_ok=True)
-    frames = {"sweep": combined(runs, "sweep"), "accuracy": combined(runs, "accuracy")}
+    frames = {name: combined(runs, name) for name in ("sweep", "accuracy", "generate")}
     written, entries, skipped = [], [], []
     for spec in _specs(seq_len) + (_comparison_specs() if _compared(frames["sweep"]) else []):
         reason = _why_not(spec, frames[spec.table])
@@ -152,9 +162,9 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
     page = Page(
         runs=[r.label for r in runs],
         figures=entries,
-        tables=_tables(runs, frames["sweep"], frames["accuracy"], seq_len),
+        tables=_tables(runs, frames["sweep"], frames["accuracy"], seq_len, frames["generate"]),
         failures=tables.failures_table(runs),
         meta=tables.meta_table(runs),
-        skipped=[s for s in skipped if "no sweep.csv" not in s and "no accuracy.csv" not in s],
+        skipped=[s for s in skipped if not any(f"no {t}.csv" in s for t in frames)],
     )
     return written + write_pages(page, out)

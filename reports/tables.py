@@ -94,13 +94,17 @@ def _display(value: Any) -> str:
 
 
 def failures_table(runs: list[Run]) -> pd.DataFrame:
-    """Every row whose status is not ok, from every run and both files, with its error.
+    """Every row whose status is not ok, from every run and every file, with its error.
 
     Cells that failed alike at several n (or seeds) are one row listing those n (or seeds).
     """
     frames = []
     for run in runs:
-        for name, df in (("sweep.csv", run.sweep), ("accuracy.csv", run.accuracy)):
+        for name, df in (
+            ("sweep.csv", run.sweep),
+            ("accuracy.csv", run.accuracy),
+            ("generate.csv", run.generate),
+        ):
             if df is not None and (df["status"] != "ok").any():
                 frames.append(df[df["status"] != "ok"].assign(run=run.label, file=name))
     if not frames:

@@ -1,12 +1,13 @@
 """The `attnbench` command line (Typer): `app` and `main`, with every command registered.
 
 app.py holds the Typer app, the options commands share and the sweep, accuracy, report and list
-commands; tools.py holds check, init, calibrate, selftest and compare; conform.py holds conform.
-Command modules import the app; this package imports them (registering their commands, in
-`attnbench --help`'s order), and nothing imports this package back: no import circle.
+commands; tools.py holds check, init, calibrate, selftest and compare; generate.py holds
+generate; conform.py holds conform. Command modules import the app; this package imports them
+(registering their commands, in `attnbench --help`'s order), and nothing imports this package
+back: no import circle.
 """
 
-from . import conform, tools  # noqa: F401  (register check, init, calibrate, selftest, compare, conform)
+from . import conform, generate, tools  # noqa: F401  (register their commands on `app`)
 from .app import app
 
 
