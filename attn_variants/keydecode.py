@@ -120,6 +120,13 @@ def _ragged_key_sq_prefix(cache: KVCache, k: Tensor) -> Tensor:
 # --- decode layout: each KV head's query heads as its query rows ---------------------------
 
 
+def shared_allocation(a: Tensor) -> list[int] | None:
+    """Allocation a (b, g) on the host -> its one row as ints when every example shares it
+    (kdgqa's scope="batch", dgqa), else None."""
+    rows = a.tolist()
+    return rows[0] if all(r == rows[0] for r in rows) else None
+
+
 def decode_layout(a: Tensor, h: int) -> tuple[Tensor, Tensor, int]:
     """Allocation a (b, g) summing to h -> (take, back, rows) for a decode step:
     q_rows = q (b*h, e)[take] is (b, g, rows, e), KV head j's a_j query heads first (the rest

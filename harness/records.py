@@ -76,6 +76,13 @@ class Row:
     bytes_moved: int | None = None
     flops_util: float | None = None  # flops_effective per second / calibrated matmul FLOP/s
     bw_util: float | None = None  # bytes_moved per second / calibrated copy bandwidth
+    # Decode rows only (harness/measure/roof.py): what the step must move, the registry's cache bytes
+    # plus every weight and the token in and out; its roofline time, the longer of decode_bytes
+    # at the calibrated bandwidth and flops_effective at the calibrated matmul FLOP/s; and
+    # roof_util = roof_s / latency median (1: at this machine's roof).
+    decode_bytes: int | None = None
+    roof_s: float | None = None
+    roof_util: float | None = None
     # MoH: the mean share of heads with a non-zero gate in one call, and `flops` with the
     # attention core counted for those heads only (the official code computes every head).
     active_head_frac: float | None = None

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from . import accuracy_figures as af
 from . import comparison as cmp
 from . import comparison_figure as cf
+from . import decision as dec
 from . import generate_figures as gf
 from . import kernel_figures as kf
 from . import roofline as rf
@@ -141,6 +142,13 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len, generate=None) -> list[tu
     return out
 
 
+def _decision(runs: list[Run], out: Path) -> pd.DataFrame | None:
+    """The first run's decide/decision.csv (or one in `out`), if `attnbench decide` wrote one."""
+    paths = [out / "decision.csv", *(r.path / "decide" / "decision.csv" for r in runs)]
+    found = next((p for p in paths if p.is_file()), None)
+    return dec.load(found) if found is not None else None
+
+
 def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None = None) -> list[Path]:
     """Draw every figure the runs' CSVs support, then index.html and summary.md; returns the files.
 
@@ -159,10 +167,15 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
             continue
         written += _save(spec.draw(frames[spec.table]), out, spec.name)
         entries.append(FigureEntry(spec.name, spec.title, spec.caption))
+    decision, lead = _decision(runs, out), []
+    if decision is not None:  # `attnbench decide` ran on these runs: its answer leads the page
+        written += _save(dec.figure(decision), out, "decision")
+        entries.insert(0, FigureEntry("decision", "Which attention to ship", dec.CAPTION))
+        lead = [("Which attention to ship", dec.readable(decision), dec.CAPTION)]
     page = Page(
         runs=[r.label for r in runs],
         figures=entries,
-        tables=_tables(runs, frames["sweep"], frames["accuracy"], seq_len, frames["generate"]),
+        tables=lead + _tables(runs, frames["sweep"], frames["accuracy"], seq_len, frames["generate"]),
         failures=tables.failures_table(runs),
         meta=tables.meta_table(runs),
         skipped=[s for s in skipped if not any(f"no {t}.csv" in s for t in frames)],

@@ -25,7 +25,7 @@ from attn_variants.backends import is_unavailable
 from attn_variants.flex import MASKS
 
 from .. import measure
-from ..measure import calibrate, flops, timing, workload
+from ..measure import calibrate, flops, roof, timing, workload
 from ..records import Row, error_text
 from .config import SweepConfig
 from .grid import Cell
@@ -152,6 +152,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         bytes_moved=moved,
         flops_util=counted.flops_effective / t.median / peaks.peak_flops,
         bw_util=moved / t.median / peaks.peak_bytes_per_s,
+        **_decode_roof(cell, w, counted.flops_effective, t.median, peaks, dtype),
         **heads,
         sdpa_backend=_kernel_name(probe.sdpa_backend, cell.compile),
         timed_s=sum(samples),
@@ -162,6 +163,15 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         if recompiles
         else "",
     )
+
+
+def _decode_roof(cell: Cell, w, flops_effective: int, median: float, peaks, dtype) -> dict[str, Any]:
+    """A decode row's decode_bytes, roof_s and roof_util (measure/roof.py); nothing for other modes."""
+    if cell.mode != "decode":
+        return {}
+    n_bytes = roof.decode_bytes(w.module, w.kv_cache_bytes, cell.batch, 1, dtype)
+    roof_time = roof.roof_s(n_bytes, flops_effective, peaks.peak_bytes_per_s, peaks.peak_flops)
+    return dict(decode_bytes=n_bytes, roof_s=roof_time, roof_util=roof_time / median)
 
 
 def _estimate(make: Callable[[torch.device], Callable[[], object]], device: torch.device) -> int | None:

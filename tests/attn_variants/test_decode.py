@@ -132,20 +132,34 @@ def test_layouts_agree_on_every_device(device, layout):
 
 
 @pytest.mark.parametrize("variant", ["kdgqa", "dgqa"])
-def test_key_driven_decode_takes_the_decode_path(monkeypatch, variant):
-    """KDGQA/DGQA lay out their uneven groups as rows (b, g, rows, e) themselves, then take the
-    decode path like every variant."""
+@pytest.mark.parametrize("on_host", [True, False])
+def test_key_driven_decode_takes_the_decode_path(monkeypatch, variant, on_host):
+    """KDGQA/DGQA lay out their uneven groups as query rows themselves, then take the decode path
+    like every variant: on the host one call per KV head its a_j query heads read (a_j rows
+    each, h in all; the uniform split is gqa's one call), elsewhere one call over (b, g, h, e)
+    with padding rows."""
+    from attn_variants import keydecode
+
     calls = []
     real = decode.attend
 
     def recording(q_rows, k, v, **kwargs):
-        calls.append((q_rows.shape[1], k.shape[1]))
+        calls.append((q_rows.shape[1], k.shape[1], q_rows.shape[2]))
         return real(q_rows, k, v, **kwargs)
 
     monkeypatch.setattr(decode, "attend", recording)
-    module = av.create(variant, av.AttnSpec(16, 4, 2)).eval()
+    monkeypatch.setattr(keydecode, "on_host", lambda t: on_host)
+    shared, real_shared = [], keydecode.shared_allocation
+    monkeypatch.setattr(keydecode, "shared_allocation", lambda a: shared.append(real_shared(a)) or shared[-1])
+    h, g = 8, 4
+    module = av.create(variant, av.AttnSpec(32, h, g)).eval()
     cache = av.KVCache()
     with torch.no_grad():
-        cache.fill(module, torch.randn(1, 6, 16))
-        module(torch.randn(1, 1, 16), cache=cache)
-    assert calls == [(2, 2)]
+        cache.fill(module, torch.randn(1, 6, 32))
+        module(torch.randn(1, 1, 32), cache=cache)
+    if on_host and shared[-1] == [h // g] * g:  # the uniform split: gqa's one call
+        assert calls == [(h, g, 1)]
+    elif on_host:
+        assert all(heads == kv == 1 for heads, kv, _ in calls) and sum(r for *_, r in calls) == h
+    else:
+        assert calls == [(g, g, h)]

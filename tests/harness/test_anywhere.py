@@ -25,6 +25,7 @@ from harness.accuracy import tasks
 from harness.accuracy.runner import AccuracyConfig
 from harness.check.ratios import CheckConfig
 from harness.cli import app
+from harness.decide import DecideConfig
 from harness.sweep.runner import SweepConfig
 
 runner = CliRunner()
@@ -66,7 +67,8 @@ def test_packaged_defaults_are_the_top_level_bench_toml():
 
 
 @pytest.mark.parametrize(
-    ("cls", "section"), [(SweepConfig, "sweep"), (AccuracyConfig, "accuracy"), (CheckConfig, "check")]
+    ("cls", "section"),
+    [(SweepConfig, "sweep"), (AccuracyConfig, "accuracy"), (CheckConfig, "check"), (DecideConfig, "decide")],
 )
 def test_every_builtin_profile_builds(cls, section, empty):
     builtin = config.find()

@@ -215,3 +215,27 @@ def test_roofline_legend_keys_colour_by_variant_and_marker_by_mode(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fig.savefig(tmp_path / "roofline.png")
+
+
+def test_roofline_marks_decode_points_by_their_own_bytes_and_their_gap_to_the_roof():
+    """A decode row with decode_bytes sits at flops_effective / decode_bytes, and a dotted line
+    rises from it to the roof: its length on the log axis is 1 / roof_util."""
+    from reports import roofline
+
+    peak_flops, peak_bw = 1e11, 2e10
+    flops_eff, moved, real, ms = 6.4e7, 3.3e7, 4.4e7, 6.0  # a gqa step at s=16k: cache + weights
+    t = ms / 1e3
+    roof_s = max(real / peak_bw, flops_eff / peak_flops)
+    row = dict(run="r", device_name="cpu", dtype="float32", variant="gqa", options="", mode="decode",
+               status="ok", flops_effective=flops_eff, bytes_moved=moved, decode_bytes=real,
+               roof_s=roof_s, roof_util=roof_s / t, latency_ms_median=ms, seq_len=16384, n_heads=16,
+               flops_util=flops_eff / t / peak_flops, bw_util=moved / t / peak_bw, n_kv_heads=4,
+               batch=1)  # fmt: skip
+    points = roofline.roofline_points(pd.DataFrame([row]))
+    assert points["intensity"].tolist() == pytest.approx([flops_eff / real])
+    fig = roofline.roofline_figure(pd.DataFrame([row]))
+    ax = fig.axes[0]
+    assert "decode: up to its roof (1 / roof_util)" in ax.get_legend_handles_labels()[1]
+    gap = next(line for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_ydata()) == 2)
+    low, high = gap.get_ydata()
+    assert low / high == pytest.approx(row["roof_util"])
