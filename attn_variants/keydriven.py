@@ -189,6 +189,8 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
     paper=PAPER,
     causal_safe=False,
     options={"scope": "batch"},  # the paper's: norms summed over the batch
+    batch_independent=False,  # scope="batch": one allocation from every example's keys
+    cache_extra_bytes=lambda spec, _: 8 * spec.n_kv_heads,  # float64 key-norm prefix sums (b, g, s)
 )
 class KeyDrivenGQA(_KeyAllocatedGQA):
     """KDGQA. `scope="batch"` (the paper's) sums the norms over the batch, so every example
@@ -216,6 +218,8 @@ class KeyDrivenGQA(_KeyAllocatedGQA):
     paper=PAPER,
     causal_safe=False,
     options={"kind": "diff", "window": 1},  # the paper code's defaults (kind='diff', window_size=1)
+    batch_independent=False,  # the allocation reads every example's keys
+    cache_extra_bytes=lambda spec, _: 8 * spec.n_kv_heads,  # float64 key-norm prefix sums (b, g, s)
 )
 class DynamicKeyDrivenGQA(_KeyAllocatedGQA):
     """DGQA with its state in three buffers (so `state_dict` carries it): `norm_cache` (g,),

@@ -287,6 +287,7 @@ register(
     ),
     paper=GQA_PAPER,
     multimodal=True,
+    isolates_images=False,  # one causal stream: an image token reads the text before it
 )(GroupedQueryAttention)
 
 

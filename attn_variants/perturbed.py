@@ -76,6 +76,10 @@ def perturb(o: Tensor, g: int, u: Tensor) -> Tensor:
     paper=PAPER,
     causal_safe=False,
     options={"perturb_eval": True, "seed": None},  # the paper perturbs in eval too
+    # A decode step perturbs its one new token with its own noise and that token's own row
+    # statistics, so it is not the last row of a forward over the prefix (which normalises over
+    # every position, with noise drawn for all of them).
+    decode_exact=False,
 )
 class PerturbedGQA(GroupedQueryAttention):
     """PGQA. `perturb_eval=False` makes eval plain GQA; `seed` gives the module its own

@@ -5,6 +5,11 @@ defaults, and named profiles that override them: `[profiles.quick.sweep]`. Resol
 as in fastapi-cli's `resolve()`: dataclass defaults < [section] < [profiles.NAME.section] <
 CLI flags. Unknown keys and wrong types raise ValueError naming the key.
 
+Plugins (attn_variants/plugins.py) accumulate rather than override: a top-level
+`plugins = [...]` (before any table) applies to every command, a command's table may add its
+own, and each `--plugin` flag adds one more; a config with a `plugins` field gets them all, in
+that order, once each.
+
 Which file (`find`): `--config FILE`, which must exist; else `./bench.toml` if there is one;
 else the built-in defaults, the package's `harness/bench.toml`. That file is a symlink to the
 checkout's top-level bench.toml, so the two are one file: the wheel carries its content
@@ -37,6 +42,11 @@ class Settings:
     data: Mapping[str, Any]
     source: Source
     path: str  # the file read: absolute, or the packaged defaults' location
+
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """The top-level `plugins = [...]`: modules or .py files every command imports."""
+        return coerce(f"{self.path} plugins", self.data.get("plugins", []), tuple[str, ...])
 
     def record(self, profile: str | None = None) -> dict[str, Any]:
         """run.json's `settings`: which file the run's config was read from, and the profile."""
@@ -114,7 +124,11 @@ def load(
         if profile not in profiles:
             raise ValueError(f"unknown profile {profile!r}; valid profiles: {sorted(profiles)}")
         values.update(_table(profiles[profile], section, f"{where} [profiles.{profile}]"))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    table = values.get("plugins", [])  # not a list: `build` names it
+    if "plugins" in {f.name for f in dataclasses.fields(cls)} and isinstance(table, (list, tuple)):
+        given["plugins"] = list(dict.fromkeys([*settings.plugins, *table, *given.get("plugins", ())]))
+    values.update(given)
     return build(cls, values, where=f"[{section}]")
 
 

@@ -31,3 +31,13 @@ def _seed_and_threads():
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+@pytest.fixture
+def scratch_registry():
+    """Variants registered (and plugins loaded) inside the test are gone after it: the registry
+    is the same for the next test (attn_variants.registry.restored)."""
+    from attn_variants.registry import restored
+
+    with restored():
+        yield

@@ -114,14 +114,19 @@ def test_relative_links_and_anchors_exist(page):
 
 
 def test_the_adding_a_variant_example_runs(tmp_path):
-    """Both python blocks of docs/adding-a-variant.md, in a fresh process (the example registers a
-    variant, which must not leak into this one)."""
+    """The python blocks of docs/adding-a-variant.md, in fresh processes (the examples register
+    variants, which must not leak into this one)."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "adding-a-variant.md").read_text(), re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     ran = "assert (rows.status == 'ok').all() and set(rows.variant) == {'mha', 'gqa_tempered'}"
     code = f"{blocks[0]}{blocks[1]}\n{ran}\n"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'attn_variants' / 'compat'}"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The third, conform on the example plugin, names its file from the project's root.
+    done = subprocess.run(
+        [sys.executable, "-c", blocks[2]], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

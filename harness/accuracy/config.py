@@ -56,6 +56,9 @@ class AccuracyConfig:
     threads: int = 1  # torch.set_num_threads for the run; 0 keeps torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
     out: str = "results"
+    # Outside variants imported first (attn_variants/plugins.py): module names or .py files;
+    # bench.toml's top-level `plugins` and each --plugin add up here (harness/config.py).
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("variants", "tasks", "seeds", "kv_heads"):

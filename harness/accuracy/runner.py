@@ -24,6 +24,7 @@ from typing import Protocol
 import pandas as pd
 
 import attn_variants as av
+from attn_variants import plugins
 
 from .. import measure
 from ..measure import timing
@@ -94,6 +95,7 @@ COLUMNS = tuple(f.name for f in dataclasses.fields(AccuracyRow))
 
 def cells(cfg: AccuracyConfig) -> list[Cell]:
     """Every run of `cfg`, task by task and seed by seed, duplicates (same resolved g) dropped."""
+    plugins.load_all(cfg.plugins)  # their variants are named in cfg.variants
     choices = parse_variants(cfg.variants)
     found: dict[tuple, Cell] = {}
     for task_name in cfg.tasks:

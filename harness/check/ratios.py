@@ -19,7 +19,6 @@ definition.
 from __future__ import annotations
 
 import gc
-import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Literal
 import torch
 
 import attn_variants as av
+from attn_variants import plugins
 from attn_variants.backends import is_unavailable
 from attn_variants.registry import Mode
 
@@ -84,8 +84,9 @@ class CheckConfig:
     instructions_tolerance: float = 0.01  # a count may grow 1% before it is REGRESSED
     instructions_baseline: str = "benchmarks/baselines/ci-instructions.csv"
     instructions_jobs: int = 2  # valgrind processes side by side (one core each); counts don't depend on it
-    # Modules imported before the grid is built, e.g. one that registers a project's own
-    # variant with `@attn_variants.register`; the callgrind child imports them too.
+    # Modules or .py files imported before the grid is built (attn_variants/plugins.py), e.g. one
+    # that registers a project's own variant; bench.toml's top-level `plugins` and each --plugin
+    # add up here (harness/config.py). The callgrind child imports them too.
     plugins: tuple[str, ...] = ()
     # A commit (any git revision) to measure here side by side with this checkout instead of
     # reading the baseline's figures (harness/check/against.py); "" = the baseline's figures for this
@@ -151,18 +152,9 @@ def cell_name(cell: Cell) -> str:
     return name if cell.compile == "off" else f"{name} compile={cell.compile}"
 
 
-def import_plugins(modules: Sequence[str]) -> None:
-    """Import each module (it registers variants or patches them); a missing one is a ValueError."""
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ValueError(f"plugins: cannot import {module!r} ({err})") from None
-
-
 def cells(cfg: CheckConfig) -> list[Cell]:
     """variants x modes x seq_len x (h, g), deduplicated by resolved spec, the reference left out."""
-    import_plugins(cfg.plugins)
+    plugins.load_all(cfg.plugins)  # they register variants, or patch them (attn_variants/plugins.py)
     choices = [c for c in parse_variants(cfg.variants) if (c.name, c.options) != (cfg.reference, ())]
     runs = [(c, comp) for c in with_backends(choices, cfg.backend) for comp in cfg.compile]
     runs = [(c, comp) for c, comp in runs if (c.name, c.options, comp) != (cfg.reference, (), "off")]

@@ -2,12 +2,12 @@
 
 app.py holds the Typer app, the options commands share and the sweep, accuracy, report and list
 commands; tools.py holds check, init, calibrate, selftest and compare; generate.py holds
-generate; decide.py holds decide. Command modules import the app; this package imports them
-(registering their commands, in `attnbench --help`'s order), and nothing imports this package
-back: no import circle.
+generate; decide.py holds decide; conform.py holds conform. Command modules import the app; this
+package imports them (registering their commands, in `attnbench --help`'s order), and nothing
+imports this package back: no import circle.
 """
 
-from . import decide, generate, tools  # noqa: F401  (register decide, generate; check, init, calibrate, ...)
+from . import conform, decide, generate, tools  # noqa: F401  (register their commands on `app`)
 from .app import app
 
 

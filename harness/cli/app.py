@@ -59,6 +59,15 @@ CompileOption = Annotated[
 ]
 ModesOption = Annotated[str | None, typer.Option(help=f"Modes: {', '.join(av.MODES)}.")]
 
+# Every command that takes variants takes this option; bench.toml's top-level `plugins` add up with it.
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin",
+        help="A module or .py file that registers variants (repeatable); adds to bench.toml's `plugins`.",
+    ),
+]
+
 # Every command that reads settings takes this option (harness/config.py `find`).
 ConfigOption = Annotated[
     Path | None,
@@ -83,6 +92,17 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def load_plugins(targets: list[str] | tuple[str, ...] | None) -> None:
+    """Import the plugins (attn_variants/plugins.py); a plugin that fails, given or installed,
+    is a ValueError naming it (one line and exit 2 through `fail_cleanly`)."""
+    from attn_variants import plugins
+
+    plugins.load_all(targets or ())
+    broken = plugins.errors()
+    if broken:
+        raise ValueError("; ".join(broken))
+
+
 def split_csv(value: str | None) -> list[str] | None:
     """'a, b,c' -> ['a', 'b', 'c']; None stays None (the flag was not given)."""
     if value is None:
@@ -94,6 +114,7 @@ def variant_table() -> Table:
     """The registry as a rich table: what `attnbench list` prints."""
     table = Table(title="attention variants", show_lines=False)
     columns = ("name", "description", "paper", "modes", "multimodal", "causal-safe", "uses g", "options")
+    columns += ("from",)  # "built in", or the distribution, module or file of a plugin
     for column in columns:
         table.add_column(column, overflow="fold", no_wrap=column == "paper")
     for name in av.names():
@@ -108,15 +129,21 @@ def variant_table() -> Table:
             "yes" if entry.causal_safe else "NO (reads later tokens)",
             "yes" if entry.uses_kv_heads else "no (latent)",
             options,
+            entry.origin,
         )
         table.add_row(*map(escape, cells))  # registry text is plain: "[visual; text]" is not markup
     return table
 
 
 @app.command("list")
-def list_variants() -> None:
-    """List the registered variants, their papers, modes and options."""
+@fail_cleanly
+def list_variants(plugin: PluginOption = None, config: ConfigOption = None) -> None:
+    """List the registered variants, their papers, modes, options and where each comes from."""
+    from attn_variants import plugins
+
+    plugins.load_all([*config_mod.find(config).plugins, *(plugin or [])])
     Console(width=200).print(variant_table())
+    load_plugins(())  # an installed plugin that failed: named after the table of what loaded, exit 2
 
 
 # --- sweep (issue 5) -------------------------------------------------------------------------
@@ -212,6 +239,7 @@ def sweep_command(
         str | None, typer.Option(help="Named profile from bench.toml: quick, ci, gpu.")
     ] = None,
     config: ConfigOption = None,
+    plugin: PluginOption = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Finish an interrupted run: its folder (settings come from its run.json)."),
@@ -255,6 +283,7 @@ def sweep_command(
         l2_flush=l2_flush,
         cuda_graph=cuda_graph,
         memory_limit_mb=memory_limit_mb,
+        plugins=plugin,
     )
     if resume is not None:
         given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])
@@ -265,6 +294,7 @@ def sweep_command(
         settings = config_mod.find(config)
         cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=overrides)
         record = settings.record(profile)
+    load_plugins(cfg.plugins)
     console = Console(width=160)
     code = sweep_view.main(cfg, resume=resume, console=console, report=not no_report, settings=record)
     raise typer.Exit(code)
@@ -333,6 +363,7 @@ def accuracy_command(
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
     config: ConfigOption = None,
+    plugin: PluginOption = None,
     no_report: Annotated[
         bool, typer.Option("--no-report", help="Skip drawing the figures and index.html at the end.")
     ] = False,
@@ -354,11 +385,13 @@ def accuracy_command(
         threads=threads,
         device=device,
         out=out,
+        plugins=plugin,
     )
     settings = config_mod.find(config)
     cfg = load_config(
         accuracy.AccuracyConfig, "accuracy", settings=settings, profile=profile, overrides=overrides
     )
+    load_plugins(cfg.plugins)
     accuracy.preflight(cfg)  # unknown variants, bad options or an unwritable --out fail here, before any run
     console, record = Console(width=160), settings.record(profile)
     raise typer.Exit(accuracy_view.main(cfg, console=console, report=not no_report, settings=record))

@@ -16,7 +16,17 @@ from rich.console import Console
 
 from .. import config as config_mod
 from ..config import load as load_config
-from .app import BackendOption, CompileOption, ConfigOption, ModesOption, app, fail_cleanly, split_csv
+from .app import (
+    BackendOption,
+    CompileOption,
+    ConfigOption,
+    ModesOption,
+    PluginOption,
+    app,
+    fail_cleanly,
+    load_plugins,
+    split_csv,
+)
 
 # --- check (issue 8): CI performance regression check against a committed baseline of ratios ----
 
@@ -61,6 +71,7 @@ def check_command(
         bool, typer.Option("--update-baseline", help="Measure and rewrite the baseline instead of checking.")
     ] = False,
     config: ConfigOption = None,
+    plugin: PluginOption = None,
 ) -> None:
     """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's
     figures for this machine model (or, where it has none, its commit's, measured here)."""
@@ -79,11 +90,13 @@ def check_command(
         compile=split_csv(compile),
         out=out,
         metric=metric,
+        plugins=plugin,
         against=against,
         prefer=prefer,
     )
     settings = config_mod.find(config)
     cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=overrides)
+    load_plugins(cfg.plugins)
     console, record = Console(width=160), settings.record(profile)
     view = instructions_view if cfg.metric == "instructions" else check_view
     raise typer.Exit(view.main(cfg, update=update_baseline, console=console, settings=record, plan_only=plan))
@@ -140,11 +153,14 @@ def selftest_command(
     out: Annotated[Path, typer.Option(help="Folder for the tiny sweep's run and selftest.csv.")] = Path(
         "results/selftest"
     ),
+    plugin: PluginOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Check every variant x mode against its reference on the device, then a tiny sweep and
     one check round; print one table, exit 1 on any failure."""
     from .. import measure, selftest
 
+    load_plugins([*config_mod.find(config).plugins, *(plugin or [])])
     dev = measure.resolve_device(device)
     outcomes = selftest.run(dev, out)
     raise typer.Exit(selftest.report(outcomes, out, Console(width=200)))

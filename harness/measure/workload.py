@@ -116,7 +116,7 @@ def build(
     torch.manual_seed(seed)  # parameter init
     with device:  # initialise the weights where they will live: d = 4096 on the CPU takes seconds
         module = to(av.create(variant, spec, **options), device, dtype)
-    resolved = module.spec
+    resolved = entry.resolve(spec)  # what the module was built with (a plugin need not keep `.spec`)
     serving = serving or Serving()
     decode = functools.partial(_decode, serving=serving, seed=seed)
     make = {"fwd": _forward, "fwd_bwd": _forward_backward, "decode": decode}[mode]

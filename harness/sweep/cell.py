@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import attn_variants as av
+from attn_variants import plugins
 from attn_variants.backends import is_unavailable
 from attn_variants.flex import MASKS
 
@@ -65,6 +66,7 @@ def _failure_status(err: BaseException) -> str:
 def measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
     """`measure_cell` on a Ray worker (which fixed its thread count): the row describes the
     worker's own machine, host and real thread count."""
+    plugins.load_all(cfg.plugins)  # a worker process: the driver's plugins, before the registry is read
     local = measure.host_environment(kwargs["device"])
     return measure_cell(cell, cfg=cfg, env={**env, **local}, **kwargs)
 
@@ -149,9 +151,11 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     def make(on: torch.device, opts: dict = flop_options) -> Callable[[], object]:
         return _build(cell, cfg, on, dtype, opts, "off").step
 
-    # fwd, fwd_bwd: on the meta device (no data, no n^2 allocation); decode: on the real
-    # workload below (one query, linear memory; its ops can depend on values, see count_real)
-    counted = flops.count(make) if cell.mode != "decode" else None
+    # fwd, fwd_bwd: on the meta device (no data, no n^2 allocation); decode, and a variant
+    # declared `flops_on_meta=False` (it reads values on the host): on the real workload below
+    # (its ops can depend on values, see count_real)
+    on_meta = cell.mode != "decode" and av.info(cell.choice.name).flops_on_meta
+    counted = flops.count(make) if on_meta else None
     limit = measure.memory_limit(device, cfg.memory_limit_mb)
     estimate = _estimate(functools.partial(make, opts=options), device) if limit is not None else None
     if estimate is not None:

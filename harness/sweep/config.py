@@ -62,6 +62,10 @@ class SweepConfig:
     page_size: int = 16
     q_len: int = 1
     out: str = "results"
+    # Outside variants imported first (attn_variants/plugins.py): module names or .py files;
+    # bench.toml's top-level `plugins` and each --plugin add up here (harness/config.py);
+    # run.json keeps them, so --resume and Ray workers import the same.
+    plugins: tuple[str, ...] = ()
     # local: cells run one by one in this process. ray: one Ray task per cell, holding a whole
     # GPU (GPU sweeps) or one CPU slot per thread (CPU sweeps), so cells never share a device.
     # CUDA timing (no-ops on CPU; the `timing` column names the method): zero a 256 MiB buffer

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import attn_variants as av
+from attn_variants import plugins
 
 from ..variant_choice import VariantChoice, parse_one, parse_variants, with_backends
 from .config import SweepConfig
@@ -93,6 +94,7 @@ def serving_key(dist: str, kv_layout: str, page_size: int, q_len: int) -> tuple[
 
 def grid(cfg: SweepConfig) -> tuple[list[Cell], list[tuple[int, int]]]:
     """The cells to run, and the (n_heads, n_kv_heads) pairs skipped as invalid."""
+    plugins.load_all(cfg.plugins)  # their variants are named in cfg.variants
     choices = with_backends(parse_variants(cfg.variants), cfg.backend)
     runs = [(c, comp) for c in choices for comp in cfg.compile]
     if cfg.reference != "none":

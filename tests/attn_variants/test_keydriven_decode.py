@@ -136,8 +136,9 @@ def test_statistics_stay_float64_and_are_counted_in_nbytes():
     stats = cache.get(kdd.KEY_STATS)
     assert stats.dtype == torch.float64 and stats.shape == (2, 4, 9)
     kv_bytes = av.info("kdgqa").kv_cache_bytes(av.AttnSpec(64, 8, 4), {}, 2, 9, torch.bfloat16)
-    assert kv_bytes == 2 * 2 * 4 * 9 * 8 * 2  # K and V, (b, g, s, e), bf16
-    assert cache.nbytes == kv_bytes + 2 * 4 * 9 * 8  # plus the float64 statistics (b, g, s)
+    # K and V (b, g, s, e) in bf16, then the float64 statistics (b, g, s)
+    assert kv_bytes == 2 * 2 * 4 * 9 * 8 * 2 + 2 * 4 * 9 * 8
+    assert cache.nbytes == kv_bytes  # the registry declares the statistics (cache_extra_bytes)
 
 
 @pytest.mark.parametrize("name, opts", VARIANTS)

@@ -189,7 +189,7 @@ def test_decide_by_tolerance(count, word):
 
 
 def test_missing_plugin_is_a_value_error():
-    with pytest.raises(ValueError, match="cannot import 'no_such_plugin'"):
+    with pytest.raises(ValueError, match=r"plugin 'no_such_plugin' \(module no_such_plugin\): cannot be"):
         cells(CheckConfig(plugins=("no_such_plugin",)))
 
 

@@ -69,3 +69,17 @@ def test_optional_field_accepts_value_and_rejects_wrong_type():
     assert config.build(Demo, {"seed": 3}).seed == 3
     with pytest.raises(ValueError, match="seed"):
         config.build(Demo, {"seed": "three"})
+
+
+def test_plugins_add_up_from_the_top_level_the_table_and_the_flags(tmp_path):
+    from harness.check.ratios import CheckConfig
+    from harness.sweep.config import SweepConfig
+
+    path = tmp_path / "bench.toml"
+    path.write_text('plugins = ["a", "my/b.py"]\n[check]\nplugins = ["c"]\n[sweep]\nrepeats = 3\n')
+    check = config.load(CheckConfig, "check", path=path, overrides={"plugins": ["d", "a"]})
+    assert check.plugins == ("a", "my/b.py", "c", "d")
+    assert config.load(SweepConfig, "sweep", path=path).plugins == ("a", "my/b.py")
+    path.write_text('plugins = "a"\n')
+    with pytest.raises(ValueError, match=r"plugins='a' must be a list"):
+        config.load(SweepConfig, "sweep", path=path)
