@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import attn_variants as av
+from attn_variants import plugins
 
 from ..sweep.grid import Cell
 from . import against
@@ -180,7 +181,7 @@ def main() -> None:
     from ..measure import timing
 
     cfg = config.build(CheckConfig, json.loads(sys.stdin.readline()))
-    check.import_plugins(cfg.plugins)
+    plugins.load_all(cfg.plugins)  # the same plugins as the parent, before any cell is rebuilt
     answer({"attn_variants": av.__file__, "harness": harness.__file__, "pid": os.getpid()})
     device = measure.resolve_device(cfg.device)
     flush = timing.L2Flush(device)
