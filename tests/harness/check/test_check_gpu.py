@@ -13,7 +13,7 @@ from harness.check import ratios as check
 from harness.check import view as check_view
 
 H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
-REPO_TOML = Path(__file__).resolve().parents[2] / "bench.toml"
+REPO_TOML = Path(__file__).resolve().parents[3] / "bench.toml"
 
 
 def env(device="cuda", name=H100, threads=16):
