@@ -2,7 +2,7 @@
 
 One row per cell. Besides the median and p10/p90 it keeps every per-round ratio
 (`ratio_samples`, ';'-separated), because the check's test compares two sets of rounds
-(harness/stats.py). Each row carries the environment it was measured on: a baseline from
+(benchstats/). Each row carries the environment it was measured on: a baseline from
 another device kind is refused, never compared.
 """
 
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchstats import Decision
+
 from ..measure.timing import summarize
-from ..stats import Decision
 from ..sweep.grid import row_key
 from .ratios import CheckConfig, Result
 

@@ -12,7 +12,7 @@ Absolute times do not carry over between runs of a shared CI machine, so each ce
 shape x mode) is timed against a reference, mha through SDPA at the same shape, interleaved
 in this process: every round times the variant and the reference once each, in alternating
 order, and keeps the ratio variant / reference. The ratios are compared with the committed
-baseline's by harness/stats.py. The reference itself is not a cell: its ratio is 1 by
+baseline's by benchstats/. The reference itself is not a cell: its ratio is 1 by
 definition.
 """
 
@@ -28,10 +28,11 @@ from typing import Literal
 import torch
 
 import attn_variants as av
+import benchstats as stats
 from attn_variants.backends import is_unavailable
 from attn_variants.registry import Mode
 
-from .. import measure, stats
+from .. import measure
 from ..measure import interleave as compare
 from ..measure import timing, workload
 from ..records import check_writable, error_text

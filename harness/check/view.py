@@ -14,10 +14,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchstats import Decision
+
 from .. import dashboard, measure
 from ..measure.timing import summarize
 from ..records import write_run_json
-from ..stats import Decision
 from ..sweep.grid import row_key
 from ..sweep.runner import new_run_dir
 from . import baseline as baseline_mod
