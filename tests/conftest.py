@@ -1,7 +1,12 @@
 """Shared test helpers: devices (CUDA cases skip cleanly without a GPU) and seeding."""
 
+import itertools
+
 import pytest
 import torch
+
+import attn_variants as av
+from attn_variants import registry
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -31,3 +36,24 @@ def _seed_and_threads():
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+_variant_ids = itertools.count()
+
+
+@pytest.fixture
+def temp_variant():
+    """Register test-only variants for one test: `temp_variant(cls, **registry_fields)` registers
+    `cls` (description and paper default to "test" and "-") under a unique name, or `name=`, and
+    returns the name; every name it registered leaves the registry when the test ends."""
+    added: list[str] = []
+
+    def add(cls: type, name: str | None = None, **fields) -> str:
+        name = name or f"_test_{cls.__name__.lower()}_{next(_variant_ids)}"
+        av.register(name, **{"description": "test", "paper": "-", **fields})(cls)
+        added.append(name)
+        return name
+
+    yield add
+    for name in added:
+        del registry._REGISTRY[name]  # the one place tests touch the registry's internals

@@ -6,8 +6,10 @@ exits with code 2, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -133,9 +135,26 @@ def split_ints(flag: str, value: str | None) -> list[int] | None:
         raise ValueError(f"{flag} {value!r} must be a comma-separated list of integers") from None
 
 
+def overrides(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's parameters as overrides of `cls`, matched by field name: a parameter that is
+    not a field of `cls` (--profile, --config, ...) is left out, an unset option stays None (it
+    falls through to bench.toml), and a tuple field's text is split at commas ('128,256'), into
+    integers for a tuple of int (a bad item names its flag)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for field in (f for f in dataclasses.fields(cls) if f.name in params):
+        value, tp = params[field.name], hints[field.name]
+        if isinstance(value, str) and typing.get_origin(tp) is tuple:
+            flag = "--" + field.name.replace("_", "-")
+            value = split_ints(flag, value) if typing.get_args(tp)[0] is int else split_csv(value)
+        out[field.name] = value
+    return out
+
+
 @app.command("sweep")
 @fail_cleanly
 def sweep_command(
+    ctx: typer.Context,
     variants: Annotated[
         str | None,
         typer.Option(
@@ -212,42 +231,15 @@ def sweep_command(
     from ..sweep import runner as sweep
     from ..sweep import view as sweep_view
 
-    overrides = dict(
-        variants=split_csv(variants),
-        reference=reference,
-        seq_len=split_ints("--seq-len", seq_len),
-        heads=split_ints("--heads", heads),
-        kv_heads=split_ints("--kv-heads", kv_heads),
-        modes=split_csv(modes),
-        backend=split_csv(backend),
-        compile=split_csv(compile),
-        batch=batch,
-        head_dim=head_dim,
-        dtype=dtype,
-        device=device,
-        repeats=repeats,
-        min_time_s=min_time_s,
-        warmup=warmup,
-        threads=threads,
-        visual_frac=visual_frac,
-        layout=layout,
-        images=images,
-        seed=seed,
-        out=out,
-        executor=executor,
-        ray_address=ray_address,
-        l2_flush=l2_flush,
-        cuda_graph=cuda_graph,
-        memory_limit_mb=memory_limit_mb,
-    )
+    given = overrides(sweep.SweepConfig, ctx.params)
     if resume is not None:
-        given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])
+        given = sorted(k for k, v in given.items() if v is not None) + (["profile"] if profile else [])
         if given:
             raise ValueError(f"--resume takes its settings from run.json; drop {given}")
         cfg, record = sweep.resume_config(resume), None  # run.json keeps the first session's record
     else:
         settings = config_mod.find(config)
-        cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=overrides)
+        cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=given)
         record = settings.record(profile)
     console = Console(width=160)
     code = sweep_view.main(cfg, resume=resume, console=console, report=not no_report, settings=record)
@@ -291,6 +283,7 @@ def report(
 @app.command("accuracy")
 @fail_cleanly
 def accuracy_command(
+    ctx: typer.Context,
     variants: Annotated[
         str | None,
         typer.Option(help="Comma-separated names, 'all', or name:key=value:... (gqa:backend=eager)."),
@@ -325,23 +318,10 @@ def accuracy_command(
     from ..accuracy import runner as accuracy
     from ..accuracy import view as accuracy_view
 
-    overrides = dict(
-        variants=split_csv(variants),
-        tasks=split_csv(tasks),
-        seeds=split_ints("--seeds", seeds),
-        heads=heads,
-        kv_heads=split_ints("--kv-heads", kv_heads),
-        dim=dim,
-        layers=layers,
-        batch=batch,
-        ablate=ablate,
-        threads=threads,
-        device=device,
-        out=out,
-    )
+    given = overrides(accuracy.AccuracyConfig, ctx.params)
     settings = config_mod.find(config)
     cfg = load_config(
-        accuracy.AccuracyConfig, "accuracy", settings=settings, profile=profile, overrides=overrides
+        accuracy.AccuracyConfig, "accuracy", settings=settings, profile=profile, overrides=given
     )
     accuracy.preflight(cfg)  # unknown variants, bad options or an unwritable --out fail here, before any run
     console, record = Console(width=160), settings.record(profile)

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from .. import config as config_mod
 from ..config import load as load_config
-from .app import BackendOption, CompileOption, ConfigOption, ModesOption, app, fail_cleanly, split_csv
+from .app import BackendOption, CompileOption, ConfigOption, ModesOption, app, fail_cleanly, overrides
 
 # --- check (issue 8): CI performance regression check against a committed baseline of ratios ----
 
@@ -24,6 +24,7 @@ from .app import BackendOption, CompileOption, ConfigOption, ModesOption, app, f
 @app.command("check")
 @fail_cleanly
 def check_command(
+    ctx: typer.Context,
     baseline: Annotated[
         str | None, typer.Option(help="Baseline CSV (bench.toml's, e.g. benchmarks/baselines/ci-cpu.csv).")
     ] = None,
@@ -56,20 +57,9 @@ def check_command(
     from ..check import ratios as check
     from ..check import view as check_view
 
-    overrides = dict(
-        baseline=baseline,
-        tolerance=tolerance,
-        alpha=alpha,
-        rounds=rounds,
-        variants=split_csv(variants),
-        modes=split_csv(modes),
-        backend=split_csv(backend),
-        compile=split_csv(compile),
-        out=out,
-        metric=metric,
-    )
+    given = overrides(check.CheckConfig, ctx.params)
     settings = config_mod.find(config)
-    cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=overrides)
+    cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=given)
     console, record = Console(width=160), settings.record(profile)
     view = instructions_view if cfg.metric == "instructions" else check_view
     raise typer.Exit(view.main(cfg, update=update_baseline, console=console, settings=record))
