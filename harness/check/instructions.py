@@ -93,11 +93,12 @@ def valgrind_version(exe: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def measure_all(cfg: CheckConfig) -> tuple[list[Count], dict[str, str]]:
+def measure_all(cfg: CheckConfig, todo: list[Cell] | None = None) -> tuple[list[Count], dict[str, str]]:
     """Count every cell of `cfg` in `instructions_jobs` valgrind processes side by side (valgrind
     runs on one core; a count does not depend on its neighbour); the counts, in `cells(cfg)`
-    order, and the run's environment (torch, CPU ISA as torch sees it under valgrind, Python)."""
-    exe, todo = valgrind(), cells(cfg)
+    order (`todo`, if the caller expanded them already; the children expand the same grid), and
+    the run's environment (torch, CPU ISA as torch sees it under valgrind, Python)."""
+    exe, todo = valgrind(), cells(cfg) if todo is None else todo
     jobs = max(1, min(cfg.instructions_jobs, len(todo)))
     with tempfile.TemporaryDirectory(prefix="attnbench-callgrind-") as tmp:
         plan = Path(tmp, "plan.json")

@@ -51,7 +51,7 @@ def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | N
     write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update, settings=settings)
     t0 = time.perf_counter()
     with console.status(f"counting instructions of {len(todo)} cell(s) under callgrind"):
-        counts, counted_env = instructions.measure_all(cfg)
+        counts, counted_env = instructions.measure_all(cfg, todo)
     env, wall = {**counted_env, **env}, time.perf_counter() - t0
     if not update:
         refuse_if_incomparable(old, env, counts, path)

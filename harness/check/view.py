@@ -19,7 +19,7 @@ from benchstats import Decision
 from .. import dashboard, measure
 from ..measure.timing import summarize
 from ..records import write_run_json
-from ..sweep.grid import row_key
+from ..sweep.grid import Cell, row_key
 from ..sweep.runner import new_run_dir
 from . import baseline as baseline_mod
 from . import ratios as check
@@ -33,16 +33,15 @@ def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | N
 
     Every run also writes <out>/<run_id>/: run.json (with `settings`, which file the config
     came from), then check.csv (one row per cell) and benchmark.json (dashboard records)."""
-    check.cells(cfg)  # unknown variants or options fail before the baseline is read
+    todo = check.preflight(cfg)  # unknown variants, bad options or --out fail before the baseline is read
     env = {**measure.environment(measure.resolve_device(cfg.device)), "threads": _threads(cfg)}
     path = baseline_mod.path_for(cfg.baseline, env)  # per GPU model where it names {device_name}
     old = None if update else _compatible_baseline(path, env, cfg, console)
-    todo = check.preflight(cfg)  # bad option values or --out fail before any timing
     run_dir = new_run_dir(cfg)
     run_dir.mkdir(parents=True)
     write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update, settings=settings)
     t0 = time.perf_counter()
-    results = _measure(cfg, console)
+    results = _measure(cfg, todo, console)
     wall = time.perf_counter() - t0
     if update:
         _write_results(run_dir, [(r, None) for r in results], env, cfg, console)
@@ -81,15 +80,15 @@ def _compatible_baseline(path: Path, env: dict, cfg: CheckConfig, console: Conso
     return df
 
 
-def _measure(cfg: CheckConfig, console: Console) -> list[Result]:
+def _measure(cfg: CheckConfig, todo: list[Cell], console: Console) -> list[Result]:
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("check", total=len(check.cells(cfg)) * cfg.passes)
+        task = progress.add_task("check", total=len(todo) * cfg.passes)
 
         def advance(result: Result) -> None:
             progress.update(task, advance=1, description=escape(f"{result.name}: {result.status}"))
 
-        return check.measure_all(cfg, advance)
+        return check.measure_all(cfg, advance, todo)
 
 
 def _update(

@@ -44,7 +44,7 @@ def results(c: check.CheckConfig, ratio: float) -> list[check.Result]:
 def fake_gpu(monkeypatch, here: dict, ratio: float = 0.8):
     monkeypatch.setattr(measure, "resolve_device", lambda name: torch.device(here["device"]))
     monkeypatch.setattr(measure, "environment", lambda device: here)
-    monkeypatch.setattr(check, "measure_all", lambda c, progress=None: results(c, ratio))
+    monkeypatch.setattr(check, "measure_all", lambda c, progress=None, todo=None: results(c, ratio))
     monkeypatch.setattr(check_view, "_threads", lambda c: here["threads"])
 
 

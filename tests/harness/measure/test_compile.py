@@ -21,7 +21,7 @@ from harness import measure
 from harness.measure import workload
 from harness.sweep import cell as sweep_cell
 from harness.sweep import runner as sweep
-from harness.sweep.grid import grid
+from harness.sweep.runner import grid
 from harness.variant_choice import VariantChoice
 
 SPEC = av.AttnSpec(32, 4, 2)

@@ -8,7 +8,7 @@ import attn_variants as av
 from harness import measure
 from harness.measure import workload
 from harness.sweep import runner as sweep
-from harness.sweep.grid import grid
+from harness.sweep.runner import grid
 from harness.variant_choice import VariantChoice, parse_one, parse_variants
 
 CPU = torch.device("cpu")
