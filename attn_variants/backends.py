@@ -99,9 +99,7 @@ def eager(
     """The reference: softmax(q k^T / sqrt(e)) v, written for clarity. Returns (b, h, n, e)."""
     _check_heads(q, k)
     _check_mask(causal, mask)
-    rep = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(rep, dim=1)  # (b, h, s, e)
-    v = v.repeat_interleave(rep, dim=1)  # (b, h, s, e)
+    k, v = expand_kv(q, k), expand_kv(q, v)  # (b, h, s, e)
     scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (b, h, n, s)
     if causal:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)  # (n, s)
@@ -140,8 +138,11 @@ def forced(name: str) -> Backend:
 
 
 def expand_kv(q: Tensor, t: Tensor) -> Tensor:
-    """t (b, g, s, e) -> (b, h, s, e), KV head i // (h/g) for query head i."""
+    """t (b, g, s, e) -> (b, h, s, e), KV head i // (h/g) for query head i; t itself when
+    h = g (the decode path's rows layout: no copy of the cache)."""
     _check_heads(q, t)
+    if q.shape[1] == t.shape[1]:
+        return t
     return t.repeat_interleave(q.shape[1] // t.shape[1], dim=1)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import decode, ragged
 from . import modality as layout
 from .backends import get_backend
 from .cache import KVCache, skips_attention
@@ -62,10 +63,23 @@ class GroupedQueryAttention(nn.Module):
         return q, k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, *, n_visual: int, cache: KVCache | None) -> Tensor:
-        """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Variants override this."""
+        """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e). Variants override this.
+
+        With a cache (decode, chunked prefill) the call goes through the registry's one decode
+        path, `decode.kernel`, which lays each KV head's query heads out as its rows where that
+        is faster, and over a ragged cache each example attends to its own tokens only
+        (attn_variants/ragged.py); without a cache, straight to the backend."""
         if skips_attention(cache):  # KVCache.fill: the cache is complete, the output unused
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
-        return self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
+        return self.call_backend(q, k, v, cache, causal=self.spec.causal)
+
+    def call_backend(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, *, causal: bool) -> Tensor:
+        """q (b, h, n, e), k/v (b, g, s, e) -> (b, h, n, e): the backend, through the decode path
+        with a cache, per example's own keys over a ragged one."""
+        kernel = decode.kernel(self.backend_name) if cache is not None else self.backend
+        if ragged.active(cache):  # each example over its own cached tokens only
+            return ragged.attend(kernel, q, k, v, cache, causal=causal, dropout_p=self.dropout_p)
+        return kernel(q, k, v, causal=causal, dropout_p=self.dropout_p)
 
     def merge(self, o: Tensor) -> Tensor:
         """o (b, h, n, e) -> (b, n, d) through o_proj."""

@@ -59,18 +59,26 @@ KEY_STATS = "key_sq_prefix"  # cache field (b, g, s) float64: entry t = sum_{t' 
 def cached_key_norms(k: Tensor, cache: KVCache | None) -> Tensor:
     """k (b, g, s, e), every key the step attends to -> (b, g) Frobenius norms, as `key_norms`.
 
-    With a cache, ||k_j||_F^2 is the last entry of the prefix sums it keeps: O(1) to read, and
-    the keys not yet counted (this step's, or those a variant without statistics appended,
-    e.g. a gqa prefill) are added first. A prefix sum at position t depends only on tokens
-    up to t, so `truncate` keeps it exact."""
+    With a cache, ||k_j||_F^2 is the entry of the prefix sums it keeps at each example's last
+    key: O(1) to read, and the keys not yet counted (this step's, or those a variant without
+    statistics appended, e.g. a gqa prefill) are added first. A prefix sum at position t
+    depends only on tokens up to t, so `truncate` keeps it exact; in a ragged batch the
+    padding past an example's length is never read (KDGQA/DGQA norms over its own tokens)."""
     if cache is None:
         return key_norms(k)
-    return key_sq_prefix(cache, k)[..., -1].sqrt().to(norm_dtype(k))  # (b, g)
+    prefix = key_sq_prefix(cache, k)  # (b, g, s)
+    if not cache.ragged:
+        return prefix[..., -1].sqrt().to(norm_dtype(k))  # (b, g)
+    last = (cache.lengths_of("k", k.device) - 1).clamp(min=0)  # (b,): each example's last key
+    squares = prefix.gather(2, last[:, None, None].expand(-1, prefix.shape[1], 1))[..., 0]  # (b, g)
+    return squares.sqrt().to(norm_dtype(k))  # (b, g)
 
 
 def key_sq_prefix(cache: KVCache, k: Tensor) -> Tensor:
     """The cache's prefix sums (b, g, s), brought up to the s cached keys k (b, g, s, e) by
     counting only k[:, :, counted:]."""
+    if cache.ragged:
+        return _ragged_key_sq_prefix(cache, k)
     prefix = cache.get(KEY_STATS)
     counted = 0 if prefix is None else prefix.shape[-1]
     if counted > k.shape[2]:
@@ -82,6 +90,30 @@ def key_sq_prefix(cache: KVCache, k: Tensor) -> Tensor:
         new = new.cumsum(-1)
     if prefix is not None and counted:
         new = new + prefix[..., -1:]
+    return cache.append(2, **{KEY_STATS: new})[0]
+
+
+def _ragged_key_sq_prefix(cache: KVCache, k: Tensor) -> Tensor:
+    """`key_sq_prefix` for examples of different lengths: the n keys each example appended
+    since the statistics were counted (the same n for all: appends add to every example) sit at
+    its own positions counted[i] .. counted[i] + n - 1, gathered; statistics lagging by
+    different counts (never in a decode step) are recomputed over the whole frame."""
+    have, want = cache.field_lengths(KEY_STATS), cache.field_lengths("k")
+    lag = {w - h for h, w in zip(have, want, strict=True)} if have else None
+    if lag == {0}:
+        return cache.get(KEY_STATS)
+    if lag is None or len(lag) > 1:  # positions past an example's length are padding, never read
+        return cache.replace(KEY_STATS, token_sq_norms(k).cumsum(-1), 2, like="k")
+    n = lag.pop()
+    counted = cache.lengths_of(KEY_STATS, k.device)  # (b,)
+    at = counted[:, None] + torch.arange(n, device=k.device)  # (b, n)
+    new = token_sq_norms(
+        k.gather(2, at[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]))
+    )  # (b, g, n)
+    before = cache.get(KEY_STATS).gather(
+        2, (counted - 1).clamp(min=0)[:, None, None].expand(-1, k.shape[1], 1)
+    )
+    new = new.cumsum(-1) + torch.where(counted[:, None, None] > 0, before, 0.0)  # (b, g, n)
     return cache.append(2, **{KEY_STATS: new})[0]
 
 

@@ -15,7 +15,8 @@ the CPU, eager, where reading a small tensor is free, do the integer steps run i
 cache (prefix sums of squared key norms, `KEY_STATS`), so a step reads only its new keys to
 allocate; a single new token (decode) packs each KV head's query heads as its rows and meets
 every KV head in one call, so the cache is neither read twice nor copied h/g times
-(`attn_variants/keydecode.py`). The reference path
+(`attn_variants/keydecode.py`): the registry's decode path with uneven groups; the rows then
+go through `decode.kernel` like every other variant's decode call. The reference path
 (`reference_forward`) is the paper's loop over groups with a Python-side allocation; the
 tests check one against the other.
 
@@ -137,12 +138,12 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         if skips_attention(cache):  # KVCache.fill: statistics and DGQA's state are updated
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         if q.shape[2] == 1:
-            return self._attend_one_query(q, k, v, a)
+            return self._attend_one_query(q, k, v, a, cache)
         index = kv_index(a, self.spec.n_heads)  # (h,) or (b, h)
         k_h, v_h = gather_heads(k, index), gather_heads(v, index)  # (b, h, s, e)
-        return self.backend(q, k_h, v_h, causal=self.spec.causal, dropout_p=self.dropout_p)
+        return self.call_backend(q, k_h, v_h, cache, causal=self.spec.causal)
 
-    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor) -> Tensor:
+    def _attend_one_query(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor, cache: KVCache | None) -> Tensor:
         """Decode (n = 1) without copying the cache h/g times: KV head j gets its a_j query
         heads as `rows` query "tokens" (padded), one backend call over (b, g, rows, e) reads
         K/V once, and each query head takes back its own row.
@@ -154,7 +155,7 @@ class _KeyAllocatedGQA(GroupedQueryAttention):
         g = k.shape[1]
         take, back, rows = keydecode.decode_layout(a.expand(b, g), h)
         q_rows = q.reshape(b * h, e).index_select(0, take).view(b, g, rows, e)  # (b, g, rows, e)
-        o = self.backend(q_rows, k, v, causal=False, dropout_p=self.dropout_p)  # (b, g, rows, e)
+        o = self.call_backend(q_rows, k, v, cache, causal=False)  # (b, g, rows, e): rows are heads
         return o.reshape(b * g * rows, e).index_select(0, back).view(b, h, 1, e)  # (b*h, e) -> (b, h, 1, e)
 
 

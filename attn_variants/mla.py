@@ -18,9 +18,10 @@ Two forms compute the same function (paper eq. 9-11 and its "absorb" remark):
 Option `absorb`: "decode" (default: naive for prefill, absorbed when the call continues a
 cache), "always" or "never". The naive form runs through the variant's backend (sdpa or
 eager: `backend="eager", absorb="never"` is the plain reference path); the absorbed form is
-the official code's einsums (scores = q~ c + q_pe k_pe, then p c W_UV^T), which read the
-cached latent in place: an SDPA call would need [c; k_pe] concatenated, a copy of the whole
-cache at every decode step, and (value width kv_lora != key width) the math kernel on CPU.
+the official code's arithmetic (scores = q~ c + q_pe k_pe, then p c W_UV^T), with the h*n
+queries as the rows of the one latent head (the decode path's rows layout, decode.py), which
+reads the cached latent in place: an SDPA call would need [c; k_pe] concatenated, a copy of the
+whole cache at every decode step, and (value width kv_lora != key width) the math kernel on CPU.
 
 Departures from the official code, and why:
 - RoPE is the official convention (consecutive pairs (2i, 2i+1) rotated by p*theta_i,
@@ -49,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backends import causal_mask, get_backend
+from . import decode, ragged
+from .backends import get_backend
 from .cache import KVCache, skips_attention
 from .modality import check_unimodal
 from .registry import register, with_kv_heads
@@ -109,12 +111,13 @@ class MLADims:
 
 
 def apply_rotary_emb(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """x (..., n, r), positions (n,) -> x with pairs (2i, 2i+1) rotated by p*theta^(-2i/r),
-    DeepSeek's convention (`precompute_freqs_cis` / `apply_rotary_emb`) in real arithmetic."""
+    """x (..., n, r), positions (n,) or broadcastable to x's (..., n) (a ragged batch's (b, n))
+    -> x with pairs (2i, 2i+1) rotated by p*theta^(-2i/r), DeepSeek's convention
+    (`precompute_freqs_cis` / `apply_rotary_emb`) in real arithmetic."""
     r = x.shape[-1]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     inv_freq = theta ** (-torch.arange(0, r, 2, dtype=dtype, device=x.device) / r)  # (r/2,)
-    angles = positions.to(dtype)[:, None] * inv_freq  # (n, r/2)
+    angles = positions.to(dtype)[..., None] * inv_freq  # (..., n, r/2)
     cos, sin = angles.cos(), angles.sin()
     pairs = x.to(dtype).unflatten(-1, (r // 2, 2))  # (..., n, r/2, 2)
     x0, x1 = pairs.unbind(-1)  # (..., n, r/2) each
@@ -168,9 +171,8 @@ class MultiHeadLatentAttention(nn.Module):
         """x (b, n, d) -> (b, n, d). Unimodal: `n_visual` and `modality` (b, n) are only
         validated (the concat baseline reads any layout as one causal stream)."""
         check_unimodal(x, self.spec.dim, n_visual, modality)
-        cached = cache.get("kv") if cache is not None else None
-        start = 0 if cached is None else cached.shape[1]  # tokens already cached: a shape, no sync
-        positions = torch.arange(start, start + x.shape[1], device=x.device)  # (n,)
+        start = cache.field_length("kv") if cache is not None else 0  # tokens cached: a shape, no sync
+        positions = ragged.positions(cache, "kv", x.shape[1], x.device)  # (n,), or (b, n) per example
         q_nope, q_pe = self.queries(x, positions)  # (b, h, n, nope), (b, h, n, rope)
         c, k_pe = self.latent(x, positions)  # (b, n, kv_lora), (b, n, rope)
         if cache is not None:
@@ -179,19 +181,21 @@ class MultiHeadLatentAttention(nn.Module):
         form = self.attend_absorbed if absorbed else self.attend_naive
         if skips_attention(cache):  # KVCache.fill: the latent and rope key are cached
             form = self.attend_none
-        o = form(q_nope, q_pe, c, k_pe)  # (b, h, n, v)
+        o = form(q_nope, q_pe, c, k_pe, cache if ragged.active(cache) else None)  # (b, h, n, v)
         b, h, n, v = o.shape
         return self.wo(o.transpose(1, 2).reshape(b, n, h * v))  # (b, n, h*v) -> (b, n, d)
 
     def queries(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """x (b, n, d) -> q_nope (b, h, n, nope) and q_pe (b, h, n, rope) after RoPE."""
+        """x (b, n, d), positions (n,) or (b, n) -> q_nope (b, h, n, nope) and q_pe (b, h, n, rope)
+        after RoPE."""
         t, (b, n, _) = self.dims, x.shape
         q = (
             self.wq(x) if t.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
         )  # (b, n, h*(nope+rope))
         q = q.view(b, n, self.spec.n_heads, t.qk_head_dim).transpose(1, 2)  # (b, h, n, nope+rope)
         q_nope, q_pe = q.split([t.qk_nope_head_dim, t.qk_rope_head_dim], dim=-1)
-        return q_nope, apply_rotary_emb(q_pe, positions, t.rope_theta)
+        per_head = positions[:, None] if positions.dim() == 2 else positions  # (b, 1, n) or (n,)
+        return q_nope, apply_rotary_emb(q_pe, per_head, t.rope_theta)
 
     def latent(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """x (b, n, d) -> c = kv_norm(latent) (b, n, kv_lora) and k_pe (b, n, rope) after RoPE."""
@@ -199,8 +203,11 @@ class MultiHeadLatentAttention(nn.Module):
         c, k_pe = self.wkv_a(x).split([t.kv_lora_rank, t.qk_rope_head_dim], dim=-1)
         return self.kv_norm(c), apply_rotary_emb(k_pe, positions, t.rope_theta)
 
-    def attend_naive(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
-        """Decompress every key and value per head, then the backend, scale (nope+rope)^-1/2."""
+    def attend_naive(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: KVCache | None = None
+    ) -> Tensor:
+        """Decompress every key and value per head, then the backend, scale (nope+rope)^-1/2.
+        `cache`: a ragged one, each example over its own tokens (attn_variants/ragged.py)."""
         t, h = self.dims, self.spec.n_heads
         b, s, _ = c.shape
         kv = self.wkv_b(c).view(b, s, h, -1).transpose(1, 2)  # (b, h, s, nope+v)
@@ -212,29 +219,61 @@ class MultiHeadLatentAttention(nn.Module):
         # back to its math kernel. Zero columns change nothing (HF's DeepSeek-V2 pads the same way).
         pad = max(0, t.qk_head_dim - t.v_head_dim)
         v = F.pad(v, (0, pad)) if pad else v  # (b, h, s, max(v, nope+rope))
-        o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
+        if cache is not None:
+            o = ragged.attend(
+                self.backend, q, k, v, cache, field="kv", causal=self.spec.causal, dropout_p=self.dropout_p
+            )
+        else:
+            o = self.backend(q, k, v, causal=self.spec.causal, dropout_p=self.dropout_p)
         return o[..., : t.v_head_dim]  # (b, h, n, v)
 
-    def attend_none(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
+    def attend_none(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: object = None
+    ) -> Tensor:
         """Zeros (b, h, n, v) in place of the attention, inside `KVCache.fill`."""
         return q_nope.new_zeros(*q_nope.shape[:-1], self.dims.v_head_dim)
 
-    def attend_absorbed(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor) -> Tensor:
-        """Attention on the latent, W_UK folded into the query and W_UV into the output, written
-        as the official einsums: no per-head key or value, no copy of the cache."""
+    def attend_absorbed(
+        self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, cache: KVCache | None = None
+    ) -> Tensor:
+        """Attention on the latent, W_UK folded into the query and W_UV into the output (the
+        official einsums' arithmetic): no per-head key or value, no copy of the cache. `cache`:
+        a ragged one, whose padding is masked out of the scores.
+
+        This is the decode path's rows layout (attn_variants/decode.py) for one KV head: the
+        latent is an MQA's single head, so the h*n queries are its rows, (b, h*n, kv_lora)
+        against (b, s, kv_lora), one matmul over the cache per part. It does not call
+        `decode.attend`: a backend call would need the key [c; k_pe] as one tensor (a copy of
+        the cache per step) and a value as wide as the key (CPU flash requires it; math copies
+        the scaled key). The scale is folded into the (small) queries and the rope part of the
+        scores is added in place (baddbmm), so no (b, h, n, s) pass is spent on either."""
         t, h = self.dims, self.spec.n_heads
+        b, _, n, _ = q_nope.shape
+        s = c.shape[1]
         w = self.wkv_b.weight.view(h, -1, t.kv_lora_rank)  # (h, nope+v, kv_lora)
         w_uk, w_uv = w.split([t.qk_nope_head_dim, t.v_head_dim], dim=1)  # (h, nope, c), (h, v, c)
-        q_lat = torch.einsum("bhnd,hdc->bhnc", q_nope, w_uk)  # (b, h, n, kv_lora)
-        scores = torch.einsum("bhnc,bsc->bhns", q_lat, c) + torch.einsum("bhnr,bsr->bhns", q_pe, k_pe)
-        scores = scores * t.qk_head_dim**-0.5  # (b, h, n, s)
-        n, s = scores.shape[-2:]
-        if self.spec.causal and n > 1:  # query i sits at s - n + i (bottom-right aligned)
-            scores = scores.masked_fill(~causal_mask(n, s, scores.device), float("-inf"))
+        scale = t.qk_head_dim**-0.5
+        q_lat = torch.einsum("bhnd,hdc->bhnc", q_nope, w_uk) * scale  # (b, h, n, kv_lora)
+        q_rope = (q_pe * scale).reshape(b, h * n, t.qk_rope_head_dim)  # (b, h*n, rope)
+        pe_scores = torch.bmm(q_rope, k_pe.transpose(1, 2))  # (b, h*n, s)
+        scores = torch.baddbmm(pe_scores, q_lat.reshape(b, h * n, -1), c.transpose(1, 2))  # (b, h*n, s)
+        lengths = None if cache is None else cache.lengths_of("kv", c.device)  # (b,): a ragged batch
+        mask = self._rows_mask(lengths, n, s, scores.device)  # (b or 1, 1, h*n, s) or None
+        if mask is not None:  # example i's query t sits at lengths[i] - n + t (else s - n + t)
+            scores = scores.masked_fill(~mask[:, 0], float("-inf"))
         probs = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
-        probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h, n, s)
-        o_lat = torch.einsum("bhns,bsc->bhnc", probs, c)  # (b, h, n, kv_lora)
+        probs = F.dropout(probs.to(scores.dtype), p=self.dropout_p)  # (b, h*n, s)
+        o_lat = torch.bmm(probs, c).view(b, h, n, t.kv_lora_rank)  # (b, h*n, kv_lora) -> (b, h, n, kv_lora)
         return torch.einsum("bhnc,hvc->bhnv", o_lat, w_uv)  # (b, h, n, v)
+
+    def _rows_mask(self, lengths: Tensor | None, n: int, s: int, device: torch.device) -> Tensor | None:
+        """Which keys each of the h*n query rows sees: the causal rule, or each example's own
+        keys in a ragged batch (lengths (b,)); None when every row sees every key."""
+        h = self.spec.n_heads
+        if lengths is None:
+            return decode.rows_mask(None, self.spec.causal, h, n, s, device)
+        keys = ragged.key_mask(lengths, n, s, causal=self.spec.causal)  # (b, 1, n, s)
+        return decode.rows_mask(keys, False, h, n, s, device)  # (b, 1, h*n, s)
 
     @property
     def dropout_p(self) -> float:

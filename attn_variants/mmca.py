@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import flex
+from . import decode, flex
 from . import modality as layout
+from .backends import Backend
 from .cache import KVCache, skips_attention
 from .grouped import GQA_PAPER, GroupedQueryAttention
 from .registry import create, register
@@ -75,7 +76,7 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         cached = cache.length if cache is not None else 0
         # The prefix slices hold image queries only without a cache (an image continued from the
         # cache, "self", takes the masked path).
-        fast = m is not None and (cached == 0 or m <= cached)
+        fast = m is not None and (cached == 0 or m <= cached) and not (cache is not None and cache.ragged)
         if cache is not None:
             k, v = cache.update(k, v)  # (b, g, s, e)
             ids = self._remember(cache, x, modality, m, need=not fast)  # (b, s), or None
@@ -117,6 +118,10 @@ class MultiModalCausalAttention(GroupedQueryAttention):
                     "means the leading tokens of the sequence; give a later image as modality= ids"
                 )
             return cache.n_visual  # text appended to a prefix layout keeps it one
+        if cache is not None and cache.ragged:  # the general path; this call's ids are checked
+            if layout.concrete(modality):
+                layout.check_values(modality.long(), modality.shape[1])
+            return None
         full = modality if past is None else torch.cat([past, modality.long()], dim=1)  # (b, s)
         if not layout.concrete(full):
             return None  # fake or traced: the general path, right for every layout
@@ -133,10 +138,22 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             return None  # the prefix layout: the hint and the length say it all
         new = self._new_ids(x, modality)  # (b, n)
         b, n = new.shape
+        if not stored and cache.ragged:  # each example's ids written out once, over the frame
+            return self._write_out(cache, new, before)
         if not stored and cache.length > n:  # the prefix layout so far, written out once
             new = torch.cat([layout.prefix(b, cache.length - n, before, x.device), new], dim=1)  # (b, s)
         (ids,) = cache.append(1, modality=new)  # (b, s)
         return ids
+
+    @staticmethod
+    def _write_out(cache: KVCache, new: Tensor, m: int | None) -> Tensor:
+        """A ragged cache's ids (b, s) in the "modality" field: the prefix layout of m image
+        tokens, this call's ids at each example's own last n positions."""
+        b, n = new.shape
+        frame = cache.field_length("k")
+        at = cache.lengths_of("k", new.device)[:, None] - n + torch.arange(n, device=new.device)  # (b, n)
+        ids = layout.prefix(b, frame, m or 0, new.device).scatter(1, at, new)  # (b, s)
+        return cache.replace("modality", ids, 1, like="k")
 
     def attend(
         self,
@@ -156,14 +173,22 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             return q.new_zeros(*q.shape[:-1], v.shape[-1])  # (b, h, n, e)
         n, s = q.shape[2], k.shape[2]
         if n_visual is not None and (s == n or n_visual <= s - n):  # image queries only without a cache
-            return self._prefix(q, k, v, n_visual)
+            return self._prefix(q, k, v, n_visual, self._kernel(cache))
         if n_visual is not None and modality is None:
             modality = layout.prefix(q.shape[0], s, n_visual, q.device)  # (b, s)
         if modality is None:
             raise ValueError("attend needs modality ids (b, s) when the keys are not the prefix layout")
-        return self._interleaved(q, k, v, modality)
+        lengths = cache.lengths_of("k", q.device) if cache is not None and cache.ragged else None
+        return self._interleaved(q, k, v, modality, self._kernel(cache), lengths)
 
-    def _prefix(self, q: Tensor, k: Tensor, v: Tensor, m: int) -> Tensor:
+    def _kernel(self, cache: KVCache | None) -> Backend:
+        """The backend, or with a cache the registry's decode path (`decode.attend`: each KV
+        head's query heads as its rows where that is faster), with the backend's signature."""
+        if cache is None:
+            return self.backend
+        return decode.kernel(self.backend_name)
+
+    def _prefix(self, q: Tensor, k: Tensor, v: Tensor, m: int, kernel: Backend) -> Tensor:
         """Keys [image (m); text]: three SDPA calls on slices, no mask tensor (the fast path)."""
         if self.backend_name == "flex" and k.shape[2] == q.shape[2]:  # block masks, whole sequence
             return flex.mmca(
@@ -171,21 +196,21 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             )
         n_v = max(0, m - (k.shape[2] - q.shape[2]))  # image queries: all m, or none (decode)
         if n_v == 0:
-            return self._text(q, k, v, m)  # (b, h, n, e)
+            return self._text(q, k, v, m, kernel)  # (b, h, n, e)
         visual = self._visual(q[:, :, :n_v], k[:, :, :n_v], v[:, :, :n_v])  # (b, h, m, e)
         if n_v == q.shape[2]:  # no text
             return visual
-        text = self._text(q[:, :, n_v:], k, v, m)  # (b, h, n - m, e)
+        text = self._text(q[:, :, n_v:], k, v, m, kernel)  # (b, h, n - m, e)
         return torch.cat([visual, text], dim=2)  # (b, h, n, e)
 
-    def _text(self, q: Tensor, k: Tensor, v: Tensor, m: int) -> Tensor:
+    def _text(self, q: Tensor, k: Tensor, v: Tensor, m: int, kernel: Backend) -> Tensor:
         """Text queries q (b, h, n_t, e) over keys [visual (m); text]: two softmaxes, summed."""
         causal, p = self.spec.causal, self.dropout_p
         # Causal self-attention over the text keys (bottom-right aligned when a cache holds more).
-        out = self.backend(q, k[:, :, m:], v[:, :, m:], causal=causal, dropout_p=p)  # (b, h, n_t, e)
+        out = kernel(q, k[:, :, m:], v[:, :, m:], causal=causal, dropout_p=p)  # (b, h, n_t, e)
         if m:
             # Cross-attention over every visual key, normalised on its own (arXiv 2309.14327 §3.1).
-            out = out + self.backend(q, k[:, :, :m], v[:, :, :m], causal=False, dropout_p=p)
+            out = out + kernel(q, k[:, :, :m], v[:, :, :m], causal=False, dropout_p=p)
         return out
 
     def _visual(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -200,26 +225,33 @@ class MultiModalCausalAttention(GroupedQueryAttention):
             out = out * F.dropout(out.new_ones(b, q.shape[1], m, 1), p=self.dropout_p)
         return out
 
-    def _interleaved(self, q: Tensor, k: Tensor, v: Tensor, ids: Tensor) -> Tensor:
+    def _interleaved(
+        self, q: Tensor, k: Tensor, v: Tensor, ids: Tensor, kernel: Backend, lengths: Tensor | None = None
+    ) -> Tensor:
         """Any layout, ids (b, s): two SDPA calls with boolean (b, 1, n, s) masks, summed.
+        `lengths` (b,): a ragged batch, example i's keys its first lengths[i] (the rest padding).
 
         The first softmax holds each row's own group (text: text keys j <= i; image k: image k,
         or itself for "self"), the second text -> image keys j <= i. A row with no image key yet
         would be all-masked (NaN in SDPA): it gets every key and its output is replaced by 0,
         the empty branch. Masks come from per-token bounds, three (b, n, s) comparisons."""
-        own, cross, has_cross = self._masks(ids, q.shape[2])  # (b, n, s), (b, n, s), (b, n)
+        own, cross, has_cross = self._masks(ids, q.shape[2], lengths)  # (b, n, s), (b, n, s), (b, n)
         p = self.dropout_p
-        out = self.backend(q, k, v, causal=False, dropout_p=p, mask=own[:, None])  # (b, h, n, e)
-        image = self.backend(q, k, v, causal=False, dropout_p=p, mask=cross[:, None])  # (b, h, n, e)
+        out = kernel(q, k, v, causal=False, dropout_p=p, mask=own[:, None])  # (b, h, n, e)
+        image = kernel(q, k, v, causal=False, dropout_p=p, mask=cross[:, None])  # (b, h, n, e)
         return out + torch.where(has_cross[:, None, :, None], image, 0.0)  # (b, h, n, e)
 
-    def _masks(self, ids: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """ids (b, s), the queries the last n -> own (b, n, s), cross (b, n, s), has_cross (b, n)."""
-        s = ids.shape[1]
-        pos = torch.arange(s, device=ids.device)  # (s,) key positions; query i sits at s - n + i
-        q_pos, q_ids = pos[s - n :], ids[:, s - n :]  # (n,), (b, n)
+    def _masks(self, ids: Tensor, n: int, lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """ids (b, s), the queries each example's last n (of lengths (b,), or of s) -> own
+        (b, n, s), cross (b, n, s), has_cross (b, n)."""
+        b, s = ids.shape
+        pos = torch.arange(s, device=ids.device)  # (s,) key positions
+        ends = lengths if lengths is not None else torch.full((b,), s, device=ids.device)  # (b,)
+        q_pos = ends[:, None] - n + torch.arange(n, device=ids.device)  # (b, n): query i at end - n + i
+        q_ids = ids.gather(1, q_pos)  # (b, n)
+        valid = pos < ends[:, None]  # (b, s): an example's own keys, not the padding after them
         text_q = q_ids == 0  # (b, n)
-        last = q_pos if self.spec.causal else torch.full_like(q_pos, s - 1)  # (n,) a text row's last key
+        last = q_pos if self.spec.causal else (ends[:, None] - 1).expand(b, n)  # (b, n) a text row's last key
         # Own group: key code id * s + position orders keys by (image, position), so a row's keys
         # are one code range [lo, hi]: its text up to `last`, its image, or (for "self") itself.
         code = ids * s + pos  # (b, s)
@@ -227,8 +259,9 @@ class MultiModalCausalAttention(GroupedQueryAttention):
         lo = q_ids * s + torch.where(text_q | whole, 0, q_pos)  # (b, n)
         hi = q_ids * s + torch.where(text_q, last, s - 1 if whole else q_pos)  # (b, n)
         own = (code[:, None, :] >= lo[:, :, None]) & (code[:, None, :] <= hi[:, :, None])  # (b, n, s)
+        own = own & valid[:, None, :]
         # Cross: image keys j <= last for text rows (rank = position for image keys, s for text).
-        rank = torch.where(ids > 0, pos, s)  # (b, s)
+        rank = torch.where((ids > 0) & valid, pos, s)  # (b, s)
         first_image = rank.min(dim=1, keepdim=True).values  # (b, 1)
         has_cross = text_q & (first_image <= last)  # (b, n)
         # A row without image keys (image rows, text before any image) would be all-masked, NaN
