@@ -9,7 +9,7 @@ projections and GQA heads (the seed project's "MGQA"), over any layout of text a
   softmax). One softmax over both modalities lets the text keys swamp the image weights. **A
   branch with no key contributes 0**: text before any image gets text attention only. (The
   reference code masks with finfo.min, so there an empty branch becomes a uniform average
-  over all earlier tokens, text included: a leak we do not reproduce; README, "MMCA".)
+  over all earlier tokens, text included: a leak we do not reproduce; docs/variants.md, "mmca".)
 - an **image** query of image k never sees text or other images. `visual_attention="self"`
   (the paper's choice): it attends only to itself, so its output is its own value; "full":
   bidirectional attention over the tokens of image k.

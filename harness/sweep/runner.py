@@ -3,7 +3,7 @@
 Python API (the CLI is a thin layer over it):
 
     cfg = harness.config.load(SweepConfig, "sweep", profile="quick")
-    df = harness.sweep.runner.run(cfg)   # pandas.DataFrame, also <out>/<run_id>/sweep.csv
+    df = harness.sweep.run(cfg)          # pandas.DataFrame, also <out>/<run_id>/sweep.csv
 
 This module runs a sweep: the config, the checks before any cell runs, the run folder
 (run.json, sweep.csv, benchmark.json), resuming, and the speedup against the reference. The

@@ -97,9 +97,9 @@ def test_fill_inside_a_fill_is_refused_and_the_flag_is_reset():
 
 
 def test_the_readmes_contract_example_runs_and_its_fill_equals_the_prefill():
-    """The python block of the README's "The variants" section, run as users read it."""
+    """The python block of the README's "The contract" section, run as users read it."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("## The variants", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## The contract", 1)[1].split("\n## ", 1)[0]
     scope: dict = {}
     exec(re.search(r"```python\n(.*?)```", section, re.S).group(1), scope)
     assert scope["cache"].nbytes == 2 * 2 * 2 * 129 * 64 * 4  # the figure its comment states

@@ -225,9 +225,9 @@ def test_gradients_flow_through_both_modalities():
 
 
 def readme_example() -> str:
-    """The python block of the README's MMCA section: the test runs exactly what users read."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("## Multi-modal causal attention (MMCA)", 1)[1].split("\n## ", 1)[0]
+    """The python block of docs/variants.md's mmca section: the test runs exactly what users read."""
+    page = (Path(__file__).parents[2] / "docs" / "variants.md").read_text()
+    section = page.split("## mmca: multi-modal causal attention", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
