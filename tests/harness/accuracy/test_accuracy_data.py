@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from harness.tasks.train import IGNORE, schedule
 
 from harness.accuracy.tasks import captions, images, mqar
+from harness.accuracy.tasks.train import IGNORE, schedule
 
 
 def gen(seed=0):

@@ -1,12 +1,12 @@
 """The pairs task (issue 17): two digit images between text, both named in order."""
 
 import torch
-from harness.tasks.train import IGNORE
 from typer.testing import CliRunner
 
 import attn_variants as av
 from harness.accuracy.model import ModelConfig, TinyTransformer
 from harness.accuracy.tasks import pairs
+from harness.accuracy.tasks.train import IGNORE
 from harness.cli import app
 
 runner = CliRunner()

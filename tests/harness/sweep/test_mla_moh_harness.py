@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from harness.tasks.train import fit
 
 import attn_variants as av
 from harness import measure
 from harness.accuracy import runner as accuracy
 from harness.accuracy.model import ModelConfig, TinyTransformer
+from harness.accuracy.tasks.train import fit
 from harness.measure import workload
 from harness.sweep import runner as sweep
 from harness.sweep.runner import grid
