@@ -147,10 +147,11 @@ def cells(cfg: CheckConfig) -> list[Cell]:
     return expand(cfg, reference_first=False)[0]
 
 
-def preflight(cfg: CheckConfig) -> list[Cell]:
-    """`cells(cfg)`, with every input checked before any timing (ValueError): each distinct
-    variant and the reference built once at their specs (options), then the output folder."""
-    todo = cells(cfg)
+def preflight(cfg: CheckConfig, todo: list[Cell] | None = None) -> list[Cell]:
+    """`cells(cfg)` (`todo`, if the caller expanded them already), with every input checked
+    before any timing (ValueError): each distinct variant and the reference built once at their
+    specs (options), then the output folder."""
+    todo = cells(cfg) if todo is None else todo
     reference = VariantChoice(cfg.reference)
     entry = av.info(cfg.reference)  # an unknown reference names the valid variants
     ref_specs = [(reference, entry.resolve(av.AttnSpec(c.spec.dim, c.spec.n_heads))) for c in todo]

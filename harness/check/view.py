@@ -33,10 +33,11 @@ def main(cfg: CheckConfig, *, update: bool, console: Console, settings: dict | N
 
     Every run also writes <out>/<run_id>/: run.json (with `settings`, which file the config
     came from), then check.csv (one row per cell) and benchmark.json (dashboard records)."""
-    todo = check.preflight(cfg)  # unknown variants, bad options or --out fail before the baseline is read
+    todo = check.cells(cfg)  # unknown variants or options fail before the baseline is read
     env = {**measure.environment(measure.resolve_device(cfg.device)), "threads": _threads(cfg)}
     path = baseline_mod.path_for(cfg.baseline, env)  # per GPU model where it names {device_name}
     old = None if update else _compatible_baseline(path, env, cfg, console)
+    check.preflight(cfg, todo)  # bad option values or --out fail before any timing
     run_dir = new_run_dir(cfg)
     run_dir.mkdir(parents=True)
     write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update, settings=settings)
