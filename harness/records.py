@@ -1,6 +1,6 @@
 """Sweep results as rows: one frozen record per measured cell, written and flushed at once.
 
-Column names are the ones reports/ and the README use. Times are milliseconds, memory bytes.
+Column names are the ones reports/ and docs/sweep.md use. Times are milliseconds, memory bytes.
 """
 
 from __future__ import annotations

@@ -123,3 +123,13 @@ def test_the_adding_a_variant_example_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'attn_variants' / 'compat'}"}
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.name)
+def test_every_test_and_script_a_command_names_exists(page):
+    """`python -m pytest ...` and `python <script>.py` in the docs name files that exist."""
+    text = page.read_text()
+    commands = re.findall(r"python -m pytest[^`\n]*|python [\w/]+\.py", text)
+    paths = {p.split("::")[0] for c in commands for p in c.split() if re.match(r"(tests|benchmarks)/", p)}
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"{page.name} names files that do not exist: {missing}"

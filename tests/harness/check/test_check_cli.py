@@ -1,8 +1,7 @@
 """`attnbench check` end to end on a tiny grid: exit codes, baseline file, named regressions.
 
 The tiny shapes run in milliseconds, so these tests use tolerance 0.3 and a 4x slowdown: they
-test the plumbing. The calibrated behaviour (15%, 1.5x, 1.05x, five clean runs) is the README's
-measured bar on the real `ci` profile.
+test the plumbing. The real `ci` profile's runs are in docs/results.md ("Regression checks").
 """
 
 
