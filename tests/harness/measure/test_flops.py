@@ -47,7 +47,7 @@ def test_memory_stays_flat_at_long_n():
     1.5 GiB (torch's import included)."""
     code = (
         "import resource, attn_variants as av\n"
-        "from harness import flops, workload\n"
+        "from harness.measure import flops, workload\n"
         "spec = av.AttnSpec(dim=512, n_heads=8, n_kv_heads=2)\n"
         "make = lambda d: workload.build('gqa', spec, 'fwd_bwd', batch=1, seq_len=32768, device=d).step\n"
         "assert flops.count(make).flops > 8 * 32768**2 * 64 * 12\n"
