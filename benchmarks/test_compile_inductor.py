@@ -3,7 +3,7 @@
     pytest benchmarks/test_compile_inductor.py
 
 The default suite captures every variant with torch.compile's "eager" backend
-(tests/harness/test_compile.py); this runs the real code generation the sweep uses.
+(tests/harness/measure/test_compile.py); this runs the real code generation the sweep uses.
 """
 
 import pytest

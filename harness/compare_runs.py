@@ -2,7 +2,7 @@
 
 (Not harness/measure/interleave.py, which times callables interleaved in one process.) The statistics
 are reports/comparison.py's, the same table the multi-run report shows; the decision is
-reports.stats', the one `attnbench check` makes. This module only loads, prints and picks the
+benchstats', the one `attnbench check` makes. This module only loads, prints and picks the
 exit code.
 """
 

@@ -4,7 +4,7 @@ It reads only the CSV/JSON files a run wrote and never imports harness, so old r
 redrawn after the code changes.
 
 Submodules are imported where they are used (`from reports.render import render`), so that
-harness, which shares `reports.stats` with the comparison, does not pay for matplotlib's import.
+a caller that wants a table does not pay for matplotlib's import.
 """
 
 from .load import Run, load_run, load_runs

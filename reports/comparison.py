@@ -12,7 +12,7 @@ sweep.csv joins the key by being named there). Per matched cell:
   interleaved round gives one A and one B time) do not exist here. Each resample draws A's
   and B's samples apart, with replacement, and takes the ratio of their medians; the interval
   is how well the ratio is known, and narrows as samples are added.
-- verdict: reports.stats.decide, the very decision `attnbench check` makes, with B's samples as
+- verdict: benchstats.decide, the very decision `attnbench check` makes, with B's samples as
   the new ones and A's as the baseline: slower iff median(B) > median(A) * (1 + threshold)
   AND a one-sided Mann-Whitney U of B against A * (1 + threshold) gives p < alpha; faster is
   the mirror image; otherwise same. `p_value` is that test's.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .stats import decide, smallest_p
+from benchstats import decide, smallest_p
 
 # Columns that name a cell. Extend this one list when sweep.csv gains a key column.
 KEY_COLUMNS = (

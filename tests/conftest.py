@@ -1,7 +1,12 @@
 """Shared test helpers: devices (CUDA cases skip cleanly without a GPU) and seeding."""
 
+import itertools
+
 import pytest
 import torch
+
+import attn_variants as av
+from attn_variants import registry
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -37,7 +42,22 @@ def device(request) -> torch.device:
 def scratch_registry():
     """Variants registered (and plugins loaded) inside the test are gone after it: the registry
     is the same for the next test (attn_variants.registry.restored)."""
-    from attn_variants.registry import restored
-
-    with restored():
+    with registry.restored():
         yield
+
+
+_variant_ids = itertools.count()
+
+
+@pytest.fixture
+def temp_variant(scratch_registry):
+    """Register test-only variants for one test: `temp_variant(cls, **registry_fields)` registers
+    `cls` (description and paper default to "test" and "-") under a unique name, or `name=`, and
+    returns the name; the registry is restored when the test ends (scratch_registry)."""
+
+    def add(cls: type, name: str | None = None, **fields) -> str:
+        name = name or f"_test_{cls.__name__.lower()}_{next(_variant_ids)}"
+        av.register(name, **{"description": "test", "paper": "-", **fields})(cls)
+        return name
+
+    yield add

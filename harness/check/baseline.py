@@ -2,7 +2,7 @@
 
 One row per cell and machine model. Besides the median and p10/p90 it keeps every per-round
 ratio (`ratio_samples`, ';'-separated), because the check's test compares two sets of rounds
-(harness/stats.py). Each row carries the environment it was measured on, its `machine` model
+(benchstats/). Each row carries the environment it was measured on, its `machine` model
 (harness/measure/machine.py) and its `git_commit`: the file stands for one commit, and holds per machine
 model the figures measured there. The check reads only its own model's rows; for any other
 model it measures that commit here (harness/check/against.py), never another model's figures.
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchstats import Decision
+
 from ..measure.timing import summarize
-from ..stats import Decision
 from ..sweep.grid import row_key
 from .ratios import CheckConfig, Result
 

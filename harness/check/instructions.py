@@ -94,22 +94,27 @@ def valgrind_version(exe: str) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def measure_all(cfg: CheckConfig, variants_root: Path | None = None) -> tuple[list[Count], dict[str, str]]:
+def measure_all(
+    cfg: CheckConfig, variants_root: Path | None = None, todo: list[Cell] | None = None
+) -> tuple[list[Count], dict[str, str]]:
     """Count every cell of `cfg` in `instructions_jobs` valgrind processes side by side (valgrind
     runs on one core; a count does not depend on its neighbour); the counts, in `cells(cfg)`
-    order, and the run's environment (torch, CPU ISA as torch sees it under valgrind, Python).
+    order (`todo`, if the caller expanded them already; the children expand the same grid), and
+    the run's environment (torch, CPU ISA as torch sees it under valgrind, Python).
 
     `variants_root`: a folder whose attn_variants the children import instead of this one (a
-    base commit's, harness/against.py); its cells' SDPA kernel is then not probed (this process
-    runs the other variants) and left blank."""
-    return measure_sides(cfg, [variants_root])[0]
+    base commit's, harness/check/against.py); its cells' SDPA kernel is then not probed (this
+    process runs the other variants) and left blank."""
+    return measure_sides(cfg, [variants_root], todo)[0]
 
 
-def measure_sides(cfg: CheckConfig, roots: Sequence[Path | None]) -> list[tuple[list[Count], dict[str, str]]]:
+def measure_sides(
+    cfg: CheckConfig, roots: Sequence[Path | None], todo: list[Cell] | None = None
+) -> list[tuple[list[Count], dict[str, str]]]:
     """`measure_all` for each of `roots` (None: this process's attn_variants), every side's
     valgrind processes started at once, `instructions_jobs` shared among the sides: each
     process pays valgrind's start-up (loading torch) once, whichever commit it counts."""
-    exe, todo = valgrind(), cells(cfg)
+    exe, todo = valgrind(), cells(cfg) if todo is None else todo
     jobs = max(1, min(cfg.instructions_jobs // len(roots), len(todo)))
     sides = [Path(root or against.head_variants()).resolve() for root in roots]
     with tempfile.TemporaryDirectory(prefix="attnbench-callgrind-") as tmp:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from .. import dashboard, measure
 from ..records import write_run_json
-from ..sweep.grid import row_key
+from ..sweep.grid import Cell, row_key
 from ..sweep.runner import new_run_dir
 from . import against, instructions
 from . import baseline as time_baseline
@@ -64,9 +64,9 @@ def main(
     t0 = time.perf_counter()
     with console.status(f"counting instructions of {len(todo)} cell(s) under callgrind"):
         if commit:
-            counts, counted_env, old = _count_both(cfg, commit, env)
+            counts, counted_env, old = _count_both(cfg, commit, env, todo)
         else:
-            counts, counted_env = instructions.measure_all(cfg)
+            counts, counted_env = instructions.measure_all(cfg, todo=todo)
     env, wall = {**counted_env, **env}, time.perf_counter() - t0
     if not update and not commit:
         refuse_if_incomparable(old, env, counts, path)
@@ -89,12 +89,12 @@ def _base_commit(cfg: CheckConfig) -> str:
 
 
 def _count_both(
-    cfg: CheckConfig, commit: str, env: Mapping[str, str]
+    cfg: CheckConfig, commit: str, env: Mapping[str, str], todo: list[Cell]
 ) -> tuple[list[Count], dict[str, str], pd.DataFrame]:
     """This checkout's counts and environment, and the base commit's counts as a baseline frame
     (cells it cannot run are left out), both counted here at once."""
     with against.checkout(commit) as base_dir:
-        (counts, counted_env), (base, base_env) = instructions.measure_sides(cfg, [None, base_dir])
+        (counts, counted_env), (base, base_env) = instructions.measure_sides(cfg, [None, base_dir], todo)
     return counts, counted_env, frame(base, {**base_env, **env, "git_commit": commit[:12]})
 
 

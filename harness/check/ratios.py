@@ -12,7 +12,7 @@ Absolute times do not carry over between runs of a shared CI machine, so each ce
 shape x mode) is timed against a reference, mha through SDPA at the same shape, interleaved
 in this process: every round times the variant and the reference once each, in alternating
 order, and keeps the ratio variant / reference. The ratios are compared with the committed
-baseline's by harness/stats.py. The reference itself is not a cell: its ratio is 1 by
+baseline's by benchstats/. The reference itself is not a cell: its ratio is 1 by
 definition.
 """
 
@@ -27,34 +27,27 @@ from typing import Literal
 import torch
 
 import attn_variants as av
+import benchstats as stats
 from attn_variants import plugins
 from attn_variants.backends import is_unavailable
-from attn_variants.registry import Mode
 
-from .. import measure, stats
+from .. import measure
 from ..measure import interleave as compare
 from ..measure import timing, workload
 from ..records import check_writable, error_text
-from ..sweep.config import CompileMode
-from ..sweep.grid import Cell, cell_at
-from ..variant_choice import VariantChoice, check_builds, parse_variants, with_backends
+from ..sweep.grid import Cell, GridConfig, expand
+from ..variant_choice import VariantChoice, check_builds
 
 
 @dataclass(frozen=True)
-class CheckConfig:
-    """The `[check]` table of bench.toml (and `[profiles.NAME.check]`)."""
+class CheckConfig(GridConfig):
+    """The `[check]` table of bench.toml (and `[profiles.NAME.check]`). The grid's fields are
+    GridConfig's (harness/sweep/grid.py); the check's own defaults follow. A variant named
+    plainly as the reference is left out: every cell is timed against it. The reference stays
+    mha through sdpa, uncompiled, so a compiled cell's ratio is against eager mha."""
 
-    variants: tuple[str, ...] = ("all",)  # names, 'name:key=value:...', or 'all' (all but the reference)
-    reference: str = "mha"  # the variant every ratio is taken against (through SDPA, its default)
     seq_len: tuple[int, ...] = (128, 512)
-    heads: tuple[int, ...] = (8,)
     kv_heads: tuple[int, ...] = (2,)  # g < h, so the grouped variants run grouped (mha/mqa fix g)
-    modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
-    # Kernel and compilation axes, as in the sweep: every variant cell once per backend (a
-    # variant's own `backend` option wins) and per torch.compile mode. The reference stays
-    # mha through sdpa, uncompiled, so a compiled cell's ratio is against eager mha.
-    backend: tuple[str, ...] = ("sdpa",)
-    compile: tuple[CompileMode, ...] = ("off",)
     batch: int = 1
     head_dim: int = 32
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
@@ -68,7 +61,6 @@ class CheckConfig:
     # One thread: on a shared 2-core machine two OpenMP threads stall at every barrier when
     # another process takes a core; the ratio would measure the neighbours, not the code.
     threads: int = 1
-    visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
     tolerance: float = 0.15  # a ratio may grow this much before it counts (CI noise budget)
     alpha: float = 0.01  # significance level of the one-sided Mann-Whitney U test, per cell
     # Committed; rewrite with --update-baseline. '{device_name}' in it becomes the slug of the
@@ -98,12 +90,8 @@ class CheckConfig:
     prefer: Literal["figures", "commit"] = "figures"
 
     def __post_init__(self) -> None:
-        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile"):
-            if not getattr(self, name):
-                raise ValueError(f"empty check grid: {name} has no values")
-        for name in self.backend:
-            av.get_backend(name)  # unknown names raise, listing the valid backends
-        lows = (("batch", 1), ("head_dim", 1), ("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
+        super().__post_init__()
+        lows = (("rounds", 1), ("passes", 1), ("warmup", 0), ("threads", 0))
         lows += (("instructions_calls", 1), ("instructions_jobs", 1))
         for name, low in lows + (("min_sample_s", 0),):
             if getattr(self, name) < low:
@@ -153,28 +141,17 @@ def cell_name(cell: Cell) -> str:
 
 
 def cells(cfg: CheckConfig) -> list[Cell]:
-    """variants x modes x seq_len x (h, g), deduplicated by resolved spec, the reference left out."""
-    plugins.load_all(cfg.plugins)  # they register variants, or patch them (attn_variants/plugins.py)
-    choices = [c for c in parse_variants(cfg.variants) if (c.name, c.options) != (cfg.reference, ())]
-    runs = [(c, comp) for c in with_backends(choices, cfg.backend) for comp in cfg.compile]
-    runs = [(c, comp) for c, comp in runs if (c.name, c.options, comp) != (cfg.reference, (), "off")]
-    pairs = [(h, g) for h in cfg.heads for g in cfg.kv_heads if g <= h and h % g == 0]
-    if not pairs:
-        raise ValueError(f"no valid (h, g) pair in heads={cfg.heads}, kv_heads={cfg.kv_heads}")
-    out: dict[tuple[str, ...], Cell] = {}
-    for mode in cfg.modes:
-        for n in cfg.seq_len:
-            for h, g in pairs:
-                for choice, comp in runs:
-                    cell = cell_at(choice, mode, n, h, g, cfg, comp)
-                    out.setdefault(cell.key(), cell)
-    return list(out.values())
+    """The grid's cells (harness/sweep/grid.py `expand`), the reference left out, after loading
+    `cfg.plugins` (they register variants, or patch them: attn_variants/plugins.py)."""
+    plugins.load_all(cfg.plugins)
+    return expand(cfg, reference_first=False)[0]
 
 
-def preflight(cfg: CheckConfig) -> list[Cell]:
-    """`cells(cfg)`, with every input checked before any timing (ValueError): each distinct
-    variant and the reference built once at their specs (options), then the output folder."""
-    todo = cells(cfg)
+def preflight(cfg: CheckConfig, todo: list[Cell] | None = None) -> list[Cell]:
+    """`cells(cfg)` (`todo`, if the caller expanded them already), with every input checked
+    before any timing (ValueError): each distinct variant and the reference built once at their
+    specs (options), then the output folder."""
+    todo = cells(cfg) if todo is None else todo
     reference = VariantChoice(cfg.reference)
     entry = av.info(cfg.reference)  # an unknown reference names the valid variants
     ref_specs = [(reference, entry.resolve(av.AttnSpec(c.spec.dim, c.spec.n_heads))) for c in todo]
@@ -183,8 +160,11 @@ def preflight(cfg: CheckConfig) -> list[Cell]:
     return todo
 
 
-def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = None) -> list[Result]:
-    """Every cell of `cfg`, measured against the reference with `cfg.threads` threads.
+def measure_all(
+    cfg: CheckConfig, progress: Callable[[Result], None] | None = None, todo: Sequence[Cell] | None = None
+) -> list[Result]:
+    """Every cell of `cfg` (`todo`, if the caller expanded them already), measured against the
+    reference with `cfg.threads` threads.
 
     The rounds of a cell are split over `cfg.passes` passes through the whole grid, so a burst
     of load from another job (seconds long, on a shared CI machine) lands on a share of a
@@ -192,7 +172,7 @@ def measure_all(cfg: CheckConfig, progress: Callable[[Result], None] | None = No
     """
     device = measure.resolve_device(cfg.device)
     av.info(cfg.reference)  # an unknown reference names the valid variants before any work
-    todo = cells(cfg)
+    todo = cells(cfg) if todo is None else todo
     results = {cell.key(): Result(cell, "ok") for cell in todo}
     flush = timing.L2Flush(device)  # as the sweep: fwd and fwd_bwd start with a cold L2 on CUDA
     with timing.threads(cfg.threads):

@@ -118,10 +118,12 @@ def measure_pair(
     base_root: Path,
     head_root: Path | None = None,
     progress: Callable[[Result], None] | None = None,
+    todo: Sequence[Cell] | None = None,
 ) -> Pair:
-    """Every cell of `cfg`, timed with the base's variants and with the head's (by default the
-    attn_variants this process imports), alternately, pass by pass; `progress` gets the head's."""
-    todo = check.cells(cfg)
+    """Every cell of `cfg` (`todo`, if the caller expanded them already), timed with the base's
+    variants and with the head's (by default the attn_variants this process imports),
+    alternately, pass by pass; `progress` gets the head's."""
+    todo = check.cells(cfg) if todo is None else todo
     head = Side("head", cfg, head_root or against.head_variants())
     base = Side("base", cfg, base_root)
     results = {side.name: {c.key(): Result(c, "ok") for c in todo} for side in (head, base)}

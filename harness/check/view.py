@@ -15,12 +15,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchstats import Decision
+
 from .. import dashboard, measure
 from ..measure import machine
 from ..measure.timing import summarize
 from ..records import write_run_json
-from ..stats import Decision
-from ..sweep.grid import row_key
+from ..sweep.grid import Cell, row_key
 from ..sweep.runner import new_run_dir
 from . import against, sidebyside
 from . import baseline as baseline_mod
@@ -39,7 +40,7 @@ def main(
     commit measured here side by side (harness/check/sidebyside.py); it is printed first, and
     `plan_only` stops there. Every run also writes <out>/<run_id>/: run.json (with `settings`,
     which file the config came from), then check.csv (one row per cell) and benchmark.json."""
-    check.cells(cfg)  # unknown variants or options fail before the baseline is read
+    todo = check.cells(cfg)  # unknown variants or options fail before the baseline is read
     if update and cfg.against:
         raise ValueError(f"--against {cfg.against} compares; --update-baseline writes figures: choose one")
     device = measure.resolve_device(cfg.device)
@@ -49,14 +50,14 @@ def main(
     plan = None if update else _plan(path, env, cfg, console)
     if plan_only:
         return 0
-    todo = check.preflight(cfg)  # bad option values or --out fail before any timing
+    check.preflight(cfg, todo)  # bad option values or --out fail before any timing
     run_dir = new_run_dir(cfg)
     run_dir.mkdir(parents=True)
     comparison = plan.describe() if plan else "none (--update-baseline)"
     write_run_json(run_dir, cfg, env, len(todo), command="check", update_baseline=update,
                    settings=settings, comparison=comparison)  # fmt: skip
     t0 = time.perf_counter()
-    results, reference = _measure(cfg, console, plan, run_dir, env)
+    results, reference = _measure(cfg, todo, console, plan, run_dir, env)
     wall = time.perf_counter() - t0
     if update:
         _write_results(run_dir, [(r, None) for r in results], env, cfg, console)
@@ -99,22 +100,22 @@ def _threads(cfg: CheckConfig) -> int:
 
 
 def _measure(
-    cfg: CheckConfig, console: Console, plan: against.Plan | None, run_dir: Path, env: dict
+    cfg: CheckConfig, todo: list[Cell], console: Console, plan: against.Plan | None, run_dir: Path, env: dict
 ) -> tuple[list[Result], dict]:
     """This checkout's results, and the reference ratios per cell: the same-model figures, or
     the base commit's, measured side by side (its rows go to base.csv beside check.csv)."""
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("check", total=len(check.cells(cfg)) * cfg.passes)
+        task = progress.add_task("check", total=len(todo) * cfg.passes)
 
         def advance(result: Result) -> None:
             progress.update(task, advance=1, description=escape(f"{result.name}: {result.status}"))
 
         if plan is None or plan.kind == "figures":
             reference = baseline_mod.samples(plan.rows) if plan else {}
-            return check.measure_all(cfg, advance), reference
+            return check.measure_all(cfg, advance, todo), reference
         with against.checkout(plan.commit) as base_dir:
-            pair = sidebyside.measure_pair(cfg, base_dir, progress=advance)
+            pair = sidebyside.measure_pair(cfg, base_dir, progress=advance, todo=todo)
     base_env = {**env, "git_commit": plan.commit[:12]}
     base_rows = baseline_mod.result_rows([(r, None) for r in pair.base], base_env, cfg)
     base_rows.to_csv(run_dir / "base.csv", index=False)

@@ -6,8 +6,10 @@ exits with code 2, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -137,11 +139,11 @@ def variant_table() -> Table:
 
 @app.command("list")
 @fail_cleanly
-def list_variants(plugin: PluginOption = None, config: ConfigOption = None) -> None:
+def list_variants(plugins: PluginOption = None, config: ConfigOption = None) -> None:
     """List the registered variants, their papers, modes, options and where each comes from."""
-    from attn_variants import plugins
+    from attn_variants.plugins import load_all
 
-    plugins.load_all([*config_mod.find(config).plugins, *(plugin or [])])
+    load_all([*config_mod.find(config).plugins, *(plugins or [])])
     Console(width=200).print(variant_table())
     load_plugins(())  # an installed plugin that failed: named after the table of what loaded, exit 2
 
@@ -160,9 +162,35 @@ def split_ints(flag: str, value: str | None) -> list[int] | None:
         raise ValueError(f"{flag} {value!r} must be a comma-separated list of integers") from None
 
 
+def overrides(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's parameters as overrides of `cls`, matched by field name: a parameter that is
+    not a field of `cls` (--config, --resume, ...) is left out, an unset option stays None (it
+    falls through to bench.toml), a path becomes text, and a tuple field's text is split at
+    commas ('128,256'), into integers for a tuple of int (a bad item names its flag)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for field in (f for f in dataclasses.fields(cls) if f.name in params):
+        value, items = params[field.name], _tuple_items(hints[field.name])
+        if isinstance(value, str) and items is not None:
+            flag = "--" + field.name.replace("_", "-")
+            value = split_ints(flag, value) if items is int else split_csv(value)
+        out[field.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _tuple_items(tp: Any) -> Any:
+    """The item type of a tuple field (`tuple[int, ...]`, or one of a union: `int | tuple[int, ...]`),
+    else None."""
+    for t in (tp, *typing.get_args(tp)):
+        if typing.get_origin(t) is tuple:
+            return typing.get_args(t)[0]
+    return None
+
+
 @app.command("sweep")
 @fail_cleanly
 def sweep_command(
+    ctx: typer.Context,
     variants: Annotated[
         str | None,
         typer.Option(
@@ -239,7 +267,7 @@ def sweep_command(
         str | None, typer.Option(help="Named profile from bench.toml: quick, ci, gpu.")
     ] = None,
     config: ConfigOption = None,
-    plugin: PluginOption = None,
+    plugins: PluginOption = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Finish an interrupted run: its folder (settings come from its run.json)."),
@@ -252,47 +280,15 @@ def sweep_command(
     from ..sweep import runner as sweep
     from ..sweep import view as sweep_view
 
-    overrides = dict(
-        variants=split_csv(variants),
-        reference=reference,
-        seq_len=split_ints("--seq-len", seq_len),
-        heads=split_ints("--heads", heads),
-        kv_heads=split_ints("--kv-heads", kv_heads),
-        modes=split_csv(modes),
-        backend=split_csv(backend),
-        compile=split_csv(compile),
-        batch=split_ints("--batch", batch),
-        head_dim=head_dim,
-        dtype=dtype,
-        device=device,
-        repeats=repeats,
-        min_time_s=min_time_s,
-        warmup=warmup,
-        threads=threads,
-        visual_frac=visual_frac,
-        layout=layout,
-        images=images,
-        seed=seed,
-        lengths=lengths,
-        kv_layout=kv_layout,
-        page_size=page_size,
-        q_len=q_len,
-        out=out,
-        executor=executor,
-        ray_address=ray_address,
-        l2_flush=l2_flush,
-        cuda_graph=cuda_graph,
-        memory_limit_mb=memory_limit_mb,
-        plugins=plugin,
-    )
+    given = overrides(sweep.SweepConfig, ctx.params)
     if resume is not None:
-        given = sorted(k for k, v in overrides.items() if v is not None) + (["profile"] if profile else [])
+        given = sorted(k for k, v in given.items() if v is not None) + (["profile"] if profile else [])
         if given:
             raise ValueError(f"--resume takes its settings from run.json; drop {given}")
         cfg, record = sweep.resume_config(resume), None  # run.json keeps the first session's record
     else:
         settings = config_mod.find(config)
-        cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=overrides)
+        cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=given)
         record = settings.record(profile)
     load_plugins(cfg.plugins)
     console = Console(width=160)
@@ -337,6 +333,7 @@ def report(
 @app.command("accuracy")
 @fail_cleanly
 def accuracy_command(
+    ctx: typer.Context,
     variants: Annotated[
         str | None,
         typer.Option(help="Comma-separated names, 'all', or name:key=value:... (gqa:backend=eager)."),
@@ -363,7 +360,7 @@ def accuracy_command(
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: quick, ci.")] = None,
     config: ConfigOption = None,
-    plugin: PluginOption = None,
+    plugins: PluginOption = None,
     no_report: Annotated[
         bool, typer.Option("--no-report", help="Skip drawing the figures and index.html at the end.")
     ] = False,
@@ -372,24 +369,10 @@ def accuracy_command(
     from ..accuracy import runner as accuracy
     from ..accuracy import view as accuracy_view
 
-    overrides = dict(
-        variants=split_csv(variants),
-        tasks=split_csv(tasks),
-        seeds=split_ints("--seeds", seeds),
-        heads=heads,
-        kv_heads=split_ints("--kv-heads", kv_heads),
-        dim=dim,
-        layers=layers,
-        batch=batch,
-        ablate=ablate,
-        threads=threads,
-        device=device,
-        out=out,
-        plugins=plugin,
-    )
+    given = overrides(accuracy.AccuracyConfig, ctx.params)
     settings = config_mod.find(config)
     cfg = load_config(
-        accuracy.AccuracyConfig, "accuracy", settings=settings, profile=profile, overrides=overrides
+        accuracy.AccuracyConfig, "accuracy", settings=settings, profile=profile, overrides=given
     )
     load_plugins(cfg.plugins)
     accuracy.preflight(cfg)  # unknown variants, bad options or an unwritable --out fail here, before any run

@@ -11,12 +11,13 @@ import typer
 from rich.console import Console
 
 from .. import config as config_mod
-from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, split_csv
+from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, overrides, split_csv
 
 
 @app.command("conform")
 @fail_cleanly
 def conform_command(
+    ctx: typer.Context,
     variants: Annotated[
         list[str], typer.Argument(help="Variants: names, name:key=value:... (swa:sliding_window=3), or all.")
     ],
@@ -27,7 +28,7 @@ def conform_command(
             help="float64 (tolerance 1e-9, the default), float32 (1e-4), float16 (1e-2), bfloat16 (5e-2)."
         ),
     ] = None,
-    plugin: PluginOption = None,
+    plugins: PluginOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Check the variant contract with no reference: shape, batch independence, causal leak,
@@ -37,8 +38,8 @@ def conform_command(
     from ..conform import ConformConfig, view
     from ..variant_choice import parse_variants
 
-    overrides = dict(device=device, dtype=dtype, plugins=plugin)
-    cfg = config_mod.load(ConformConfig, "conform", settings=config_mod.find(config), overrides=overrides)
+    given = overrides(ConformConfig, ctx.params)
+    cfg = config_mod.load(ConformConfig, "conform", settings=config_mod.find(config), overrides=given)
     measure.resolve_device(cfg.device)  # cuda without a GPU: one line, exit 2
     load_plugins(cfg.plugins)
     choices = parse_variants([name for item in variants for name in split_csv(item) or []])

@@ -9,12 +9,13 @@ import typer
 
 from .. import config as config_mod
 from ..config import load as load_config
-from .app import ConfigOption, app, fail_cleanly, split_csv, split_ints
+from .app import ConfigOption, app, fail_cleanly, overrides
 
 
 @app.command("decide")
 @fail_cleanly
 def decide_command(
+    ctx: typer.Context,
     run_dirs: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -42,18 +43,9 @@ def decide_command(
     """One row per design: cache per device, decode and prefill latency, accuracy, Pareto front."""
     from ..decide import DecideConfig, runner
 
-    overrides = dict(
-        variants=split_csv(variants),
-        tp=split_ints("--tp", tp),
-        memory_gb=memory_gb,
-        context=context,
-        layers=layers,
-        objectives=split_csv(objectives),
-        profile=profile,
-        out=str(out) if out is not None else None,
-    )
+    given = overrides(DecideConfig, ctx.params)
     settings = config_mod.find(config)
-    cfg = load_config(DecideConfig, "decide", settings=settings, overrides=overrides)
+    cfg = load_config(DecideConfig, "decide", settings=settings, overrides=given)
     for path in run_dirs or []:
         if not path.is_dir():
             raise ValueError(f"run folder {str(path)!r} does not exist or is not a folder")

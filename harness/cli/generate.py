@@ -8,12 +8,13 @@ import typer
 from rich.console import Console
 
 from .. import config as config_mod
-from .app import ConfigOption, app, fail_cleanly, split_csv, split_ints
+from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, overrides
 
 
 @app.command("generate")
 @fail_cleanly
 def generate_command(
+    ctx: typer.Context,
     variants: Annotated[
         str | None,
         typer.Option(help="Comma-separated names, 'all', or name:key=value:... (mla:absorb=never)."),
@@ -50,6 +51,7 @@ def generate_command(
     seed: Annotated[int | None, typer.Option(help="Seed for weights and prompts.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     profile: Annotated[str | None, typer.Option(help="Named profile from bench.toml: ci, gpu.")] = None,
+    plugins: PluginOption = None,
     config: ConfigOption = None,
     no_report: Annotated[
         bool, typer.Option("--no-report", help="Skip drawing the figures at the end.")
@@ -58,16 +60,9 @@ def generate_command(
     """Each variant inside a small decoder that generates: TTFT, TPOT, tokens/s and attention's share."""
     from ..generate import run, view
 
-    overrides = dict(
-        variants=split_csv(variants), reference=reference, context=split_ints("--context", context),
-        new_tokens=new_tokens, batch=batch, layers=layers, dim=dim, heads=heads, kv_heads=kv_heads,
-        device=device, dtype=dtype, compile=compile, cache_layout=cache_layout, page_size=page_size,
-        warmup=warmup, share_steps=share_steps,
-        threads=threads, seed=seed, out=out,
-    )  # fmt: skip
+    given = overrides(run.GenerateConfig, ctx.params)
     settings = config_mod.find(config)
-    cfg = config_mod.load(
-        run.GenerateConfig, "generate", settings=settings, profile=profile, overrides=overrides
-    )
+    cfg = config_mod.load(run.GenerateConfig, "generate", settings=settings, profile=profile, overrides=given)
+    load_plugins(cfg.plugins)
     console = Console(width=160)
     raise typer.Exit(view.main(cfg, console=console, report=not no_report, settings=settings.record(profile)))

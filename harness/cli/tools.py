@@ -25,7 +25,7 @@ from .app import (
     app,
     fail_cleanly,
     load_plugins,
-    split_csv,
+    overrides,
 )
 
 # --- check (issue 8): CI performance regression check against a committed baseline of ratios ----
@@ -34,6 +34,7 @@ from .app import (
 @app.command("check")
 @fail_cleanly
 def check_command(
+    ctx: typer.Context,
     baseline: Annotated[
         str | None, typer.Option(help="Baseline CSV (bench.toml's, e.g. benchmarks/baselines/ci-cpu.csv).")
     ] = None,
@@ -71,7 +72,7 @@ def check_command(
         bool, typer.Option("--update-baseline", help="Measure and rewrite the baseline instead of checking.")
     ] = False,
     config: ConfigOption = None,
-    plugin: PluginOption = None,
+    plugins: PluginOption = None,
 ) -> None:
     """Time each variant against mha interleaved; exit 1 if a ratio grew beyond the baseline's
     figures for this machine model (or, where it has none, its commit's, measured here)."""
@@ -79,23 +80,9 @@ def check_command(
     from ..check import ratios as check
     from ..check import view as check_view
 
-    overrides = dict(
-        baseline=baseline,
-        tolerance=tolerance,
-        alpha=alpha,
-        rounds=rounds,
-        variants=split_csv(variants),
-        modes=split_csv(modes),
-        backend=split_csv(backend),
-        compile=split_csv(compile),
-        out=out,
-        metric=metric,
-        plugins=plugin,
-        against=against,
-        prefer=prefer,
-    )
+    given = overrides(check.CheckConfig, ctx.params)
     settings = config_mod.find(config)
-    cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=overrides)
+    cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=given)
     load_plugins(cfg.plugins)
     console, record = Console(width=160), settings.record(profile)
     view = instructions_view if cfg.metric == "instructions" else check_view
@@ -153,14 +140,14 @@ def selftest_command(
     out: Annotated[Path, typer.Option(help="Folder for the tiny sweep's run and selftest.csv.")] = Path(
         "results/selftest"
     ),
-    plugin: PluginOption = None,
+    plugins: PluginOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Check every variant x mode against its reference on the device, then a tiny sweep and
     one check round; print one table, exit 1 on any failure."""
     from .. import measure, selftest
 
-    load_plugins([*config_mod.find(config).plugins, *(plugin or [])])
+    load_plugins([*config_mod.find(config).plugins, *(plugins or [])])
     dev = measure.resolve_device(device)
     outcomes = selftest.run(dev, out)
     raise typer.Exit(selftest.report(outcomes, out, Console(width=200)))

@@ -78,6 +78,9 @@ class GenerateConfig:
     threads: int = 0  # torch.set_num_threads; 0 keeps torch's default (recorded in every row)
     seed: int = 0
     out: str = "results"
+    # Outside variants imported first (attn_variants/plugins.py): module names or .py files;
+    # bench.toml's top-level `plugins` and each --plugin add up here (harness/config.py).
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.variants or not self.context:

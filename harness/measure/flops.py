@@ -6,7 +6,7 @@ but no data, so the FLOP count of a b*h*n^2 score matrix costs nothing (the real
 ran the math SDPA kernel and materialised it; issue 13).
 
 - `flops`: `torch.utils.flop_counter.FlopCounterMode` under the math SDPA backend, the count
-  the real-tensor pass gave (tests/harness/test_flops.py checks they are equal). Its
+  the real-tensor pass gave (tests/harness/measure/test_flops.py checks they are equal). Its
   convention: causal attention counted as if full (all n*s scores).
 - `flops_effective`: `flops` with each attention call's full count replaced by the pairs a
   causal kernel must compute. Attention calls are recorded where every variant makes them,
@@ -127,7 +127,7 @@ def count(make: Callable[[torch.device], Callable[[], object]]) -> Count:
 
     Meta tensors have shapes and no data, like fake ones, and dispatch straight to C++ meta
     kernels: about 4x faster than FakeTensorMode, which matters at small n where the count's
-    cost is all overhead. The count equals the real-tensor count (tests/harness/test_flops.py)."""
+    cost is all overhead. The count equals the real-tensor count (tests/harness/measure/test_flops.py)."""
     with recording_backends() as recorder:
         step = make(META)
         first = len(recorder.calls)  # calls before this were the build's (decode's prefill)

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 import torch
 
-# Median and p10/p90 of samples: one definition, shared with reports/ (reports.stats imports no torch).
-from reports.stats import Summary, summarize
+# Median and p10/p90 of samples: one definition, shared with reports/ (benchstats imports no torch).
+from benchstats import Summary, summarize
 
 __all__ = [
     "CPU_TIMING", "L2Flush", "Summary", "cuda_graph", "method_name", "sample", "summarize", "threads",

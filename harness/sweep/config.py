@@ -1,52 +1,32 @@
 """The `[sweep]` settings of `attnbench sweep` (bench.toml's table; every field is also a CLI flag).
 
-Apart from the runner (runner.py) so that the grid (grid.py) and one cell (cell.py), which both
-read the settings, import them without importing the runner that imports them: no import circle.
+Apart from the runner (runner.py) so that one cell (cell.py), which reads the settings, imports
+them without importing the runner that imports it: no import circle. The grid's fields are
+GridConfig's (grid.py), shared with the check.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
-
-import attn_variants as av
-from attn_variants.registry import Mode
 
 from ..measure import workload
 from . import lengths
-
-CompileMode = Literal["off", "default", "max-autotune"]
+from .grid import Cell, GridConfig
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """The `[sweep]` table of bench.toml; every field is also a CLI flag."""
+class SweepConfig(GridConfig):
+    """The `[sweep]` table of bench.toml; every field is also a CLI flag. The grid's fields and
+    their defaults are GridConfig's (harness/sweep/grid.py)."""
 
-    variants: tuple[str, ...] = ("all",)  # names, 'name:key=value:...' with options, or 'all'
-    reference: str = "mha"  # added to the grid so every shape has a speedup baseline; 'none': don't
-    seq_len: tuple[int, ...] = (256, 512, 1024, 2048)
-    heads: tuple[int, ...] = (8,)
-    kv_heads: tuple[int, ...] = (1, 2, 4, 8)
-    modes: tuple[Mode, ...] = ("fwd", "fwd_bwd", "decode")
-    # The kernel axis: each variant runs with each of these `backend` options (one given in
-    # the variant's own options wins); the reference stays on sdpa. See attn_variants/backends.py.
-    backend: tuple[str, ...] = ("sdpa",)
-    # torch.compile(mode=..., fullgraph=True) axis; "off" is eager. The reference stays "off".
-    compile: tuple[CompileMode, ...] = ("off",)
-    batch: int | tuple[int, ...] = 2  # b, or several (tokens/s against batch size): read `batches`
-    head_dim: int = 64  # e; the model width is d = h * e, so every h keeps the same head size
-    # auto: bfloat16 on CUDA (no fused CUDA kernel takes float32 with h != g, see
-    # attn_variants.backends.no_fused_gqa), float32 on CPU. A dtype given anywhere is kept.
-    dtype: Literal["auto", "float32", "float64", "float16", "bfloat16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
     repeats: int = 20  # timed calls per cell, at least
     # ...and more until the timed calls add up to this many seconds: fast cells (decode) would
     # otherwise be mostly harness overhead (build, prefill, FLOP and memory passes). 0: off.
     min_time_s: float = 0.0
     warmup: int = 3  # plain calls before the profiled call; the FLOP pass runs the step once too
     threads: int = 0  # torch.set_num_threads for the run; 0 keeps torch's default (it is recorded)
-    visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
     # Where multimodal variants' image tokens sit: "prefix" (one image, then text) or
     # "interleaved" (`images` images between text, workload.modality_ids); rows say which.
     layout: Literal["prefix", "interleaved"] = "prefix"
@@ -80,19 +60,8 @@ class SweepConfig:
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
 
     def __post_init__(self) -> None:
-        for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile", "batches"):
-            if not getattr(self, name):
-                raise ValueError(f"empty grid: {name} has no values")
-        for name in self.backend:
-            av.get_backend(name)  # unknown names raise, listing the valid backends
-        for b in (b for b in self.batches if b < 1):
-            raise ValueError(f"batch={b} must be >= 1")
-        for name in ("seq_len", "heads", "kv_heads"):
-            bad = [v for v in getattr(self, name) if v <= 0]
-            if bad:
-                raise ValueError(f"{name} values must be positive; got {bad}")
+        super().__post_init__()
         lows = (
-            ("head_dim", 1),
             ("page_size", 1),
             ("q_len", 1),
             ("repeats", 1),
@@ -105,18 +74,28 @@ class SweepConfig:
         for name, low in lows:
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
-        if not 0.0 <= self.visual_frac <= 1.0:
-            raise ValueError(f"visual_frac={self.visual_frac} must be in [0, 1]")
         if self.layout not in workload.LAYOUTS:
             raise ValueError(f"layout={self.layout!r} is not one of {list(workload.LAYOUTS)}")
         self.length_dist  # noqa: B018  (parses `lengths`: a bad value raises here, before any cell)
-
-    @property
-    def batches(self) -> tuple[int, ...]:
-        """The batch sizes (`batch` given as one int or several)."""
-        return self.batch if isinstance(self.batch, tuple) else (self.batch,)
 
     @functools.cached_property
     def length_dist(self) -> lengths.Lengths:
         """`lengths` parsed (a length file is read once)."""
         return lengths.parse(self.lengths)
+
+    def seq_lens(self, mode: str, batch: int) -> tuple[int, ...]:
+        """The seq_len axis; a decode cell whose lengths are drawn has one: the longest drawn."""
+        if mode != "decode" or self.length_dist.fixed:
+            return self.seq_len
+        return (max(self.length_dist.draw(batch, 0, self.seed)),)
+
+    def serve(self, cell: Cell) -> Cell:
+        """A decode cell with the sweep's serving settings; other modes unchanged."""
+        if cell.mode != "decode":
+            return cell
+        dist = self.length_dist
+        drawn = () if dist.fixed else tuple(dist.draw(cell.batch, cell.seq_len, self.seed))
+        return replace(
+            cell, lengths=drawn, length_dist=dist.text, kv_layout=self.kv_layout, page_size=self.page_size,
+            q_len=self.q_len,
+        )  # fmt: skip

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 import attn_variants as av
+from attn_variants import plugins
 
 from .. import config as config_mod
 from .. import dashboard, measure
@@ -37,7 +38,7 @@ from ..variant_choice import check_builds
 from . import cell as sweep_cell
 from . import executors
 from .config import SweepConfig
-from .grid import Cell, grid, row_key
+from .grid import Cell, Skipped, expand, row_key
 
 TEXT_COLUMNS = (
     "options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile", "lengths", "kv_layout",
@@ -67,9 +68,17 @@ def resume_config(run_dir: Path) -> SweepConfig:
     return config_mod.build(SweepConfig, json.loads(path.read_text())["config"], where=str(path))
 
 
-def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell], list[tuple[int, int]]]:
+def grid(cfg: SweepConfig) -> tuple[list[Cell], Skipped]:
+    """The sweep's cells, the reference first at every shape, and the (h, g) pairs skipped,
+    after loading `cfg.plugins` (their variants are named in cfg.variants)."""
+    plugins.load_all(cfg.plugins)
+    return expand(cfg, reference_first=True, layout=cfg.layout, images=cfg.images)
+
+
+def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell], Skipped]:
     """`grid(cfg)`, with every input checked before any cell runs (ValueError): each distinct
-    variant built once (its options), the device, then the output folder made and written to."""
+    variant built once (its options), the device, then the output folder made and written to.
+    `run` takes what it returns, so a run expands its grid once."""
     cells, skipped = grid(cfg)
     check_builds((c.choice, c.spec) for c in cells)
     check_lengths(cfg, cells)
@@ -104,18 +113,20 @@ def run(
     run_dir: Path | None = None,
     observer: Observer | None = None,
     settings: dict | None = None,
+    checked: tuple[list[Cell], Skipped] | None = None,
 ) -> pd.DataFrame:
     """Measure every cell of `cfg`'s grid not already in `run_dir`/sweep.csv; return all rows.
 
     `settings` (`config.Settings.record()`: which file the config came from) goes to run.json.
     The frame's `attrs` hold run_dir, csv, skipped pairs, and this session's wall and timed seconds.
     At the end, benchmark.json beside the CSV holds every ok row as dashboard records (dashboard.py).
+    `checked` is what `preflight(cfg)` returned, if the caller ran it already.
     """
-    preflight(cfg, run_dir)  # before Ray starts or any cell runs
+    cells, skipped = checked or preflight(cfg, run_dir)  # before Ray starts or any cell runs
     pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads)
     device = pool.device(cfg.device)
     cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # run.json and rows: the real one
-    cells, skipped = grid(cfg)
+    cells = [dataclasses.replace(c, dtype=cfg.dtype) for c in cells]  # 'auto' in the keys no more
     dtype_ok = measure.DTYPES[cfg.dtype]
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

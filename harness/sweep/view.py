@@ -49,13 +49,14 @@ def main(
 ) -> int:
     """Run the sweep with a progress bar, print the summary, CSV path and report; the exit code.
     `settings` (which file the config came from) is recorded in run.json."""
-    sweep.preflight(cfg, resume)  # bad options or --out: one line and exit 2, before the progress bar
+    checked = sweep.preflight(cfg, resume)  # bad options or --out: one line and exit 2, before the bar
     run_dir = Path(resume) if resume is not None else sweep.new_run_dir(cfg)
     columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn())
     progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     try:
         with progress:
-            df = sweep.run(cfg, run_dir=run_dir, observer=ProgressBar(progress), settings=settings)
+            bar = ProgressBar(progress)
+            df = sweep.run(cfg, run_dir=run_dir, observer=bar, settings=settings, checked=checked)
     except KeyboardInterrupt:
         console.print(f"interrupted: finished rows are kept in {run_dir / 'sweep.csv'}")
         console.print(f"finish the missing cells with: attnbench sweep --resume {run_dir}")

@@ -63,15 +63,12 @@ def test_uneven_split_takes_the_largest_share():
     assert per_device("gqa", spec, 2) == 2 * 2 * 16
 
 
-def test_a_variant_without_a_rule_is_taken_as_replicated():
-    @av.register("_tp_plugin", description="x", paper="https://x", cache_per_token=lambda s, o: 7)
+def test_a_variant_without_a_rule_is_taken_as_replicated(temp_variant):
     class Plugin(torch.nn.Module):
         pass
 
-    try:
-        assert per_device("_tp_plugin", av.AttnSpec(32, 4), 4) == 7
-    finally:
-        av.registry._REGISTRY.pop("_tp_plugin")
+    name = temp_variant(Plugin, cache_per_token=lambda s, o: 7)
+    assert per_device(name, av.AttnSpec(32, 4), 4) == 7
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 import attn_variants as av
 import harness
-from attn_variants.registry import _REGISTRY, register
 from harness import config
 from harness.accuracy import config as accuracy_config
 from harness.accuracy import tasks
@@ -253,19 +252,15 @@ class FussyAtOneGroup(av.GroupedQueryAttention):
         super().__init__(spec, backend=backend)
 
 
-def test_a_variant_refused_at_some_shapes_only_becomes_invalid_rows(empty):
+def test_a_variant_refused_at_some_shapes_only_becomes_invalid_rows(empty, temp_variant):
     """The preflight refuses a variant that builds at none of the run's shapes; one that builds
     at some keeps today's behaviour: its other cells are `invalid` rows and the sweep goes on."""
-    name = "_test_fussy_at_one_group"
-    register(name, description="test", paper="-", modes=("fwd",))(FussyAtOneGroup)
-    try:
-        ok([*TINY_SWEEP, "--variants", name, "--kv-heads", "1,2", "--reference", "none"])
-        rows = list(csv.DictReader(open(only_run(empty) / "sweep.csv")))
-        assert {(r["n_kv_heads"], r["status"]) for r in rows} == {("1", "invalid"), ("2", "ok")}
-        refused = runner.invoke(app, [*TINY_SWEEP, "--variants", name, "--kv-heads", "1", "--out", "b"])
-        assert refused.exit_code == 2 and "n_kv_heads=1 is not supported" in refused.stderr
-    finally:
-        del _REGISTRY[name]
+    name = temp_variant(FussyAtOneGroup, modes=("fwd",))
+    ok([*TINY_SWEEP, "--variants", name, "--kv-heads", "1,2", "--reference", "none"])
+    rows = list(csv.DictReader(open(only_run(empty) / "sweep.csv")))
+    assert {(r["n_kv_heads"], r["status"]) for r in rows} == {("1", "invalid"), ("2", "ok")}
+    refused = runner.invoke(app, [*TINY_SWEEP, "--variants", name, "--kv-heads", "1", "--out", "b"])
+    assert refused.exit_code == 2 and "n_kv_heads=1 is not supported" in refused.stderr
 
 
 # --- the import graph -----------------------------------------------------------------------

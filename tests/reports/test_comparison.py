@@ -194,7 +194,7 @@ def test_figure_is_drawn_from_the_csvs_with_the_table_ratios(tmp_path):
 
 def test_figure_and_table_import_neither_harness_nor_torch(tmp_path):
     """Drawn from the CSVs alone: load, compare and draw in a fresh interpreter, then look at
-    what it imported (reports must not import harness; reports.stats imports no torch)."""
+    what it imported (reports must not import harness; benchstats imports no torch)."""
     a, b = write_pair(tmp_path)
     code = (
         "import sys; from pathlib import Path; from reports.load import load_runs, combined;"

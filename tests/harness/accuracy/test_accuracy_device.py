@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from harness.accuracy.tasks import train
 from harness.cli import app
 
-from ..conftest import DEVICES
+from ...conftest import DEVICES
 from .test_accuracy_cli import read_csv, smoke
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ from harness.accuracy.model import ModelConfig, TinyTransformer
 from harness.accuracy.tasks.train import fit
 from harness.measure import workload
 from harness.sweep import runner as sweep
-from harness.sweep.grid import grid
+from harness.sweep.runner import grid
 from harness.variant_choice import VariantChoice
 
 

@@ -1,20 +1,16 @@
 """What a sweep cell measures: FLOPs, peak memory, KV-cache bytes, SDPA backend, the grid."""
 
-import itertools
-
 import pytest
 import torch
 
 import attn_variants as av
-from attn_variants.registry import _REGISTRY, register
 from harness import measure
 from harness.measure import workload
 from harness.sweep import runner as sweep
-from harness.sweep.grid import grid
+from harness.sweep.runner import grid
 from harness.variant_choice import VariantChoice, parse_one, parse_variants
 
 CPU = torch.device("cpu")
-_ids = itertools.count()
 
 
 def tiny_config(tmp_path, **kw):
@@ -100,11 +96,8 @@ def test_threads_are_set_for_the_run_and_restored(tmp_path):
 
 
 @pytest.fixture
-def multimodal():
-    name = f"_test_mm_{next(_ids)}"
-    register(name, description="test", paper="-", multimodal=True)(av.GroupedQueryAttention)
-    yield name
-    del _REGISTRY[name]
+def multimodal(temp_variant):
+    return temp_variant(av.GroupedQueryAttention, multimodal=True)
 
 
 def test_multimodal_variants_get_visual_tokens_from_registry_metadata(tmp_path, multimodal):
@@ -128,21 +121,15 @@ def test_variant_options_are_parsed_to_the_default_type(multimodal):
     assert multimodal in {c.name for c in parse_variants(["all"])}
 
 
-def test_bool_int_and_float_options_parse_from_text():
-    name = f"_test_opts_{next(_ids)}"
-    register(name, description="test", paper="-", options={"flag": True, "k": 2, "beta": 0.9})(
-        av.GroupedQueryAttention
-    )
-    try:
-        choice = parse_one(f"{name}:flag=false:k=3:beta=0.5")
-        assert dict(choice.options) == {"flag": False, "k": 3, "beta": 0.5}
-        assert choice.options_text == "beta=0.5;flag=false;k=3"
-        with pytest.raises(ValueError, match=r"k='x' must be of type int"):
-            parse_one(f"{name}:k=x")
-        with pytest.raises(ValueError, match="must be a boolean"):
-            parse_one(f"{name}:flag=maybe")
-    finally:
-        del _REGISTRY[name]
+def test_bool_int_and_float_options_parse_from_text(temp_variant):
+    name = temp_variant(av.GroupedQueryAttention, options={"flag": True, "k": 2, "beta": 0.9})
+    choice = parse_one(f"{name}:flag=false:k=3:beta=0.5")
+    assert dict(choice.options) == {"flag": False, "k": 3, "beta": 0.5}
+    assert choice.options_text == "beta=0.5;flag=false;k=3"
+    with pytest.raises(ValueError, match=r"k='x' must be of type int"):
+        parse_one(f"{name}:k=x")
+    with pytest.raises(ValueError, match="must be a boolean"):
+        parse_one(f"{name}:flag=maybe")
 
 
 @pytest.mark.parametrize("text, value", [("7", 7), ("-3", -3), ("none", None), ("0.5", 0.5), ("abc", "abc")])

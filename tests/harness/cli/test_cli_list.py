@@ -2,7 +2,6 @@ from typer.testing import CliRunner
 
 import attn_variants as av
 from attn_variants import GroupedQueryAttention
-from attn_variants.registry import _REGISTRY, register
 from harness.cli import app
 
 runner = CliRunner()
@@ -27,11 +26,8 @@ def test_unknown_command_exits_2():
     assert result.exit_code == 2
 
 
-def test_list_prints_registry_text_verbatim_not_as_markup():
-    register("_test_brackets", description="[v; t] [b]x[/b]", paper="-")(GroupedQueryAttention)
-    try:
-        result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "400"})
-    finally:
-        del _REGISTRY["_test_brackets"]
+def test_list_prints_registry_text_verbatim_not_as_markup(temp_variant):
+    temp_variant(GroupedQueryAttention, description="[v; t] [b]x[/b]")
+    result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     assert "[v; t] [b]x[/b]" in result.output

@@ -17,7 +17,7 @@ from harness.sweep import runner as sweep
 from harness.sweep import view as sweep_view
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
-REPO_TOML = Path(__file__).resolve().parents[2] / "bench.toml"
+REPO_TOML = Path(__file__).resolve().parents[3] / "bench.toml"
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,11 @@
 """`attnbench accuracy` end to end on ~20-step runs: rows, statuses, unsupported pairings, bad input."""
 
 import csv
-import itertools
 
 import pytest
 from typer.testing import CliRunner
 
 import attn_variants as av
-from attn_variants.registry import _REGISTRY, register
 from harness.accuracy.runner import COLUMNS
 from harness.cli import app
 from reports.load import ACCURACY_CORE, load_run
@@ -18,7 +16,6 @@ REPORT_COLUMNS = (
     "run_id task variant options n_heads n_kv_heads seed steps accuracy loss wall_s kv_cache_bytes "
     "status error init"
 ).split()
-_ids = itertools.count()
 
 
 def smoke(tmp_path, *extra):
@@ -30,22 +27,6 @@ def read_csv(result):
     path = result.output.strip().splitlines()[-1].removeprefix("CSV: ").strip()
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture
-def registered():
-    """Register test-only variants under unique names; removed afterwards."""
-    names = []
-
-    def add(cls, **kw):
-        name = f"_test_acc_{next(_ids)}"
-        register(name, description="test", paper="-", **kw)(cls)
-        names.append(name)
-        return name
-
-    yield add
-    for name in names:
-        del _REGISTRY[name]
 
 
 @pytest.mark.parametrize("task", ["mqar", "digits", "captions"])
@@ -113,8 +94,8 @@ class Broken(av.GroupedQueryAttention):
         raise RuntimeError("kernel exploded")
 
 
-def test_multimodal_variant_is_unsupported_on_unimodal_tasks_and_runs_captions(tmp_path, registered):
-    name = registered(Multimodal, multimodal=True)
+def test_multimodal_variant_is_unsupported_on_unimodal_tasks_and_runs_captions(tmp_path, temp_variant):
+    name = temp_variant(Multimodal, multimodal=True)
     result = runner.invoke(app, smoke(tmp_path, "--variants", name, "--tasks", "mqar,digits,captions"))
     assert result.exit_code == 0, result.output
     status = {r["task"]: (r["status"], r["error"]) for r in read_csv(result)}
@@ -122,8 +103,8 @@ def test_multimodal_variant_is_unsupported_on_unimodal_tasks_and_runs_captions(t
     assert "multimodal" in status["mqar"][1] and status["captions"] == ("ok", "")
 
 
-def test_a_failing_variant_is_an_error_row_and_the_run_goes_on(tmp_path, registered):
-    name = registered(Broken)
+def test_a_failing_variant_is_an_error_row_and_the_run_goes_on(tmp_path, temp_variant):
+    name = temp_variant(Broken)
     result = runner.invoke(app, smoke(tmp_path, "--variants", f"{name},mqa", "--tasks", "mqar"))
     assert result.exit_code == 0, result.output
     rows = {r["variant"]: r for r in read_csv(result)}

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.sweep import lengths
 from harness.sweep.config import SweepConfig
-from harness.sweep.grid import grid, row_key
+from harness.sweep.grid import row_key
+from harness.sweep.runner import grid
 
 runner = CliRunner()
 

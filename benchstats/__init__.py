@@ -1,8 +1,9 @@
 """The regression decision of `attnbench check` and `attnbench compare`, on two sets of samples.
 
-It lives in reports/ and imports no other module of the project (nor torch, nor matplotlib):
-the check (harness, which may import reports) and the run-against-run comparison (reports,
-which must not import harness) share this one decision. For `check` a sample is a per-round
+A top-level package of its own that imports no other module of the project (nor torch, nor
+matplotlib), so that both sides may import it: the check and the harness's timing (harness, which
+does not import reports) and the run-against-run comparison (reports, which does not import
+harness) share these statistics and this one decision. For `check` a sample is a per-round
 ratio; for `compare` a per-call latency.
 
 In `check` a sample is one round's ratio variant time / reference time, measured interleaved

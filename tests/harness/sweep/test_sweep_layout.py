@@ -7,7 +7,8 @@ from torch.testing import assert_close
 import attn_variants as av
 from harness.measure import workload
 from harness.sweep import runner as sweep
-from harness.sweep.grid import grid, row_key
+from harness.sweep.grid import row_key
+from harness.sweep.runner import grid
 
 
 def tiny_config(tmp_path, **kw):

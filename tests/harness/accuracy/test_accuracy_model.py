@@ -5,7 +5,6 @@ import torch
 from torch.testing import assert_close
 
 import attn_variants as av
-from attn_variants.registry import _REGISTRY, register
 from harness.accuracy.model import ModelConfig, TinyTransformer, uptrain
 
 F64 = dict(dtype=torch.float64)
@@ -86,17 +85,13 @@ class Spy(av.GroupedQueryAttention):
         return super().forward(x, n_visual=n_visual, cache=cache)
 
 
-def test_n_visual_is_the_patch_count_only_when_text_follows():
-    register("_test_spy", description="test", paper="-", multimodal=True)(Spy)
-    try:
-        cfg = config("_test_spy", 2, patch_dim=4)
-        model = TinyTransformer(cfg)
-        Spy.seen = []
-        model(tokens=torch.zeros(1, 3, dtype=torch.long), patches=torch.zeros(1, 5, 4))
-        model(patches=torch.zeros(1, 5, 4))
-        assert Spy.seen == [5, 5, 0, 0]  # two layers, then the patches-only call
-    finally:
-        del _REGISTRY["_test_spy"]
+def test_n_visual_is_the_patch_count_only_when_text_follows(temp_variant):
+    cfg = config(temp_variant(Spy, multimodal=True), 2, patch_dim=4)
+    model = TinyTransformer(cfg)
+    Spy.seen = []
+    model(tokens=torch.zeros(1, 3, dtype=torch.long), patches=torch.zeros(1, 5, 4))
+    model(patches=torch.zeros(1, 5, 4))
+    assert Spy.seen == [5, 5, 0, 0]  # two layers, then the patches-only call
 
 
 def test_kv_cache_bytes_counts_every_layer_and_the_resolved_g():

@@ -1,9 +1,9 @@
-"""harness/stats.py on synthetic per-round ratios: what is flagged and what is not."""
+"""benchstats (the check's decision) on synthetic per-round ratios: what is flagged and what is not."""
 
 import numpy as np
 import pytest
 
-from harness import stats
+import benchstats as stats
 from harness.check.ratios import CheckConfig
 
 TOL, ALPHA = 0.15, 0.01

@@ -13,7 +13,7 @@ from harness.check import ratios as check
 from harness.check import view as check_view
 
 H100, H200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
-REPO_TOML = Path(__file__).resolve().parents[2] / "bench.toml"
+REPO_TOML = Path(__file__).resolve().parents[3] / "bench.toml"
 
 
 def env(device="cuda", name=H100, threads=16):
@@ -44,7 +44,7 @@ def results(c: check.CheckConfig, ratio: float) -> list[check.Result]:
 def fake_gpu(monkeypatch, here: dict, ratio: float = 0.8):
     monkeypatch.setattr(measure, "resolve_device", lambda name: torch.device(here["device"]))
     monkeypatch.setattr(measure, "environment", lambda device: here)
-    monkeypatch.setattr(check, "measure_all", lambda c, progress=None: results(c, ratio))
+    monkeypatch.setattr(check, "measure_all", lambda c, progress=None, todo=None: results(c, ratio))
     monkeypatch.setattr(check_view, "_threads", lambda c: here["threads"])
 
 

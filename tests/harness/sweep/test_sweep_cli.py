@@ -1,14 +1,12 @@
 """`attnbench sweep` end to end on tiny grids: rows, statuses, resume, bad input."""
 
 import csv
-import itertools
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import attn_variants as av
-from attn_variants.registry import _REGISTRY, register
 from harness import config
 from harness.cli import app
 from harness.records import COLUMNS
@@ -21,7 +19,6 @@ ISSUE_COLUMNS = (
     "seq_len n_visual dim n_heads n_kv_heads head_dim latency_ms_median latency_ms_p10 latency_ms_p90 "
     "repeats peak_mem_bytes kv_cache_bytes flops tflops sdpa_backend status error"
 ).split()
-_ids = itertools.count()
 
 
 def tiny(tmp_path, *extra, report=False):
@@ -67,13 +64,10 @@ class Failing(av.GroupedQueryAttention):
 
 
 @pytest.fixture
-def failing():
+def failing(temp_variant):
     """A variant registered for one test under a unique name, removed afterwards."""
-    name = f"_test_failing_{next(_ids)}"
-    register(name, description="test", paper="-", modes=("fwd",), options={"fail": "none"})(Failing)
     Failing.builds, Failing.interrupt_after = 0, None
-    yield name
-    del _REGISTRY[name]
+    return temp_variant(Failing, modes=("fwd",), options={"fail": "none"})
 
 
 def test_tiny_grid_rows_columns_and_statuses(tmp_path):

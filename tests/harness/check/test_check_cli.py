@@ -4,19 +4,15 @@ The tiny shapes run in milliseconds, so these tests use tolerance 0.3 and a 4x s
 test the plumbing. The real `ci` profile's runs are in docs/results.md ("Regression checks").
 """
 
-import itertools
-
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 import attn_variants as av
-from attn_variants.registry import _REGISTRY, register
 from harness.check.baseline import COLUMNS
 from harness.cli import app
 
 runner = CliRunner()
-_ids = itertools.count()
 
 TINY = """
 [check]
@@ -51,25 +47,15 @@ class Broken(av.GroupedQueryAttention):
         raise RuntimeError("kernel exploded")
 
 
-def registered(cls, modes=("fwd", "fwd_bwd", "decode")):
-    name = f"_test_{cls.__name__.lower()}_{next(_ids)}"
-    register(name, description="test", paper="-", modes=modes)(cls)
-    return name
-
-
 @pytest.fixture
-def slow():
-    name = registered(Slow)
+def slow(temp_variant):
     Slow.repeat = 1
-    yield name
-    del _REGISTRY[name]
+    return temp_variant(Slow)
 
 
 @pytest.fixture
-def broken():
-    name = registered(Broken, modes=("fwd",))
-    yield name
-    del _REGISTRY[name]
+def broken(temp_variant):
+    return temp_variant(Broken, modes=("fwd",))
 
 
 @pytest.fixture

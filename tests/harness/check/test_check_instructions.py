@@ -114,7 +114,7 @@ def test_a_doubled_forward_is_the_only_cell_named_regressed(two_runs, monkeypatc
 
     by_key = {row_key(r): r for r in doubled.to_dict("records")}
 
-    def recorded(cfg):
+    def recorded(cfg, todo=None):
         rows = {c: by_key[c.key()] for c in cells(cfg)}
         calls = {c: tuple(int(x) for x in r["calls"].split(";")) for c, r in rows.items()}
         return [Count(c, "ok", "", calls[c], r["sdpa_backend"]) for c, r in rows.items()], env

@@ -17,12 +17,11 @@ import torch
 from torch.testing import assert_close
 
 import attn_variants as av
-from attn_variants.registry import _REGISTRY, register
 from harness import measure
 from harness.measure import workload
 from harness.sweep import cell as sweep_cell
 from harness.sweep import runner as sweep
-from harness.sweep.grid import grid
+from harness.sweep.runner import grid
 from harness.variant_choice import VariantChoice
 
 SPEC = av.AttnSpec(32, 4, 2)
@@ -139,11 +138,8 @@ class Recompiling(av.GroupedQueryAttention):
 
 
 @pytest.fixture
-def recompiling():
-    name = "test_recompiling"
-    register(name, description="test", paper="-", modes=("fwd",))(Recompiling)
-    yield name
-    del _REGISTRY[name]
+def recompiling(temp_variant):
+    return temp_variant(Recompiling, modes=("fwd",))
 
 
 def test_a_cell_that_recompiles_during_timing_says_so(recompiling, monkeypatch):
