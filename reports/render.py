@@ -80,9 +80,9 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
 def _comparison_specs() -> list[FigureSpec]:
     return [
         FigureSpec("ratio", "sweep", ("latency_ms_median",), "Run against run, cell by cell",
-                   f"B/A of the median latency per cell (each later run over the first), bootstrap p10-p90 "
-                   f"interval, line at 1, grey band ±{cmp.THRESHOLD:g}; colour: the verdict (threshold and "
-                   f"Mann-Whitney U p < {cmp.ALPHA:g}); slowest at the top.", cf.ratio_figure),
+                   f"B/A of the median latency per cell (each later run over the first), line at 1, grey "
+                   f"band ±{cmp.THRESHOLD:g}; colour: the verdict (one run a side: drift between runs "
+                   f"cannot be estimated, so the threshold alone); slowest at the top.", cf.ratio_figure),
     ]  # fmt: skip
 
 
@@ -131,7 +131,10 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len, generate=None) -> list[tu
             ("Latency", tables.latency_table(sweep), "Median latency in ms; failed cells show status.")
         )
         if _why_not(_specs(seq_len)[2], sweep) is None:
-            note = ">1: faster than mha. *: another SDPA kernel than mha's; compares kernels, not variants."
+            note = (
+                ">1: faster than mha (no options) at the same shape, dtype, threads, backend and compile. "
+                "*: another SDPA kernel than mha's; compares kernels, not variants."
+            )
             out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), note))
         for comp in cf.run_pairs(sweep) if _compared(sweep) else []:
             caption = " ".join([*cmp.header(comp), cmp.counts(comp) + "."]) + (
