@@ -43,8 +43,10 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
         FigureSpec("latency", "sweep", lat, "Latency against sequence length",
                    "Median per cell, band p10-p90, log-log; the legend gives each series' fitted slope "
                    "(1: linear in n, 2: quadratic).", sf.latency_figure),
-        FigureSpec("memory", "sweep", mem, "Peak memory and KV-cache size against sequence length",
-                   "Measured peak memory per mode; KV cache is 2*b*g*n*e*itemsize.", sf.memory_figure),
+        FigureSpec("memory", "sweep", mem, "Memory and KV-cache size against sequence length",
+                   "Measured transient peak per mode (allocation above the step's start); decode: the "
+                   "step's resident bytes (weights + tokens + cache) plus that peak; the KV cache as the "
+                   "variant holds it (kv_cache_bytes).", sf.memory_figure),
         FigureSpec("speedup_vs_mha", "sweep", ("n_heads", "n_kv_heads"), "Speedup against MHA",
                    "mha median / variant median at the same shape; n is the largest with a comparison "
                    "unless --seq-len is given. *: the cell ran another SDPA kernel than mha "

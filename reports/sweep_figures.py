@@ -79,26 +79,43 @@ def latency_figure(sweep: pd.DataFrame) -> Figure:
 
 
 def memory_figure(sweep: pd.DataFrame) -> Figure:
-    """Peak memory against n (one panel per mode) and, where recorded, KV-cache bytes against n."""
+    """Memory against n, one panel per mode: the transient peak (`peak_mem_bytes`, above the
+    step's start); decode, where rows carry it, the step's resident bytes (weights + tokens +
+    cache, `resident_bytes`) with the transient peak on top; and the KV-cache bytes."""
     require(sweep, MEMORY_COLUMNS, "sweep.csv (memory figure)")
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
     has_kv = "kv_cache_bytes" in df.columns and df["kv_cache_bytes"].notna().any()
     fig, axes = panels(len(mode_list) + has_kv, height=legend_height(len(palette)))
-    div, unit = byte_unit(df["peak_mem_bytes"])
     for ax, mode in zip(axes, mode_list, strict=False):
-        _series_panel(ax, df[df["mode"] == mode], "peak_mem_bytes", palette, scale=div)
-        ax.set_ylabel(f"peak memory ({unit})")
-        ax.set_title(f"peak memory: {MODE_TITLES.get(mode, mode)}")
+        rows = df[df["mode"] == mode]
+        if _resident(rows):
+            held = rows.assign(held=rows["resident_bytes"] + rows["peak_mem_bytes"].fillna(0))
+            div, unit = byte_unit(held["held"])
+            _series_panel(ax, held, "held", palette, scale=div)
+            ax.set_ylabel(f"resident + transient peak ({unit})")
+            ax.set_title(
+                f"memory of a step: {MODE_TITLES.get(mode, mode)}\n(weights + tokens + cache + peak)"
+            )
+            continue
+        div, unit = byte_unit(rows["peak_mem_bytes"])
+        _series_panel(ax, rows, "peak_mem_bytes", palette, scale=div)
+        ax.set_ylabel(f"transient peak above the step's start ({unit})")
+        ax.set_title(f"transient peak: {MODE_TITLES.get(mode, mode)}")
     if has_kv:
         # The KV cache size does not depend on the mode: one point per series and n.
         kv = df[df["kv_cache_bytes"].notna()].drop_duplicates(["label", "seq_len"])
         kv_div, kv_unit = byte_unit(kv["kv_cache_bytes"])
         _series_panel(axes[-1], kv.assign(status="ok"), "kv_cache_bytes", palette, scale=kv_div)
-        axes[-1].set_ylabel(f"KV-cache size ({kv_unit})")
-        axes[-1].set_title("KV cache (2·b·g·n·e·itemsize)")
+        axes[-1].set_ylabel(f"kv_cache_bytes ({kv_unit})")
+        axes[-1].set_title("KV cache as the variant holds it")
     fig.suptitle("Memory against sequence length")
     return fig
+
+
+def _resident(rows: pd.DataFrame) -> bool:
+    """Decode rows that carry resident_bytes (older CSVs do not: their panel shows the peak)."""
+    return "resident_bytes" in rows.columns and rows["resident_bytes"].notna().any()
 
 
 def tflops_figure(sweep: pd.DataFrame) -> Figure:

@@ -200,6 +200,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         peak_mem_bytes=probe.peak_mem_bytes,
         peak_mem_estimate_bytes=estimate,
         kv_cache_bytes=w.kv_cache_bytes,
+        resident_bytes=_resident(cell, w, dtype, served),
         kv_heads_equiv=av.info(cell.choice.name).kv_heads_equiv(w.spec, dict(cell.choice.options)),
         flops=counted.flops,
         flops_effective=counted.flops_effective,
@@ -219,6 +220,16 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         if recompiles
         else "",
     )
+
+
+def _resident(cell: Cell, w, dtype: torch.dtype, served: dict[str, Any]) -> int | None:
+    """A decode row's resident bytes: weights, the new tokens x (b, q_len, d), the cache as
+    allocated (a served decode's padded or paged frame); None for other modes."""
+    if cell.mode != "decode":
+        return None
+    cache = served["kv_bytes_allocated"] if served else w.kv_cache_bytes
+    tokens = cell.batch * cell.q_len * w.spec.dim * torch.empty(0, dtype=dtype).element_size()
+    return roof.weight_bytes(w.module) + tokens + cache
 
 
 def _decode_roof(cell: Cell, n_bytes: int, flops_effective: int, median: float, peaks) -> dict[str, Any]:
