@@ -52,6 +52,7 @@ class Row:
     latency_ms_p10: float | None = None
     latency_ms_p90: float | None = None
     repeats: int | None = None  # timed calls, after the warm-up
+    warmup_calls: int | None = None  # untimed calls before timing: warmup, or more to fill warmup_s
     latency_ms_samples: str = ""  # every timed sample, ';'-separated, so any statistic can be redone
     # How each sample was taken (timing.method_name): cpu_perf_counter, or on CUDA cuda_event /
     # cuda_graph, '+l2_flush' when a 256 MiB write cooled the L2 first. Always one call per sample.

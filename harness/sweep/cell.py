@@ -3,7 +3,8 @@
 Each cell: build (with `compile`: one eager call, which builds flex's block masks, `setup_s`,
 then the first compiled call, `compile_s`), FLOPs of the uncompiled step counted on the meta
 device (harness/measure/flops.py), on CUDA a peak estimate over fake tensors first (too big: a
-skipped_memory row), `warmup` calls, one profiled call (memory, SDPA backend), then `repeats`
+skipped_memory row), a warm-up of at least `warmup` calls and `warmup_s` seconds
+(timing.warm_up), one profiled call (memory, SDPA backend), then `repeats`
 timed calls (timing.method_name); graphs compiled during them are counted (`recompiles`) and
 named in `error`. A failing cell becomes a row with its status, and the sweep goes on.
 """
@@ -175,8 +176,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     w = _build(cell, cfg, device, dtype, options, cell.compile)
     counted = counted or flops.count_real(_flop_step(w, cell, cfg, device, dtype))
     counted = flops.with_mask_density(counted, make, device)  # masked calls on meta: by real masks
-    for _ in range(cfg.warmup):
-        w.step()
+    warmed = timing.warm_up(w.step, device, calls=cfg.warmup, seconds=cfg.warmup_s)
     probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
     heads = measure.active_heads(w.module, counted.flops_effective, counted.attention_effective)  # MoH
     fn, method = _timed_fn(w.step, cell.mode, cfg, device)
@@ -195,6 +195,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         latency_ms_p10=t.p10 * 1e3,
         latency_ms_p90=t.p90 * 1e3,
         repeats=t.n,
+        warmup_calls=warmed,
         latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
         timing=method,
         peak_mem_bytes=probe.peak_mem_bytes,
