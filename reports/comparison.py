@@ -29,12 +29,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .load import device_key
 from .stats import decide, smallest_p
 
+# The device a latency belongs to: its model, and the Ray accelerator label of its node (blank
+# off Ray). Latencies are never compared across them: they are part of every cell's key (a run
+# spread over several GPU models is compared model by model), and two runs with no device in
+# common are refused (`one_device`).
+DEVICE_COLUMNS = ("device_name", "accelerator")
 # Columns that name a cell. Extend this one list when sweep.csv gains a key column.
 KEY_COLUMNS = (
     "variant", "options", "mode", "batch", "seq_len", "n_visual", "dim", "n_heads", "n_kv_heads",
-    "head_dim", "dtype", "device", "backend", "compile", "layout",
+    "head_dim", "dtype", "device", "backend", "compile", "layout", *DEVICE_COLUMNS,
 )  # fmt: skip
 # Key columns two runs may be compared across: when one holds a single value in each run and
 # the values differ (a float32 run against a bfloat16 one, compile off against on, cpu against
@@ -42,7 +48,7 @@ KEY_COLUMNS = (
 # n=256 in B are different cells, listed as in one run only.
 SETTING_COLUMNS = ("device", "dtype", "backend", "compile", "layout")
 # The machine and software: a difference is one line of the header, the ratios are still shown.
-ENV_COLUMNS = ("device_name", "torch_version", "threads")
+ENV_COLUMNS = ("torch_version", "threads")
 SAMPLES = "latency_ms_samples"
 MEASURED = ("status", "latency_ms_median", SAMPLES, "peak_mem_bytes", "flops", "sdpa_backend")  # per run
 THRESHOLD, ALPHA = 0.05, 0.01  # defaults of `attnbench compare` and of the multi-run report
@@ -90,10 +96,12 @@ def compare(
         raise ValueError(f"threshold={threshold} and alpha={alpha} must both be in (0, 1)")
     if resamples < 10:
         raise ValueError(f"resamples={resamples} must be >= 10")
-    a, b = (df.reindex(columns=[*df.columns, *(c for c in MEASURED if c not in df)]) for df in (a, b))
+    extra = (*MEASURED, *DEVICE_COLUMNS)  # a run from before `accelerator`: blank, as off Ray
+    a, b = (df.reindex(columns=[*df.columns, *(c for c in extra if c not in df)]) for df in (a, b))
     key = [c for c in KEY_COLUMNS if c in a.columns and c in b.columns]
     for df in (a, b):
         df[key] = df[key].map(_text)
+    one_device(a, b, labels)
     settings = {c: (a[c].iloc[0], b[c].iloc[0]) for c in key if c in SETTING_COLUMNS and _differs(a, b, c)}
     key = [c for c in key if c not in settings]
     settings |= _image_counts(a, b)
@@ -121,6 +129,17 @@ def _text(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def one_device(a: pd.DataFrame, b: pd.DataFrame, labels: tuple[str, str]) -> None:
+    """ValueError, one line naming both, when runs A and B share no device: latencies of two
+    GPU models (or CPU models) are never compared."""
+    da, db = sorted(set(device_key(a))), sorted(set(device_key(b)))
+    if da and db and not set(da) & set(db):
+        raise ValueError(
+            f"run {labels[0]} ran on {' + '.join(da)!r} and run {labels[1]} on {' + '.join(db)!r}: "
+            "latencies are not compared across devices"
+        )
 
 
 def _differs(a: pd.DataFrame, b: pd.DataFrame, column: str) -> bool:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from harness import measure
 from harness.cli import app
 from harness.sweep import cell as sweep_cell
-from harness.sweep import executors
+from harness.sweep import cluster, executors
 from harness.sweep import runner as sweep
 
 from .test_sweep_cli import read_csv, tiny
@@ -76,7 +76,12 @@ def test_a_cell_that_raises_or_kills_its_worker_is_an_error_row(tmp_path, ray, m
         # path, once pushed the message past the 500-character cut)
         assert df.loc[(mode, 32), "error"] == "RuntimeError: boom in the worker"
     assert df.loc[("fwd", 16), "status"] == "error"
-    assert "died" in df.loc[("fwd", 16), "error"].lower() or "crash" in df.loc[("fwd", 16), "error"].lower()
+    # killed its worker on the first try and on both retries: an error row saying so
+    assert df.loc[("fwd", 16), "attempts"] == 3
+    assert "the worker died on each of 3 attempt(s)" in df.loc[("fwd", 16), "error"]
+    # a cell that raised is never retried
+    assert df.loc[("fwd", 32), "attempts"] == df.loc[("decode", 32), "attempts"] == 1
+    assert df.loc[("decode", 16), "attempts"] == 1
 
 
 def test_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
@@ -120,21 +125,37 @@ def _pid_and_threads(item):
 def test_workers_live_across_cells_and_hold_their_thread_count(ray):
     pool = executors.RayExecutor(threads=1)
     out = list(pool.map(_pid_and_threads, list(range(8)), device=torch.device("cpu")))
-    assert sorted(item for item, _ in out) == list(range(8))
-    pids = {pid for _, (pid, _) in out}
+    assert sorted(item for item, _, _ in out) == list(range(8))
+    pids = {pid for _, (pid, _), _ in out}
     assert 1 <= len(pids) <= 2  # two one-CPU workers on a two-CPU cluster, each runs many cells
-    assert {threads for _, (_, threads) in out} == {1}
+    assert {threads for _, (_, threads), _ in out} == {1}
+    assert {attempts for _, _, attempts in out} == {1}
     assert pool.workers == []  # the devices went back to the cluster
 
 
+def node(alive=True, **resources):
+    return {"Alive": alive, "Resources": resources}
+
+
 @pytest.mark.parametrize(
-    "resources, device, threads, expected",
+    "nodes, device, threads, label, expected",
     [
-        ({"GPU": 4.0, "CPU": 64.0}, "cuda", 0, 4),  # one worker per GPU, whatever the host's cores
-        ({"GPU": 4.0, "CPU": 64.0}, "cpu", 8, 8),
-        ({"CPU": 2.0}, "cpu", 0, 2),
-        ({"CPU": 1.0}, "cpu", 4, 1),
+        ([node(GPU=4.0, CPU=64.0)], "cuda", 0, "", 4),  # one worker per GPU, whatever the host's cores
+        ([node(GPU=4.0, CPU=64.0)], "cpu", 8, "", 8),
+        ([node(CPU=2.0)], "cpu", 0, "", 2),
+        ([node(CPU=1.0)], "cpu", 4, "", 0),
+        ([node(CPU=3.0), node(CPU=3.0)], "cpu", 2, "", 2),  # node by node: a worker cannot span two
+        ([node(CPU=2.0), node(False, CPU=8.0)], "cpu", 1, "", 2),  # a dead node holds none
+        ([node(GPU=8.0, **{"accelerator_type:A100": 1}), node(GPU=2.0, **{"accelerator_type:H100": 1})],
+         "cuda", 0, "H100", 2),
     ],
-)
-def test_pool_size(resources, device, threads, expected):
-    assert executors.pool_size(resources, torch.device(device), threads) == expected
+)  # fmt: skip
+def test_capacity(nodes, device, threads, label, expected):
+    assert cluster.capacity(nodes, torch.device(device), threads, label) == expected
+
+
+def test_an_accelerator_type_no_node_carries_is_named_with_the_ones_there():
+    nodes = [node(GPU=1.0, **{"accelerator_type:A100": 1}), node(CPU=4.0)]
+    with pytest.raises(ValueError, match=r"accelerator_type='H100': .* labels there: \['A100'\]"):
+        cluster.check_label(nodes, "H100")
+    cluster.check_label(nodes, "A100")
