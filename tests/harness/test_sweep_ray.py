@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import measure
+from harness import config, measure
 from harness.cli import app
 from harness.sweep import cell as sweep_cell
 from harness.sweep import cluster, executors
@@ -89,6 +89,19 @@ def test_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
     result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--executor", "ray"))
     assert result.exit_code == 2
     assert 'pip install "attnbench[ray]"' in result.output
+
+
+def test_retries_and_accelerator_type_come_from_the_settings_file_or_flags(tmp_path):
+    assert sweep.SweepConfig().retries == 2 and sweep.SweepConfig().accelerator_type == ""
+    path = tmp_path / "bench.toml"
+    path.write_text('[sweep]\nretries = 5\naccelerator_type = "H100"\n')
+    cfg = config.load(sweep.SweepConfig, "sweep", path=path)
+    assert (cfg.retries, cfg.accelerator_type) == (5, "H100")
+    flagged = config.load(sweep.SweepConfig, "sweep", path=path, overrides={"retries": 0})
+    assert flagged.retries == 0
+    result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--retries", "-1"))
+    assert result.exit_code == 2 and "retries=-1 must be >= 0" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_unknown_executor_is_rejected(tmp_path):
