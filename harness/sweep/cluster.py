@@ -103,7 +103,9 @@ def gpu_index(device: torch.device) -> str:
     CUDA_VISIBLE_DEVICES torch's device stands for (Ray sets it to the GPU it granted)."""
     if device.type != "cuda":
         return ""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device.index
+    if index is None:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     return visible[index].strip() if index < len(visible) else str(index)
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from .. import measure
-from . import cluster
+from . import boot, cluster
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,10 +43,11 @@ class LocalExecutor:
 
 
 class Worker:
-    """A Ray actor that runs cells one at a time on the device it holds: one per GPU, or per
-    `threads` CPUs. It lives for the whole sweep, so its process, imports, CUDA context and
-    allocator cache are paid once (a Ray *task* holding a GPU gets a fresh process per call:
-    Ray's `max_calls=1` default for GPU tasks), and its thread count is fixed once."""
+    """A Ray actor (started through boot.Boot) that runs cells one at a time on the device it
+    holds: one per GPU, or per `threads` CPUs. It lives for the whole sweep, so its process,
+    imports, CUDA context and allocator cache are paid once (a Ray *task* holding a GPU gets a
+    fresh process per call: Ray's `max_calls=1` default for GPU tasks), and its thread count is
+    fixed once."""
 
     def __init__(self, device_type: str, threads: int) -> None:
         if threads:
@@ -191,9 +192,11 @@ class RayExecutor:
         slots = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": max(1, self.threads)}
         if self.accelerator_type:
             slots["accelerator_type"] = self.accelerator_type
-        actor = self.ray.remote(max_restarts=0, runtime_env=self.env, **slots)(Worker)
+        self.ray.cloudpickle.register_pickle_by_value(boot)  # it imports nothing of attnbench there
+        actor = self.ray.remote(max_restarts=0, runtime_env=self.env, **slots)(boot.Boot)
+        shipped = len(self.env["py_modules"])
         while len(self.workers) < n:
-            self.workers.append(actor.remote(device.type, self.threads))
+            self.workers.append(actor.remote(shipped, device.type, self.threads))
         return self.workers
 
     def _replace(self, dead: Any, device: torch.device) -> dict[Any, Any]:

@@ -206,21 +206,23 @@ def _write_run_json(
 
 
 SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]
+WHERE = ["device_name", "accelerator"]  # a Ray sweep over GPU models: each model its own reference
 
 
 def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
-    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape;
+    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape and device;
     `reference_sdpa_backend`, the kernel the reference ran there; and `kernels_differ`, True
     where that is not this row's `sdpa_backend`: such a speedup compares kernels, not variants
     (CUDA float32 GQA on math against MHA on memory-efficient, or an eager variant)."""
+    shape = SHAPE + [c for c in WHERE if c in df]
     ok = df[df["status"] == "ok"]
     if "compile" in ok:  # the reference is uncompiled mha (a compiled mha row is a variant row)
         ok = ok[ok["compile"].isin(["off", ""])]
     ref = ok[(ok["variant"] == reference) & (ok["options"] == "")]
-    ref = ref.groupby(SHAPE, as_index=False).agg(
+    ref = ref.groupby(shape, as_index=False).agg(
         _ref_ms=("latency_ms_median", "median"), reference_sdpa_backend=("sdpa_backend", _kernels)
     )
-    out = df.merge(ref, on=SHAPE, how="left")
+    out = df.merge(ref, on=shape, how="left")
     out["speedup"] = out["_ref_ms"] / out["latency_ms_median"]
     out["reference_sdpa_backend"] = out["reference_sdpa_backend"].fillna("")
     known = (out["status"] == "ok") & (out["reference_sdpa_backend"] != "")

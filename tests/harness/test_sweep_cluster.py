@@ -20,10 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.records import read_rows
 from harness.sweep import cell as sweep_cell
 from harness.sweep import cluster as cluster_mod
+from harness.sweep import executors
 from harness.sweep import runner as sweep
 from harness.sweep.grid import row_key
 from reports.render import render
@@ -131,7 +133,25 @@ def test_accelerator_type_pins_every_cell_to_nodes_of_that_label(tmp_path, nodes
     assert len(df) == 6 and set(df["status"]) == {"ok"}
     assert set(df["accelerator"]) == {"B"}
     env = json.loads((Path(df.attrs["run_dir"]) / "run.json").read_text())["environment"]
-    assert env["accelerator"] == "B" and env["code_hash"]
+    assert env["accelerator"] == "B" and env["code_hash"] == cluster_mod.code_hash()
+
+
+def _imported_from(item):
+    import attn_variants
+    import harness
+
+    return harness.__file__, attn_variants.__file__, cluster_mod.worker_code_hash(())
+
+
+def test_workers_import_the_drivers_code_shipped_to_them(nodes):
+    """Not this checkout (which the nodes could import too: they share this machine), nor the
+    installed attnbench: the copy Ray's runtime_env unpacked for the worker."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pool = executors.RayExecutor(address=nodes.address, threads=1)
+    ((_, (harness_file, variants_file, code), _),) = pool.map(_imported_from, [0], device=torch.device("cpu"))
+    for path in (harness_file, variants_file):
+        assert "runtime_resources" in path and not Path(path).is_relative_to(REPO), path
+    assert code == cluster_mod.code_hash()
 
 
 def test_a_label_no_node_carries_is_refused_before_any_cell(tmp_path, nodes):

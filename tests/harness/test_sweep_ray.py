@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -14,6 +15,7 @@ from harness.cli import app
 from harness.sweep import cell as sweep_cell
 from harness.sweep import cluster, executors
 from harness.sweep import runner as sweep
+from harness.sweep.grid import grid
 
 from .test_sweep_cli import read_csv, tiny
 
@@ -102,6 +104,44 @@ def test_retries_and_accelerator_type_come_from_the_settings_file_or_flags(tmp_p
     result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--retries", "-1"))
     assert result.exit_code == 2 and "retries=-1 must be >= 0" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_speedup_divides_latencies_of_one_device_only():
+    """A Ray sweep over two GPU models: each variant row's speedup uses mha on its own model."""
+    base = dict(device="cuda", dtype="bfloat16", mode="fwd", batch=1, seq_len=64, n_heads=8, head_dim=64,
+                status="ok", options="", compile="off", sdpa_backend="flash", device_name="gpu")  # fmt: skip
+    cells = [("mha", "A100", 4.0), ("gqa", "A100", 2.0), ("mha", "H100", 1.0), ("gqa", "H100", 0.8)]
+    rows = [{**base, "variant": v, "accelerator": a, "latency_ms_median": ms} for v, a, ms in cells]
+    out = sweep.with_speedup(pd.DataFrame(rows)).set_index(["variant", "accelerator"])
+    assert out.loc[("gqa", "A100"), "speedup"] == pytest.approx(2.0)
+    assert out.loc[("gqa", "H100"), "speedup"] == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize(
+    "visible, device, expected",
+    [("4,6", "cuda:1", "6"), ("GPU-1a,GPU-3c", "cuda:0", "GPU-1a"), ("", "cuda:2", "2"), ("4", "cpu", "")],
+)
+def test_gpu_index_is_the_physical_gpu_ray_granted(monkeypatch, visible, device, expected):
+    """Ray sets CUDA_VISIBLE_DEVICES to the GPU it gives a worker, whose torch then sees cuda:0."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert cluster.gpu_index(torch.device(device)) == expected
+
+
+def test_a_worker_with_other_code_measures_nothing(tmp_path):
+    """The driver's code hash travels with each cell; a worker whose own differs (the runtime_env
+    did not take: another attnbench on its path) writes an error row naming both, unmeasured."""
+    cfg = sweep.SweepConfig(
+        variants=("gqa",), reference="none", seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd",),
+        batch=1, head_dim=8, device="cpu", repeats=2, warmup=0, out=str(tmp_path), executor="ray",
+    )  # fmt: skip
+    (cell,), _ = grid(cfg)
+    device = torch.device("cpu")
+    env = executors.LocalExecutor().environment(device)
+    kw = dict(cfg=cfg, env=env, device=device, dtype=torch.float32, run_id="r")
+    row = sweep_cell.measure_on_host(cell, code="0123456789ab", **kw)
+    assert row.status == "error" and row.latency_ms_median is None
+    assert f"runs code {cluster.code_hash()}, not the driver's 0123456789ab" in row.error
+    assert sweep_cell.measure_on_host(cell, code=cluster.code_hash(), **kw).status == "ok"
 
 
 def test_unknown_executor_is_rejected(tmp_path):
