@@ -29,6 +29,7 @@ SHAPE_SYMBOLS |= {
     "dtype": "dtype",
     "init": "init",
     "compile": "compile",
+    "threads": "threads",
 }
 
 

@@ -43,8 +43,10 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
         FigureSpec("latency", "sweep", lat, "Latency against sequence length",
                    "Median per cell, band p10-p90, log-log; the legend gives each series' fitted slope "
                    "(1: linear in n, 2: quadratic).", sf.latency_figure),
-        FigureSpec("memory", "sweep", mem, "Peak memory and KV-cache size against sequence length",
-                   "Measured peak memory per mode; KV cache is 2*b*g*n*e*itemsize.", sf.memory_figure),
+        FigureSpec("memory", "sweep", mem, "Memory and KV-cache size against sequence length",
+                   "Measured transient peak per mode (allocation above the step's start); decode: the "
+                   "step's resident bytes (weights + tokens + cache) plus that peak; the KV cache as the "
+                   "variant holds it (kv_cache_bytes).", sf.memory_figure),
         FigureSpec("speedup_vs_mha", "sweep", ("n_heads", "n_kv_heads"), "Speedup against MHA",
                    "mha median / variant median at the same shape; n is the largest with a comparison "
                    "unless --seq-len is given. *: the cell ran another SDPA kernel than mha "
@@ -80,9 +82,9 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
 def _comparison_specs() -> list[FigureSpec]:
     return [
         FigureSpec("ratio", "sweep", ("latency_ms_median",), "Run against run, cell by cell",
-                   f"B/A of the median latency per cell (each later run over the first), bootstrap p10-p90 "
-                   f"interval, line at 1, grey band ±{cmp.THRESHOLD:g}; colour: the verdict (threshold and "
-                   f"Mann-Whitney U p < {cmp.ALPHA:g}); slowest at the top.", cf.ratio_figure),
+                   f"B/A of the median latency per cell (each later run over the first), line at 1, grey "
+                   f"band ±{cmp.THRESHOLD:g}; colour: the verdict (one run a side: drift between runs "
+                   f"cannot be estimated, so the threshold alone); slowest at the top.", cf.ratio_figure),
     ]  # fmt: skip
 
 
@@ -140,7 +142,10 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len, generate=None) -> list[tu
             ("Latency", tables.latency_table(sweep), "Median latency in ms; failed cells show status.")
         )
         if _why_not(_specs(seq_len)[2], sweep) is None:
-            note = ">1: faster than mha. *: another SDPA kernel than mha's; compares kernels, not variants."
+            note = (
+                ">1: faster than mha (no options) at the same shape, dtype, threads, backend and compile. "
+                "*: another SDPA kernel than mha's; compares kernels, not variants."
+            )
             out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), note))
         for comp in cf.run_pairs(sweep) if _compared(sweep) else []:
             caption = " ".join([*cmp.header(comp), cmp.counts(comp) + "."]) + (

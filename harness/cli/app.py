@@ -192,7 +192,10 @@ def sweep_command(
     min_time_s: Annotated[
         float | None, typer.Option(help="Keep timing a cell until its timed calls add up to this.")
     ] = None,
-    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell, at least.")] = None,
+    warmup_s: Annotated[
+        float | None, typer.Option(help="...and more until the warm-up calls add up to this many seconds.")
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
@@ -274,6 +277,7 @@ def sweep_command(
         repeats=repeats,
         min_time_s=min_time_s,
         warmup=warmup,
+        warmup_s=warmup_s,
         threads=threads,
         visual_frac=visual_frac,
         layout=layout,

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 import attn_variants as av
+from reports import speedup
 
 from .. import config as config_mod
 from .. import dashboard, measure
@@ -205,31 +206,8 @@ def _write_run_json(
     )  # fmt: skip
 
 
-SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]
-WHERE = ["device_name", "accelerator"]  # a Ray sweep over GPU models: each model its own reference
-
-
 def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
-    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape and device;
-    `reference_sdpa_backend`, the kernel the reference ran there; and `kernels_differ`, True
-    where that is not this row's `sdpa_backend`: such a speedup compares kernels, not variants
-    (CUDA float32 GQA on math against MHA on memory-efficient, or an eager variant)."""
-    shape = SHAPE + [c for c in WHERE if c in df]
-    ok = df[df["status"] == "ok"]
-    if "compile" in ok:  # the reference is uncompiled mha (a compiled mha row is a variant row)
-        ok = ok[ok["compile"].isin(["off", ""])]
-    ref = ok[(ok["variant"] == reference) & (ok["options"] == "")]
-    ref = ref.groupby(shape, as_index=False).agg(
-        _ref_ms=("latency_ms_median", "median"), reference_sdpa_backend=("sdpa_backend", _kernels)
-    )
-    out = df.merge(ref, on=shape, how="left")
-    out["speedup"] = out["_ref_ms"] / out["latency_ms_median"]
-    out["reference_sdpa_backend"] = out["reference_sdpa_backend"].fillna("")
-    known = (out["status"] == "ok") & (out["reference_sdpa_backend"] != "")
-    out["kernels_differ"] = known & (out["sdpa_backend"] != out["reference_sdpa_backend"])
-    return out.drop(columns="_ref_ms")
-
-
-def _kernels(backends: pd.Series) -> str:
-    """The reference's backend at one shape ('a+b' if its rows disagree)."""
-    return "+".join(sorted(set(backends)))
+    """`df` plus `speedup` against `reference` and the kernel columns: reports/speedup.py's one
+    definition (same shape, dtype, threads, backend and compile, no options), which the report's
+    table and heatmap use too."""
+    return speedup.with_speedup(df, reference).drop(columns="reference_ms")

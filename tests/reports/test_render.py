@@ -87,11 +87,8 @@ def test_several_runs_compare_beside_the_first(tmp_path):
     assert {"ratio.png", "ratio.svg"} <= names
     summary = (out / "summary.md").read_text()
     assert "### run-b against run-a" in summary and "1 slower, 1 faster, 30 same, 4 not run." in summary
-    assert "| cell | A ms | B ms | B/A | p10-p90 | p | verdict | note |" in summary
-    assert re.search(
-        r"\| gqa fwd n=256 g=2 \| [\d.]+ \| [\d.]+ \| 1\.[45]\d?× \| [\d.-]+ \| [\de.-]+ \| slower \|",
-        summary,
-    )
+    assert "| cell | A ms | B ms | B/A | verdict | note |" in summary and "cannot be estimated" in summary
+    assert re.search(r"\| gqa fwd n=256 g=2 \| [\d.]+ \| [\d.]+ \| 1\.[45]\d?× \| slower \|", summary)
     page = (out / "index.html").read_text()
     assert 'src="ratio.png"' in page and ">run-b against run-a</h2>" in page and "<td>faster</td>" in page
 
