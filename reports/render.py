@@ -153,7 +153,8 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len, generate=None) -> list[tu
             )
             out.append((f"{comp.b} against {comp.a}", cmp.table(comp), caption))
     if accuracy is not None:
-        out.append(("Accuracy", tables.accuracy_table(accuracy), "Mean ± sample std over finished seeds."))
+        note = "Mean ± sample std over n finished seeds (n=1: no spread). †: not causal-safe, causal task."
+        out.append(("Accuracy", tables.accuracy_table(accuracy), note))
     if generate is not None:
         note = "Median time per output token; speedups over mha: the decode step, and its attention calls."
         out.append(("Generation", gf.generate_table(generate), note))
