@@ -122,6 +122,11 @@ class Row:
     padding_waste: float | None = None
     cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
     timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)
+    # Where the cell ran, beyond host and device_name: the GPU's physical index (CUDA_VISIBLE_DEVICES
+    # entry; '' on CPU) and, on Ray, its node's accelerator label (accelerator_type:H100 -> H100).
+    gpu_index: str = ""
+    accelerator: str = ""
+    attempts: int | None = None  # tries the cell took: > 1 where a Ray worker or its node was lost
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -23,12 +23,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .load import device_key
 from .run_drift import Drift, judge, pooled_drift
 
+# The device a latency belongs to: its model, and the Ray accelerator label of its node (blank
+# off Ray). Latencies are never compared across them: they are part of every cell's key (a run
+# spread over several GPU models is compared model by model), and two runs with no device in
+# common are refused (`one_device`).
+DEVICE_COLUMNS = ("device_name", "accelerator")
 # Columns that name a cell. Extend this one list when sweep.csv gains a key column.
 KEY_COLUMNS = (
     "variant", "options", "mode", "batch", "seq_len", "n_visual", "dim", "n_heads", "n_kv_heads",
-    "head_dim", "dtype", "device", "backend", "compile", "layout",
+    "head_dim", "dtype", "device", "backend", "compile", "layout", *DEVICE_COLUMNS,
 )  # fmt: skip
 # Key columns two runs may be compared across: when one holds a single value in each run and
 # the values differ (a float32 run against a bfloat16 one, compile off against on, cpu against
@@ -36,7 +42,7 @@ KEY_COLUMNS = (
 # n=256 in B are different cells, listed as in one run only.
 SETTING_COLUMNS = ("device", "dtype", "backend", "compile", "layout")
 # The machine and software: a difference is one line of the header, the ratios are still shown.
-ENV_COLUMNS = ("device_name", "torch_version", "threads")
+ENV_COLUMNS = ("torch_version", "threads")
 MEASURED = ("status", "latency_ms_median", "peak_mem_bytes", "flops", "sdpa_backend")  # per run
 THRESHOLD, ALPHA = 0.05, 0.01  # defaults of `attnbench compare` and of the multi-run report
 VERDICTS = ("slower", "faster", "same", "undecided", "not run", "only in A", "only in B")
@@ -86,6 +92,7 @@ def compare(
     a, b = (pd.concat(side, ignore_index=True) for side in sides)
     for df in (a, b):
         df[key] = df[key].map(_text)
+    one_device(a, b, labels)
     settings = {c: (a[c].iloc[0], b[c].iloc[0]) for c in key if c in SETTING_COLUMNS and _differs(a, b, c)}
     key = [c for c in key if c not in settings]
     settings |= _image_counts(a, b)
@@ -115,8 +122,9 @@ def _runs(side: pd.DataFrame | Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
     frames = [side] if isinstance(side, pd.DataFrame) else list(side)
     if not frames:
         raise ValueError("a side of the comparison holds no run")
+    extra = (*MEASURED, *DEVICE_COLUMNS)  # a run from before `accelerator`: blank, as off Ray
     return [
-        df.reindex(columns=[*df.columns, *(c for c in MEASURED if c not in df)]).assign(**{RUN: i})
+        df.reindex(columns=[*df.columns, *(c for c in extra if c not in df)]).assign(**{RUN: i})
         for i, df in enumerate(frames)
     ]
 
@@ -157,6 +165,17 @@ def _text(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def one_device(a: pd.DataFrame, b: pd.DataFrame, labels: tuple[str, str]) -> None:
+    """ValueError, one line naming both, when runs A and B share no device: latencies of two
+    GPU models (or CPU models) are never compared."""
+    da, db = sorted(set(device_key(a))), sorted(set(device_key(b)))
+    if da and db and not set(da) & set(db):
+        raise ValueError(
+            f"run {labels[0]} ran on {' + '.join(da)!r} and run {labels[1]} on {' + '.join(db)!r}: "
+            "latencies are not compared across devices"
+        )
 
 
 def _differs(a: pd.DataFrame, b: pd.DataFrame, column: str) -> bool:

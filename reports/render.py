@@ -20,7 +20,7 @@ from . import roofline as rf
 from . import serving as sv
 from . import sweep_figures as sf
 from . import tables
-from .load import Run, combined, load_runs
+from .load import Run, by_device, combined, device_key, load_runs
 from .page import FigureEntry, Page, write_pages
 
 DPI = 110  # about 1800 px wide for three panels: sharp in the page without huge files
@@ -89,8 +89,17 @@ def _comparison_specs() -> list[FigureSpec]:
 
 
 def _compared(sweep: pd.DataFrame | None) -> bool:
-    """Two or more runs hold a sweep: each later one is compared with the first, cell by cell."""
-    return sweep is not None and sweep["run"].nunique() > 1
+    """Two or more runs hold a sweep, all on one device: each later one is compared with the
+    first, cell by cell (latencies are never compared across devices)."""
+    return sweep is not None and sweep["run"].nunique() > 1 and device_key(sweep).nunique() == 1
+
+
+def _across_devices(sweep: pd.DataFrame | None) -> list[str]:
+    """Why runs on several devices are not compared run against run (empty when they are not)."""
+    if sweep is None or sweep["run"].nunique() < 2 or device_key(sweep).nunique() < 2:
+        return []
+    names = " and ".join(sorted(set(device_key(sweep))))
+    return [f"ratio: the runs ran on {names}; latencies are not compared across devices"]
 
 
 def default_out(run_dirs: list[Path]) -> Path:
@@ -165,11 +174,12 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
     Several runs are overlaid, their series labelled by run. A figure whose columns hold no
     values is listed on the page as not drawn, with the reason. Bad input raises ValueError.
     """
-    runs = load_runs([Path(p) for p in run_dirs])
-    out = Path(out) if out is not None else default_out([r.path for r in runs])
+    loaded = load_runs([Path(p) for p in run_dirs])
+    out = Path(out) if out is not None else default_out([r.path for r in loaded])
+    runs = by_device(loaded)  # a run over several devices: one per device
     out.mkdir(parents=True, exist_ok=True)
     frames = {name: combined(runs, name) for name in ("sweep", "accuracy", "generate")}
-    written, entries, skipped = [], [], []
+    written, entries, skipped = [], [], _across_devices(frames["sweep"])
     for spec in _specs(seq_len) + (_comparison_specs() if _compared(frames["sweep"]) else []):
         reason = _why_not(spec, frames[spec.table])
         if reason is not None:

@@ -3,7 +3,8 @@
 
 speedup = reference latency / this row's latency, where the reference is the row of the
 reference variant with no options (its backend aside, a key column of its own) that ran ok at
-the same shape and the same settings: every
+the same shape and the same settings, on the same device (a Ray sweep over GPU models: each
+model, `device_name` and the node's `accelerator` label, is its own reference): every
 REFERENCE_KEY column a sweep.csv holds (shape, dtype, threads, backend, compile, served-decode
 axes, and the run when runs are stacked). A compiled gqa row is compared with compiled mha, an
 eager one with eager mha; a row with no such reference has no speedup (NaN), never one
@@ -20,8 +21,8 @@ from __future__ import annotations
 import pandas as pd
 
 REFERENCE_KEY = (
-    "run", "device", "device_name", "dtype", "threads", "mode", "batch", "seq_len", "dim", "n_heads",
-    "head_dim", "backend", "compile", "lengths", "kv_layout", "page_size", "q_len",
+    "run", "device", "device_name", "accelerator", "dtype", "threads", "mode", "batch", "seq_len", "dim",
+    "n_heads", "head_dim", "backend", "compile", "lengths", "kv_layout", "page_size", "q_len",
 )  # fmt: skip
 
 

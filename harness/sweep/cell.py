@@ -28,7 +28,7 @@ from attn_variants.flex import MASKS
 from .. import measure
 from ..measure import calibrate, flops, roof, timing, workload
 from ..records import Row, error_text
-from . import lengths
+from . import cluster, lengths
 from .config import SweepConfig
 from .grid import Cell
 
@@ -64,17 +64,24 @@ def _failure_status(err: BaseException) -> str:
     return "invalid" if isinstance(err, ValueError) else "error"
 
 
-def measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
+def measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, code: str = "", **kwargs: Any) -> Row:
     """`measure_cell` on a Ray worker (which fixed its thread count): the row describes the
-    worker's own machine, host and real thread count."""
-    plugins.load_all(cfg.plugins)  # a worker process: the driver's plugins, before the registry is read
-    local = measure.host_environment(kwargs["device"])
+    worker's own machine, host, GPU index, node label and real thread count. A worker whose code
+    is not the driver's (`code`, cluster.code_hash) measures nothing: its row is an error."""
+    shipped = cluster.worker_plugins(cfg.plugins)  # the driver's plugin files, by module name
+    local = cluster.where(kwargs["device"])
+    mine = cluster.worker_code_hash(shipped)
+    if code and mine != code:
+        error = f"the worker on {local['host']} runs code {mine}, not the driver's {code}: not measured"
+        return _row(cell, {**env, **local}, kwargs["run_id"], "error", error)
+    plugins.load_all(shipped)  # a worker process: the driver's plugins, before the registry is read
     return measure_cell(cell, cfg=cfg, env={**env, **local}, **kwargs)
 
 
 def failed_row(cell: Cell, err: BaseException, env: dict, run_id: str) -> Row:
     """The row of a cell whose worker died or raised outside the measurement (status error)."""
-    return _row(cell, {**env, "host": ""}, run_id, "error", error_text(err))
+    nowhere = {"host": "", "gpu_index": "", "accelerator": ""}  # a lost worker: where is unknown
+    return _row(cell, {**env, **nowhere}, run_id, "error", error_text(err))
 
 
 def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: Any) -> Row:

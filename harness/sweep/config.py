@@ -81,6 +81,12 @@ class SweepConfig:
     memory_limit_mb: float = 0.0
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
+    # Ray: a cell whose worker died (its process or node was lost) runs again on another worker
+    # up to this many more times; a cell that raised never does. The row says `attempts`.
+    retries: int = 2
+    # Ray: only nodes of this accelerator label (Ray's `accelerator_type:<label>` resource, e.g.
+    # H100, A100) run cells, so a sweep on a cluster of mixed GPU models times one model.
+    accelerator_type: str = ""
 
     def __post_init__(self) -> None:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile", "batches"):
@@ -105,6 +111,7 @@ class SweepConfig:
             ("warmup_s", 0),
             ("memory_limit_mb", 0),
             ("images", 1),
+            ("retries", 0),
         )
         for name, low in lows:
             if getattr(self, name) < low:

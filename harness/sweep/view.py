@@ -171,4 +171,7 @@ def footer(df: pd.DataFrame) -> str:
             f"overhead {overhead:.1%} (builds, FLOP and memory passes, warm-up, CSV), plus {startup:.1f} s "
             "of start-up before the clock"
         )
+    tries = pd.to_numeric(df["attempts"], errors="coerce") if "attempts" in df else pd.Series(dtype=float)
+    if (tries > 1).any():
+        lines.append(f"{int((tries > 1).sum())} cell(s) ran again after their Ray worker or node was lost")
     return "\n".join(lines)

@@ -118,18 +118,39 @@ def test_cells_in_one_run_only_are_listed(ab):
     assert labels[labels["verdict"] == "only in B"]["cell"].str.contains("n=512").all()
 
 
-def test_different_machines_get_one_header_line_and_ratios_still(ab):
+def test_different_software_gets_one_header_line_and_ratios_still(ab):
     a, b = ab
-    comp = cmp.compare(a, b.assign(threads=1, device_name="other-cpu", torch_version="2.14.0"))
-    assert comp.environment == {
-        "device_name": ("fake-cpu", "other-cpu"),
-        "torch_version": ("2.13.0", "2.14.0"),
-        "threads": ("2", "1"),
-    }
+    comp = cmp.compare(a, b.assign(threads=1, torch_version="2.14.0"))
+    assert comp.environment == {"torch_version": ("2.13.0", "2.14.0"), "threads": ("2", "1")}
     lines = [line for line in cmp.header(comp) if line.startswith("environments differ")]
-    assert len(lines) == 1 and "threads 2 vs 1" in lines[0] and "other-cpu" in lines[0]
+    assert len(lines) == 1 and "threads 2 vs 1" in lines[0] and "2.14.0" in lines[0]
     assert verdict_of(comp, SLOWER)["ratio"] == pytest.approx(1.5, rel=0.03)
     assert not any(line.startswith("environments") for line in cmp.header(cmp.compare(a, b)))
+
+
+def test_runs_on_different_devices_are_refused_in_one_line_naming_both(ab):
+    a, b = ab
+    refused = r"^run A ran on 'fake-cpu' and run B on 'other-cpu': latencies"
+    with pytest.raises(ValueError, match=refused) as err:
+        cmp.compare(a, b.assign(device_name="other-cpu"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"'fake-cpu \[A100\]' and run B on 'fake-cpu \[H100\]'"):
+        cmp.compare(a.assign(accelerator="A100"), b.assign(accelerator="H100"))
+
+
+def test_runs_over_mixed_devices_are_matched_device_by_device(ab):
+    """A Ray sweep over two GPU models: each cell is compared with the same cell on the same
+    model; a model only one run has gives 'only in' cells, never a ratio across models."""
+    a, b = ab
+    two = lambda df: pd.concat([df.assign(accelerator="A100"), df.assign(accelerator="H100")])  # noqa: E731
+    comp = cmp.compare(two(a), pd.concat([two(b), b.assign(accelerator="V100")]))
+    assert "accelerator" in comp.key and "device_name" in comp.key
+    for label in ("A100", "H100"):
+        mine = comp.cells[comp.cells["accelerator"] == label]
+        assert (mine["verdict"] == "slower").sum() == 1 and (mine["verdict"] == "faster").sum() == 1
+    v100 = comp.cells[comp.cells["accelerator"] == "V100"]
+    assert set(v100["verdict"]) == {"only in B"} and len(v100) == len(b)
+    assert cmp.labels(comp).str.contains("accelerator=H100").any()
 
 
 def test_a_setting_constant_in_each_run_is_compared_across(ab):

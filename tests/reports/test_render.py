@@ -93,6 +93,19 @@ def test_several_runs_compare_beside_the_first(tmp_path):
     assert 'src="ratio.png"' in page and ">run-b against run-a</h2>" in page and "<td>faster</td>" in page
 
 
+def test_a_run_over_two_devices_is_reported_device_by_device_and_never_compared(tmp_path):
+    """A Ray sweep over a cluster of mixed GPU models: each device is its own run in every figure
+    and table; two runs on different devices are drawn, and not compared run against run."""
+    mixed = pd.concat([sweep_frame().assign(accelerator="A100"), sweep_frame().assign(accelerator="H100")])
+    run = write_run(tmp_path / "mixed", sweep=mixed)
+    render([run], tmp_path / "report")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "mixed · fake-cpu [A100]" in summary and "mixed · fake-cpu [H100]" in summary
+    assert "[H100] against" not in summary  # no run-against-run table across the two devices
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "latencies are not compared across devices" in page
+
+
 def test_markdown_table_escapes_pipes():
     assert markdown_table(pd.DataFrame({"a": ["x|y"]})) == "| a |\n| --- |\n| x\\|y |"
 
