@@ -7,7 +7,7 @@ compared pairwise, and a synthetic slowdown that must be found.
 
 Each sweep is its own process (`attnbench sweep`), one after the other, so the runs differ as
 two runs of a user's do. Reported, for the rule `compare` uses (reports/run_drift.py) and for
-the old rule (Mann-Whitney U over the calls pooled per run, reports.stats.decide):
+the old rule (Mann-Whitney U over the calls pooled per run, benchstats.decide):
 
 - false verdicts: every ordered pair of runs (one run a side), every cell; "slower" or "faster"
   between identical code is false;
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchstats import decide
 from reports import comparison as cmp
-from reports.stats import decide
 
 SWEEP = ["--variants", "mha,gqa,mqa", "--heads", "8", "--kv-heads", "2", "--modes", "fwd,decode"]
 

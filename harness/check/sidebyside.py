@@ -8,7 +8,7 @@ check. For every cell and pass the parent asks one child, then the other, to tim
 rounds (variant and reference interleaved in that child, as `check.measure_cell` does in
 process), alternating which side goes first from cell to cell and pass to pass: a burst of load
 or a clock change lands on both sides alike rather than on one. The head's ratios are then
-decided against the base's by the check's own test (reports/stats.py).
+decided against the base's by the check's own test (benchstats/).
 
 The child (`main`) reads the CheckConfig as one JSON line on stdin, answers with its header
 (which attn_variants and harness it imported), then one answer per request; answers are lines
