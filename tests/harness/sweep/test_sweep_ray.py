@@ -15,7 +15,7 @@ from harness.cli import app
 from harness.sweep import cell as sweep_cell
 from harness.sweep import cluster, executors
 from harness.sweep import runner as sweep
-from harness.sweep.grid import grid
+from harness.sweep.runner import grid
 
 from .test_sweep_cli import read_csv, tiny
 
@@ -26,7 +26,9 @@ KEY = ("variant", "options", "mode", "seq_len", "n_heads", "n_kv_heads", "status
 @pytest.fixture(scope="module")
 def ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of its own, never one another process left running on this machine
+    # (ray.init() with no address joins the latest cluster started here, and then refuses num_cpus).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     # Test-module functions travel to the workers by value (they cannot import tests/).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
