@@ -123,6 +123,12 @@ def load(
         profiles = _table(data, "profiles", where)
         if profile not in profiles:
             raise ValueError(f"unknown profile {profile!r}; valid profiles: {sorted(profiles)}")
+        if section not in _table(profiles, profile, where):  # it would run the defaults silently
+            having = sorted(p for p, t in profiles.items() if isinstance(t, Mapping) and section in t)
+            raise ValueError(
+                f"profile {profile!r} has no [profiles.{profile}.{section}] table; "
+                f"profiles with one: {having}"
+            )
         values.update(_table(profiles[profile], section, f"{where} [profiles.{profile}]"))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     table = values.get("plugins", [])  # not a list: `build` names it

@@ -16,6 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+import runfiles as files
+from runfiles import kinds
+
 # skipped_memory: the fake-tensor estimate of the cell's peak did not fit (never ran); oom: it ran
 # out of memory (CUDA, cuBLAS/cuDNN workspace or the CPU allocator).
 STATUSES = ("ok", "oom", "skipped_memory", "unsupported", "invalid", "error")
@@ -167,21 +170,30 @@ class CsvSink:
         self.close()
 
 
+# What every command that reads a results CSV checks (runfiles/kinds.py).
+SWEEP, ACCURACY, GENERATE = kinds.SWEEP, kinds.ACCURACY, kinds.GENERATE
+
+
+def read_sweep(path: Path, *, repair: bool = False) -> files.Table:
+    """A sweep.csv this version wrote (its columns exactly), checked row by row; a missing file
+    has no rows. `repair` (resume): rows cut short, garbled or repeated are dropped, not raised."""
+    if not Path(path).exists():
+        return files.Table(Path(path), COLUMNS, (), ())
+    return files.read_table(path, dataclasses.replace(SWEEP, exact=COLUMNS), repair=repair)
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a sweep CSV as strings; a last line cut short by a hard kill is dropped."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
-            raise ValueError(f"{str(path)!r} has columns {reader.fieldnames}; expected {list(COLUMNS)}")
-        return [row for row in reader if None not in row.values() and None not in row]
+    """The good rows of a sweep.csv as text (one being written: a line cut short is left out)."""
+    return list(read_sweep(path, repair=True).rows)
 
 
-def read_frame(path: Path, text_columns: tuple[str, ...]) -> pd.DataFrame:
-    """A results CSV (sweep or accuracy) as a DataFrame, `text_columns` as '' (not NaN) where empty."""
-    df = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str))
-    df[list(text_columns)] = df[list(text_columns)].fillna("")
+def read_frame(path: Path, text_columns: tuple[str, ...], spec: files.Spec | None = None) -> pd.DataFrame:
+    """A results CSV (sweep by default, or `spec`'s kind) read and checked, as a DataFrame with
+    `text_columns` as '' (not NaN) where empty."""
+    table = files.read_table(path, spec or SWEEP)
+    df = table.frame(dtype=dict.fromkeys(text_columns, str))
+    present = [c for c in text_columns if c in df.columns]
+    df[present] = df[present].fillna("")
     return df
 
 

@@ -13,11 +13,13 @@ from typing import Any
 
 import pandas as pd
 
+import runfiles as files
+from runfiles import kinds
+
 SWEEP_CSV, ACCURACY_CSV, GENERATE_CSV, RUN_JSON = "sweep.csv", "accuracy.csv", "generate.csv", "run.json"
 # Columns without which a file cannot be read as a sweep or accuracy table at all.
-SWEEP_CORE = ("variant", "mode", "seq_len", "status", "latency_ms_median")
-ACCURACY_CORE = ("task", "variant", "accuracy", "status")
-GENERATE_CORE = ("variant", "context", "status", "tpot_s")
+SWEEP_CORE, ACCURACY_CORE = kinds.SWEEP.required, kinds.ACCURACY.required
+GENERATE_CORE = kinds.GENERATE.required
 # Shape columns that may vary across a sweep; a series is named by the ones that do.
 # A sweep gives multimodal variants m = visual_frac * n visual tokens, so m grows with n: a
 # series is named by the fraction m/n (`visual_frac`, derived on load), not by m.
@@ -66,15 +68,12 @@ def format_options(raw: Any) -> str:
     return text
 
 
-def _read_csv(path: Path, core: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path} is empty (no header, no rows)") from None
+def _read_csv(path: Path, spec: files.Spec) -> pd.DataFrame:
+    """The CSV read and checked (harness/files.py: encoding, columns, types, status, one row a key)."""
+    df = files.read_table(path, spec).frame()
     if df.empty:
-        raise ValueError(f"{path} has a header but no rows")
-    require(df, core, str(path))
-    df["status"] = df["status"].fillna("error").astype(str)
+        raise ValueError(f"{spec.what} {str(path)!r} has a header but no rows")
+    df["status"] = df["status"].astype(str)
     df["options"] = df["options"].map(format_options) if "options" in df.columns else ""
     return df
 
@@ -87,15 +86,7 @@ def _with_visual_frac(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
-    return meta
+    return files.read_json(path, "run.json") if path.exists() else {}
 
 
 def load_run(path: Path, label: str | None = None) -> Run:
@@ -110,9 +101,9 @@ def load_run(path: Path, label: str | None = None) -> Run:
             f"{path} holds no {SWEEP_CSV} or {ACCURACY_CSV} (or {GENERATE_CSV}); is it a run directory?"
         )
     label = label or path.resolve().name
-    sweep = _with_visual_frac(_read_csv(sweep_path, SWEEP_CORE)) if sweep_path.exists() else None
-    accuracy = _read_csv(accuracy_path, ACCURACY_CORE) if accuracy_path.exists() else None
-    generate = _read_csv(generate_path, GENERATE_CORE) if generate_path.exists() else None
+    sweep = _with_visual_frac(_read_csv(sweep_path, kinds.SWEEP)) if sweep_path.exists() else None
+    accuracy = _read_csv(accuracy_path, kinds.ACCURACY) if accuracy_path.exists() else None
+    generate = _read_csv(generate_path, kinds.GENERATE) if generate_path.exists() else None
     return Run(path, label, sweep, accuracy, _read_meta(path / RUN_JSON), generate)
 
 

@@ -29,7 +29,7 @@ from reports.marks import leaky
 
 from .. import measure
 from ..measure import timing
-from ..records import CsvSink, check_writable, error_text, read_frame, write_run_json
+from ..records import ACCURACY, CsvSink, check_writable, error_text, read_frame, write_run_json
 from ..sweep.runner import new_run_dir
 from ..variant_choice import VariantChoice, check_builds, parse_variants
 from . import tasks
@@ -228,7 +228,7 @@ def kv_heads_equiv(cell: Cell, cfg: AccuracyConfig) -> float | None:
 
 def load(csv_path: Path) -> pd.DataFrame:
     """An accuracy CSV as a DataFrame, text columns as '' (not NaN) where empty."""
-    return read_frame(csv_path, TEXT_COLUMNS)
+    return read_frame(csv_path, TEXT_COLUMNS, ACCURACY)
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import runfiles as files
 from benchstats import Decision
 
 from ..measure.timing import summarize
@@ -46,6 +47,19 @@ COLUMNS = (
 )
 
 
+# What read() checks: every column but those older files lack; one row per machine model and cell.
+SPEC = files.Spec(
+    "check baseline",
+    required=tuple(c for c in COLUMNS if c not in (*OPTIONAL, "machine")),
+    integers=frozenset(
+        ("batch", "seq_len", "n_visual", "n_heads", "n_kv_heads", "head_dim", "rounds", "threads")
+    ),
+    floats=frozenset(("ratio_median", "ratio_p10", "ratio_p90", "variant_ms", "reference_ms")),
+    samples=frozenset(("ratio_samples",)),
+    filled=frozenset(("ratio_samples", "variant", "mode")),
+    key=("machine", *KEY, *OPTIONAL),
+)
+
 # check.csv, what every check run writes to <out>/<run_id>/: the baseline's columns for every
 # cell of the run, then its status, its verdict against the baseline, and every per-call time.
 RESULT_COLUMNS = (
@@ -74,7 +88,7 @@ def read(path: Path) -> pd.DataFrame:
             f"no baseline at {str(path)!r}: measure one on this machine with "
             f"`attnbench check --update-baseline` (same flags/profile), commit it, then run the check"
         )
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = files.read_table(path, SPEC).frame(dtype=str, keep_default_na=False)
     for column, default in OPTIONAL.items():
         if column not in df:
             df.insert(len(KEY) + 1, column, default)

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import runfiles as files
+
 from .. import dashboard, measure
 from ..records import write_run_json
 from ..sweep.grid import Cell, row_key
@@ -130,11 +132,15 @@ def read(path: Path) -> pd.DataFrame:
             f"no instruction-count baseline at {str(path)!r}: count one with "
             "`attnbench check --metric instructions --update-baseline` (same flags/profile), commit it"
         )
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = sorted(set(COLUMNS) - set(df.columns))
-    if missing:
-        raise ValueError(f"baseline {str(path)!r} lacks column(s) {missing}; rewrite it: --update-baseline")
-    return df
+    spec = files.Spec(
+        "instruction-count baseline",
+        required=COLUMNS,
+        integers=frozenset(("batch", "seq_len", "n_visual", "n_heads", "n_kv_heads", "head_dim", "calls")),
+        floats=frozenset(("instructions", "spread")),
+        filled=frozenset(("instructions", "variant", "mode")),
+        key=(*KEY, "compile", "cpu_capability"),
+    )
+    return files.read_table(path, spec).frame(dtype=str, keep_default_na=False)
 
 
 def write(path: Path, counts: Sequence[Count], env: Mapping[str, str]) -> pd.DataFrame:

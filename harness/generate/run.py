@@ -25,7 +25,7 @@ import pandas as pd
 
 from .. import measure
 from ..measure import timing
-from ..records import CsvSink, check_writable, read_frame, write_run_json
+from ..records import GENERATE, CsvSink, check_writable, read_frame, write_run_json
 from ..sweep.runner import resolve_dtype
 from ..variant_choice import VariantChoice, check_builds, parse_variants
 from . import cell as cell_mod
@@ -158,4 +158,4 @@ def run(
 
 def load(csv_path: Path) -> pd.DataFrame:
     """A generate CSV as a DataFrame, text columns '' where empty."""
-    return read_frame(csv_path, TEXT_COLUMNS)
+    return read_frame(csv_path, TEXT_COLUMNS, GENERATE)

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-PACKAGES = ("attn_variants", "harness", "reports", "benchstats")
+PACKAGES = ("attn_variants", "harness", "reports", "benchstats", "runfiles")
 
 
 def prefer_shipped(count: int) -> list[str]:

@@ -25,7 +25,8 @@ import torch
 
 from .. import measure
 
-PACKAGES = ("attn_variants", "harness", "reports", "benchstats")  # the ones that exist are shipped
+# The ones that exist are shipped.
+PACKAGES = ("attn_variants", "harness", "reports", "benchstats", "runfiles")
 LABEL = "accelerator_type:"  # Ray's resource prefix for a node's accelerator model
 EXCLUDES = ["__pycache__", "*.pyc"]
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+import runfiles as files
+
 FORMS = ("fixed", "uniform:LO-HI", "zipf:A:MAX", "lognormal:MU:SIGMA:MAX", "file:PATH")
 
 
@@ -126,18 +128,10 @@ def _lognormal(text: str, rest: str) -> Lengths:
 
 def _file(text: str, rest: str) -> Lengths:
     try:
-        lines = Path(rest).read_text(encoding="utf-8").split()
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ValueError(f"lengths={text!r}: cannot read the length file {rest!r}: {reason}") from None
-    try:
-        values = [int(x) for x in lines]
-    except ValueError:
-        raise ValueError(f"lengths={text!r}: {rest!r} must hold one integer length per line") from None
-    bad = [v for v in values if v <= 0]
-    if not values or bad:
-        raise ValueError(f"lengths={text!r}: every length must be >= 1; got {bad or 'an empty file'}")
-    return Lengths("file", text, from_file=tuple(values))
+        values = files.read_lengths(Path(rest))
+    except ValueError as err:
+        raise ValueError(f"lengths={text!r}: {err}") from None
+    return Lengths("file", text, from_file=values)
 
 
 def summary(lengths: list[int]) -> dict[str, float]:

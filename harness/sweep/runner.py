@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -28,13 +27,14 @@ import pandas as pd
 import torch
 
 import attn_variants as av
+import runfiles as files
 from attn_variants import plugins
 from reports import speedup
 
 from .. import config as config_mod
 from .. import dashboard, measure
 from ..measure import calibrate, timing
-from ..records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
+from ..records import CsvSink, Row, check_writable, read_frame, read_sweep, write_run_json
 from ..variant_choice import check_builds
 from . import cell as sweep_cell
 from . import cluster, executors
@@ -66,7 +66,18 @@ def resume_config(run_dir: Path) -> SweepConfig:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise ValueError(f"cannot resume {str(run_dir)!r}: no run.json there")
-    return config_mod.build(SweepConfig, json.loads(path.read_text())["config"], where=str(path))
+    return config_mod.build(SweepConfig, files.read_run_json(path)["config"], where=str(path))
+
+
+def repair(run_dir: Path) -> str:
+    """Resume never trusts sweep.csv: rows cut short by a kill, garbled, lacking a status or
+    repeating a cell are dropped (their cells are measured again) and the file is rewritten
+    atomically. The line naming what was dropped ('' if nothing was)."""
+    table = read_sweep(Path(run_dir) / "sweep.csv", repair=True)
+    if not table.dropped:
+        return ""
+    files.rewrite(table)
+    return table.dropped_line()
 
 
 def grid(cfg: SweepConfig) -> tuple[list[Cell], Skipped]:
@@ -132,7 +143,8 @@ def run(
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path = run_dir / "sweep.csv"
-    done = {row_key(r) for r in read_rows(csv_path)}
+    dropped = repair(run_dir)
+    done = {row_key(r) for r in read_sweep(csv_path).rows}
     todo = [c for c in cells if c.key() not in done]
     with timing.threads(cfg.threads):
         # Before the clock starts: the roof of the roofline (cached: measured once per machine,
@@ -173,6 +185,7 @@ def run(
         wall_s=time.perf_counter() - t0,
         timed_s=timed,
         startup_s=startup,
+        dropped=dropped,
     )
     return df
 

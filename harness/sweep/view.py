@@ -51,6 +51,9 @@ def main(
     `settings` (which file the config came from) is recorded in run.json."""
     checked = sweep.preflight(cfg, resume)  # bad options or --out: one line and exit 2, before the bar
     run_dir = Path(resume) if resume is not None else sweep.new_run_dir(cfg)
+    dropped = sweep.repair(run_dir) if resume is not None else ""
+    if dropped:
+        console.print(f"[yellow]{escape(dropped)}; their cells are measured again[/]")
     columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn())
     progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     try:
