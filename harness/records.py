@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -197,17 +196,13 @@ def read_frame(path: Path, text_columns: tuple[str, ...], spec: files.Spec | Non
     return df
 
 
-def check_writable(folder: Path) -> None:
-    """Make `folder` and write a scratch file in it; ValueError naming it if either fails.
+def check_writable(folder: str | Path) -> None:
+    """Make `folder` and write a scratch file in it; ValueError naming it if it is empty ('' is
+    refused, not read as the current folder), a file, or either step fails.
 
     Called after every other input check, just before the first cell, so a bad --out is one
     line and exit 2 rather than a traceback after the work has started."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ValueError(f"output folder {str(folder)!r} is not writable: {err.strerror or err}") from None
+    files.writable_folder(folder)
 
 
 def write_run_json(run_dir: Path, config: Any, env: dict, cells: int, **extra: Any) -> None:

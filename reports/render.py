@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+import runfiles as files
+
 from . import accuracy_figures as af
 from . import comparison as cmp
 from . import comparison_figure as cf
@@ -177,7 +179,7 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
     loaded = load_runs([Path(p) for p in run_dirs])
     out = Path(out) if out is not None else default_out([r.path for r in loaded])
     runs = by_device(loaded)  # a run over several devices: one per device
-    out.mkdir(parents=True, exist_ok=True)
+    files.writable_folder(out)  # every input read and checked first; '' refused by the CLI
     frames = {name: combined(runs, name) for name in ("sweep", "accuracy", "generate")}
     written, entries, skipped = [], [], _across_devices(frames["sweep"])
     for spec in _specs(seq_len) + (_comparison_specs() if _compared(frames["sweep"]) else []):

@@ -58,11 +58,12 @@ class Table:
         return pd.read_csv(io.StringIO(_csv_text(self.columns, self.rows)), **read_csv)
 
     def dropped_line(self) -> str:
-        """'dropped 2 partial rows of sweep.csv: lines 7, 9 (has 41 fields, the header 49)'."""
+        """'dropped 2 partial rows of sweep.csv: lines 7, 9 (has 41 fields, the header 49: ...)'."""
         n, lines = len(self.dropped), ", ".join(str(line) for line, _ in self.dropped)
         first = self.dropped[0][1]
         rows = "row" if n == 1 else "rows"
-        return f"dropped {n} partial {rows} of {self.path.name}: line{'s' * (n > 1)} {lines} ({first})"
+        kind = "partial" if all(" fields, the header " in why for _, why in self.dropped) else "bad"
+        return f"dropped {n} {kind} {rows} of {self.path.name}: line{'s' * (n > 1)} {lines} ({first})"
 
 
 def read_text(path: Path, what: str) -> str:
@@ -142,7 +143,7 @@ def _check_header(header: tuple[str, ...], spec: Spec, where: str) -> None:
 def _row_problem(record: list[str], header: tuple[str, ...], row: dict[str, str], spec: Spec) -> str:
     """What is wrong with one row ('' if nothing)."""
     if len(record) != len(header):
-        return f"has {len(record)} fields, the header {len(header)} (cut short or garbled)"
+        return f"has {len(record)} fields, the header {len(header)}: cut short or garbled"
     empty = [c for c in sorted(spec.filled & row.keys()) if not row[c]]
     if empty:
         return f"has no {empty[0]}"
@@ -256,3 +257,20 @@ def read_lengths(path: Path) -> tuple[int, ...]:
     if not values:
         raise ValueError(f"the length file {str(path)!r} holds no length (one integer >= 1 per line)")
     return tuple(values)
+
+
+def writable_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Make `folder` and write a scratch file in it; ValueError naming it if it is empty, an
+    existing file, or cannot be made or written. The last check before a command writes."""
+    if not str(folder).strip():
+        raise ValueError(f"{what} is empty ('{folder}'): name a folder, e.g. results")
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is an existing file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {str(path)!r} is not writable: {err.strerror or err}") from None
+    return path

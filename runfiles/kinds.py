@@ -3,7 +3,7 @@
 The typed columns are those of the row dataclasses (harness/records.py's Row,
 harness/accuracy/runner.py's AccuracyRow, harness/generate/cell.py's GenerateRow), written out
 here so that reports/ reads the files without importing harness or torch;
-tests/harness/test_files.py checks the lists against the dataclasses.
+tests/test_runfiles.py checks the lists against the dataclasses.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Shared test helpers: devices (CUDA cases skip cleanly without a GPU) and seeding."""
 
 import itertools
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,25 @@ def _calibration_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("attnbench-cache")))
         yield
+
+
+def _untracked(repo: Path) -> set[str] | None:
+    """The checkout's untracked, not ignored files (None: not a git checkout)."""
+    cmd = ["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return set(done.stdout.splitlines()) if done.returncode == 0 else None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checkout_stays_clean():
+    """Tests write only under their temporary folders: a file the session leaves in the
+    checkout (a run folder in results/, a report) fails the session, named."""
+    repo = Path(__file__).resolve().parents[1]
+    before = _untracked(repo)
+    yield
+    after = _untracked(repo)
+    if before is not None and after is not None and after - before:
+        pytest.fail(f"the tests left files in the checkout: {sorted(after - before)[:10]}")
 
 
 @pytest.fixture(autouse=True)

@@ -135,7 +135,7 @@ def preflight(cfg: AccuracyConfig, run_dir: Path | None = None) -> list[Cell]:
     specs = ((c.choice, av.AttnSpec(cfg.dim, c.n_heads, c.n_kv_heads)) for c in todo if not c.unsupported)
     check_builds(specs)
     measure.resolve_device(cfg.device)  # 'cuda' without a GPU
-    check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
+    check_writable(run_dir if run_dir is not None else cfg.out)
     return todo
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -156,7 +155,7 @@ def preflight(cfg: CheckConfig, todo: list[Cell] | None = None) -> list[Cell]:
     entry = av.info(cfg.reference)  # an unknown reference names the valid variants
     ref_specs = [(reference, entry.resolve(av.AttnSpec(c.spec.dim, c.spec.n_heads))) for c in todo]
     check_builds([*((c.choice, c.spec) for c in todo), *ref_specs])
-    check_writable(Path(cfg.out))
+    check_writable(cfg.out)
     return todo
 
 

@@ -48,6 +48,8 @@ def main(
     env["machine"] = machine.of(env)
     path = baseline_mod.path_for(cfg.baseline, env)  # per GPU model where it names {device_name}
     plan = None if update else _plan(path, env, cfg, console)
+    if update:
+        _read_if_any(path)  # the rows it keeps are read at the end: a bad file fails now, not then
     if plan_only:
         return 0
     check.preflight(cfg, todo)  # bad option values or --out fail before any timing

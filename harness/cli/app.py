@@ -171,6 +171,8 @@ def overrides(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for field in (f for f in dataclasses.fields(cls) if f.name in params):
         value, items = params[field.name], _tuple_items(hints[field.name])
+        if field.name == "out" and value is not None and not str(value).strip():
+            raise ValueError(f"--out {value!r} is empty: name a folder, e.g. results")
         if isinstance(value, str) and items is not None:
             flag = "--" + field.name.replace("_", "-")
             value = split_ints(flag, value) if items is int else split_csv(value)
@@ -291,7 +293,8 @@ def sweep_command(
 
     given = overrides(sweep.SweepConfig, ctx.params)
     if resume is not None:
-        given = sorted(k for k, v in given.items() if v is not None) + (["profile"] if profile else [])
+        given = sorted(k for k, v in given.items() if v not in (None, [], ()))  # typer: --plugin unset is []
+        given += ["profile"] if profile else []
         if given:
             raise ValueError(f"--resume takes its settings from run.json; drop {given}")
         cfg, record = sweep.resume_config(resume), None  # run.json keeps the first session's record
@@ -316,7 +319,7 @@ def report(
         typer.Argument(help="Run directories holding sweep.csv and/or accuracy.csv (and run.json)."),
     ],
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help="Output directory (default: <run>/report; several runs: compare_<a>_vs_<b> beside "
             "the first)."
@@ -332,7 +335,9 @@ def report(
     """Redraw every figure, index.html and summary.md from the runs' CSVs (several runs are compared)."""
     from reports.render import render  # here, so other commands do not pay for matplotlib's import
 
-    written = render(run_dirs, out, seq_len=seq_len)
+    if out is not None and not out.strip():
+        raise ValueError(f"--out {out!r} is empty: name a folder, e.g. results")
+    written = render(run_dirs, None if out is None else Path(out), seq_len=seq_len)
     typer.echo(f"wrote {len(written)} files; open {next(p for p in written if p.name == 'index.html')}")
 
 

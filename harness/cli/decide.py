@@ -37,7 +37,7 @@ def decide_command(
     objectives: Annotated[
         str | None, typer.Option(help="Pareto objectives: cache, decode, prefill, accuracy.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: <first run>/decide).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (default: <first run>/decide).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """One row per design: cache per device, decode and prefill latency, accuracy, Pareto front."""

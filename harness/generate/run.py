@@ -118,7 +118,7 @@ def preflight(cfg: GenerateConfig, run_dir: Path | None = None) -> list[VariantC
     picked = choices(cfg)
     check_builds((c, cell_mod.decoder_config(c, cfg).spec()) for c in picked)
     measure.resolve_device(cfg.device)
-    check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
+    check_writable(run_dir if run_dir is not None else cfg.out)
     return picked
 
 

@@ -96,7 +96,7 @@ def preflight(cfg: SweepConfig, run_dir: Path | None = None) -> tuple[list[Cell]
     check_lengths(cfg, cells)
     if cfg.executor == "local":  # a Ray cluster's devices are its workers' (executors.py)
         measure.resolve_device(cfg.device)  # 'cuda' without a GPU
-    check_writable(Path(run_dir) if run_dir is not None else Path(cfg.out))
+    check_writable(run_dir if run_dir is not None else cfg.out)
     return cells, skipped
 
 

@@ -29,6 +29,7 @@ def env(device="cuda", name=H100, threads=16):
 def cfg(tmp_path, **kw):
     values = dict(variants=("gqa",), seq_len=(32,), heads=(4,), kv_heads=(2,), modes=("fwd",), rounds=20)
     values |= dict(passes=1, device="cuda", threads=0, baseline=str(tmp_path / "gpu-{device_name}.csv"))
+    values |= dict(out=str(tmp_path / "results"))  # run folders under the test's own folder
     return check.CheckConfig(**values | kw)
 
 
