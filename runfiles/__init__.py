@@ -62,7 +62,7 @@ class Table:
         n, lines = len(self.dropped), ", ".join(str(line) for line, _ in self.dropped)
         first = self.dropped[0][1]
         rows = "row" if n == 1 else "rows"
-        kind = "partial" if all(" fields, the header " in why for _, why in self.dropped) else "bad"
+        kind = "partial" if all("cut short" in why for _, why in self.dropped) else "bad"
         return f"dropped {n} {kind} {rows} of {self.path.name}: line{'s' * (n > 1)} {lines} ({first})"
 
 
@@ -121,7 +121,15 @@ def read_table(path: Path, spec: Spec, *, repair: bool = False) -> Table:
             continue
         rows.append(row)
         lines.append(start)
+    if repair and rows and not text.endswith("\n") and lines[-1] == start_of_last(text):
+        rows.pop()  # a kill mid-write can cut a row inside its last field: its count looks whole
+        dropped.append((lines.pop(), "has no line end: cut short"))
     return Table(path, header, tuple(rows), tuple(lines), tuple(dropped))
+
+
+def start_of_last(text: str) -> int:
+    """The line number the text's last line starts on."""
+    return text.count("\n", 0, text.rstrip("\r\n").rfind("\n") + 1) + 1
 
 
 def _check_header(header: tuple[str, ...], spec: Spec, where: str) -> None:
