@@ -68,7 +68,7 @@ def main(
     console: Console | None = None,
 ) -> int:
     """Print the comparison; 1 if `fail_on_slower` and a cell is slower (or stopped running), else 0."""
-    console = console or Console(width=160)
+    console = console or Console(soft_wrap=True)  # the terminal's width
     a, b, labels = load_pair(run_a, run_b)
     comp = comparison.compare(a, b, labels=(labels[0], labels[1]), threshold=threshold, alpha=alpha)
     lines = comparison.header(comp)

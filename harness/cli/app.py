@@ -15,14 +15,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 import attn_variants as av
 
 from .. import __version__
 from .. import config as config_mod
 from ..config import load as load_config
+from .listing import variant_table
 
 app = typer.Typer(
     name="attnbench",
@@ -94,6 +93,13 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def terminal() -> Console:
+    """The console every command prints to: tables take the terminal's width (80 columns when
+    piped, or $COLUMNS), folding cells to fit; plain lines are not broken, so a path printed
+    stays whole for copying."""
+    return Console(soft_wrap=True)
+
+
 def load_plugins(targets: list[str] | tuple[str, ...] | None) -> None:
     """Import the plugins (attn_variants/plugins.py); a plugin that fails, given or installed,
     is a ValueError naming it (one line and exit 2 through `fail_cleanly`)."""
@@ -112,31 +118,6 @@ def split_csv(value: str | None) -> list[str] | None:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def variant_table() -> Table:
-    """The registry as a rich table: what `attnbench list` prints."""
-    table = Table(title="attention variants", show_lines=False)
-    columns = ("name", "description", "paper", "modes", "multimodal", "causal-safe", "uses g", "options")
-    columns += ("from",)  # "built in", or the distribution, module or file of a plugin
-    for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column == "paper")
-    for name in av.names():
-        entry = av.info(name)
-        options = ", ".join(f"{k}={v!r}" for k, v in entry.options.items())
-        cells = (
-            name,
-            entry.description,
-            entry.paper,
-            ",".join(entry.modes),
-            "yes" if entry.multimodal else "no",
-            "yes" if entry.causal_safe else "NO (reads later tokens)",
-            "yes" if entry.uses_kv_heads else "no (latent)",
-            options,
-            entry.origin,
-        )
-        table.add_row(*map(escape, cells))  # registry text is plain: "[visual; text]" is not markup
-    return table
-
-
 @app.command("list")
 @fail_cleanly
 def list_variants(plugins: PluginOption = None, config: ConfigOption = None) -> None:
@@ -144,7 +125,8 @@ def list_variants(plugins: PluginOption = None, config: ConfigOption = None) -> 
     from attn_variants.plugins import load_all
 
     load_all([*config_mod.find(config).plugins, *(plugins or [])])
-    Console(width=200).print(variant_table())
+    console = terminal()
+    console.print(variant_table(console.width))
     load_plugins(())  # an installed plugin that failed: named after the table of what loaded, exit 2
 
 
@@ -303,7 +285,7 @@ def sweep_command(
         cfg = load_config(sweep.SweepConfig, "sweep", settings=settings, profile=profile, overrides=given)
         record = settings.record(profile)
     load_plugins(cfg.plugins)
-    console = Console(width=160)
+    console = terminal()
     code = sweep_view.main(cfg, resume=resume, console=console, report=not no_report, settings=record)
     raise typer.Exit(code)
 
@@ -390,5 +372,5 @@ def accuracy_command(
     )
     load_plugins(cfg.plugins)
     accuracy.preflight(cfg)  # unknown variants, bad options or an unwritable --out fail here, before any run
-    console, record = Console(width=160), settings.record(profile)
+    console, record = terminal(), settings.record(profile)
     raise typer.Exit(accuracy_view.main(cfg, console=console, report=not no_report, settings=record))

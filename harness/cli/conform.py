@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from .. import config as config_mod
-from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, overrides, split_csv
+from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, overrides, split_csv, terminal
 
 
 @app.command("conform")
@@ -43,4 +42,4 @@ def conform_command(
     measure.resolve_device(cfg.device)  # cuda without a GPU: one line, exit 2
     load_plugins(cfg.plugins)
     choices = parse_variants([name for item in variants for name in split_csv(item) or []])
-    raise typer.Exit(view.main(choices, cfg, Console()))
+    raise typer.Exit(view.main(choices, cfg, terminal()))

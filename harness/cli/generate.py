@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from .. import config as config_mod
-from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, overrides
+from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, overrides, terminal
 
 
 @app.command("generate")
@@ -64,5 +63,5 @@ def generate_command(
     settings = config_mod.find(config)
     cfg = config_mod.load(run.GenerateConfig, "generate", settings=settings, profile=profile, overrides=given)
     load_plugins(cfg.plugins)
-    console = Console(width=160)
+    console = terminal()
     raise typer.Exit(view.main(cfg, console=console, report=not no_report, settings=settings.record(profile)))

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from .. import config as config_mod
 from ..config import load as load_config
@@ -26,6 +25,7 @@ from .app import (
     fail_cleanly,
     load_plugins,
     overrides,
+    terminal,
 )
 
 # --- check (issue 8): CI performance regression check against a committed baseline of ratios ----
@@ -84,7 +84,7 @@ def check_command(
     settings = config_mod.find(config)
     cfg = load_config(check.CheckConfig, "check", settings=settings, profile=profile, overrides=given)
     load_plugins(cfg.plugins)
-    console, record = Console(width=160), settings.record(profile)
+    console, record = terminal(), settings.record(profile)
     view = instructions_view if cfg.metric == "instructions" else check_view
     raise typer.Exit(view.main(cfg, update=update_baseline, console=console, settings=record, plan_only=plan))
 
@@ -150,7 +150,7 @@ def selftest_command(
     load_plugins([*config_mod.find(config).plugins, *(plugins or [])])
     dev = measure.resolve_device(device)
     outcomes = selftest.run(dev, out)
-    raise typer.Exit(selftest.report(outcomes, out, Console(width=200)))
+    raise typer.Exit(selftest.report(outcomes, out, terminal()))
 
 
 # --- compare (issue 19): two finished runs, cell by cell: ratio, interval, significance --------
@@ -192,6 +192,6 @@ def compare_command(
         threshold=threshold,
         alpha=alpha,
         fail_on_slower=fail_on_slower,
-        console=Console(width=160),
+        console=terminal(),
     )
     raise typer.Exit(code)
