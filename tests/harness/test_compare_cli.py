@@ -19,8 +19,17 @@ def runs(tmp_path_factory):
     return write_pair(tmp_path_factory.mktemp("ab"))
 
 
-def invoke(*args):
-    return runner.invoke(app, ["compare", *map(str, args)])
+def invoke(*args, columns=200):
+    """`compare` in a terminal `columns` wide (a cell's name and verdict on one line at 200)."""
+    return runner.invoke(app, ["compare", *map(str, args)], env={"COLUMNS": str(columns)})
+
+
+def test_the_table_fits_an_80_column_terminal(runs):
+    result = invoke(*runs, columns=80)
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└"]
+    assert table and max(map(len, table)) <= 80
+    assert "1 slower, 1 faster, 30 same, 4 not run." in result.output  # plain lines are not broken
 
 
 def test_prints_the_table_and_exits_0_with_a_slower_cell(runs):

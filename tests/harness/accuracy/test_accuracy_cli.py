@@ -140,7 +140,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, flags, message):
 
 def test_rows_say_causal_and_causal_safe_and_the_summary_marks_one_seed_and_leaks(tmp_path):
     """kdgqa (not causal-safe) on mqar (a causal task) is marked; one seed reads n=1, not ± 0.000."""
-    result = runner.invoke(app, smoke(tmp_path, "--tasks", "mqar", "--variants", "gqa,kdgqa", "--seeds", "0"))
+    args = smoke(tmp_path, "--tasks", "mqar", "--variants", "gqa,kdgqa", "--seeds", "0")
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})  # a wide terminal: names unfolded
     assert result.exit_code == 0, result.output
     rows = {r["variant"]: r for r in read_csv(result)}
     assert rows["kdgqa"]["causal"] == rows["gqa"]["causal"] == "True"

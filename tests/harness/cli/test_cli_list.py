@@ -15,6 +15,13 @@ def test_list_prints_every_variant_with_paper():
     assert "2305.13245" in result.output  # the GQA paper
 
 
+def test_list_fits_an_80_column_terminal():
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(map(len, result.output.splitlines())) <= 80
+    assert all(f"│ {name} " in result.output for name in av.names())  # names whole, never folded
+
+
 def test_help_works():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0

@@ -71,7 +71,7 @@ def failing(temp_variant):
 
 
 def test_tiny_grid_rows_columns_and_statuses(tmp_path):
-    result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa"))
+    result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa"), env={"COLUMNS": "200"})  # unfolded
     assert result.exit_code == 0, result.output
     rows = read_csv(result)
     assert set(ISSUE_COLUMNS) <= set(rows[0]) and tuple(rows[0]) == COLUMNS
