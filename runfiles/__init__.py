@@ -15,7 +15,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,18 +100,7 @@ def read_table(path: Path, spec: Spec, *, repair: bool = False) -> Table:
         raise ValueError(f"{where} is empty: no header, no rows") from None
     _check_header(header, spec, where)
     rows, lines, dropped, seen = [], [], [], {}
-    end = 1
-    while True:
-        start = end + 1
-        try:
-            record = next(reader, None)
-        except csv.Error as err:
-            raise ValueError(f"{where}: line {start}: {err}") from None
-        end = reader.line_num
-        if record is None:
-            break
-        if not record:
-            continue  # a blank line
+    for start, record in _records(reader, where):
         row = dict(zip(header, record, strict=False))
         problem = _row_problem(record, header, row, spec) or _repeat(row, start, spec, seen)
         if problem and not repair:
@@ -125,6 +114,21 @@ def read_table(path: Path, spec: Spec, *, repair: bool = False) -> Table:
         rows.pop()  # a kill mid-write can cut a row inside its last field: its count looks whole
         dropped.append((lines.pop(), "has no line end: cut short"))
     return Table(path, header, tuple(rows), tuple(lines), tuple(dropped))
+
+
+def _records(reader: Any, where: str) -> Iterator[tuple[int, list[str]]]:
+    """(the line a record starts on, its fields) after the header; blank lines skipped."""
+    end = reader.line_num
+    while True:
+        try:
+            record = next(reader, None)
+        except csv.Error as err:
+            raise ValueError(f"{where}: line {end + 1}: {err}") from None
+        start, end = end + 1, reader.line_num
+        if record is None:
+            return
+        if record:
+            yield start, record
 
 
 def start_of_last(text: str) -> int:
