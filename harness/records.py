@@ -196,13 +196,13 @@ def read_frame(path: Path, text_columns: tuple[str, ...], spec: files.Spec | Non
     return df
 
 
-def check_writable(folder: str | Path) -> None:
+def check_writable(folder: str | Path) -> Path:
     """Make `folder` and write a scratch file in it; ValueError naming it if it is empty ('' is
     refused, not read as the current folder), a file, or either step fails.
 
     Called after every other input check, just before the first cell, so a bad --out is one
     line and exit 2 rather than a traceback after the work has started."""
-    files.writable_folder(folder)
+    return files.writable_folder(folder)
 
 
 def write_run_json(run_dir: Path, config: Any, env: dict, cells: int, **extra: Any) -> None:

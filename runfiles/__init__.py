@@ -275,7 +275,7 @@ def writable_folder(folder: str | Path, what: str = "output folder") -> Path:
     """Make `folder` and write a scratch file in it; ValueError naming it if it is empty, an
     existing file, or cannot be made or written. The last check before a command writes."""
     if not str(folder).strip():
-        raise ValueError(f"{what} is empty ('{folder}'): name a folder, e.g. results")
+        raise ValueError(f"{what} {str(folder)!r} is empty: name a folder, e.g. results")
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {str(path)!r} is an existing file, not a folder")

@@ -79,6 +79,6 @@ def test_json_and_folders(tmp_path):
         runfiles.read_run_json(tmp_path / "r.json")
     with pytest.raises(ValueError, match=r"cannot read run.json '.*nope.json': No such file"):
         runfiles.read_run_json(tmp_path / "nope.json")
-    with pytest.raises(ValueError, match="output folder is empty"):
+    with pytest.raises(ValueError, match="output folder '' is empty: name a folder"):
         runfiles.writable_folder("")
     assert runfiles.writable_folder(tmp_path / "a" / "b").is_dir()

@@ -15,6 +15,7 @@ import typer
 
 from .. import config as config_mod
 from ..config import load as load_config
+from ..records import check_writable
 from .app import (
     BackendOption,
     CompileOption,
@@ -137,9 +138,9 @@ def calibrate_command(
 @fail_cleanly
 def selftest_command(
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
-    out: Annotated[Path, typer.Option(help="Folder for the tiny sweep's run and selftest.csv.")] = Path(
-        "results/selftest"
-    ),
+    out: Annotated[
+        str, typer.Option(help="Folder for the tiny sweep's run and selftest.csv.")
+    ] = "results/selftest",
     plugins: PluginOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -149,8 +150,9 @@ def selftest_command(
 
     load_plugins([*config_mod.find(config).plugins, *(plugins or [])])
     dev = measure.resolve_device(device)
-    outcomes = selftest.run(dev, out)
-    raise typer.Exit(selftest.report(outcomes, out, terminal()))
+    folder = check_writable(out)  # '' refused, not read as the current folder
+    outcomes = selftest.run(dev, folder)
+    raise typer.Exit(selftest.report(outcomes, folder, terminal()))
 
 
 # --- compare (issue 19): two finished runs, cell by cell: ratio, interval, significance --------

@@ -189,12 +189,12 @@ def test_check_names_a_bad_baseline_before_it_writes(tmp_path, content, message)
 # --- output paths -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["sweep", "accuracy", "check", "generate", "decide"])
+@pytest.mark.parametrize("command", ["sweep", "accuracy", "check", "generate", "decide", "selftest"])
 def test_an_empty_out_is_refused(tmp_path, command, monkeypatch):
     monkeypatch.chdir(tmp_path)  # were '' read as '.', the run would land here
     (tmp_path / "empty.toml").write_text("")
     message = refused([command, "--config", str(tmp_path / "empty.toml"), "--out", ""], tmp_path)
-    assert "--out '' is empty: name a folder" in message
+    assert "'' is empty: name a folder" in message
 
 
 @pytest.mark.parametrize(
