@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,14 @@ class Table:
     rows: tuple[dict[str, str], ...]
     lines: tuple[int, ...]
     dropped: tuple[tuple[int, str], ...] = ()
+    text: str | None = field(default=None, repr=False)  # the file's text, when every row was kept
 
     def frame(self, **read_csv: Any) -> Any:
         """The rows as a pandas DataFrame, parsed as `pd.read_csv(**read_csv)` parses a file."""
         import pandas as pd
 
-        return pd.read_csv(io.StringIO(_csv_text(self.columns, self.rows)), **read_csv)
+        text = self.text if self.text is not None else _csv_text(self.columns, self.rows)
+        return pd.read_csv(io.StringIO(text), **read_csv)
 
     def dropped_line(self) -> str:
         """'dropped 2 partial rows of sweep.csv: lines 7, 9 (has 41 fields, the header 49: ...)'."""
@@ -99,6 +101,7 @@ def read_table(path: Path, spec: Spec, *, repair: bool = False) -> Table:
     except StopIteration:
         raise ValueError(f"{where} is empty: no header, no rows") from None
     _check_header(header, spec, where)
+    spec = _present(spec, header)
     rows, lines, dropped, seen = [], [], [], {}
     for start, record in _records(reader, where):
         row = dict(zip(header, record, strict=False))
@@ -113,7 +116,20 @@ def read_table(path: Path, spec: Spec, *, repair: bool = False) -> Table:
     if repair and rows and not text.endswith("\n") and lines[-1] == start_of_last(text):
         rows.pop()  # a kill mid-write can cut a row inside its last field: its count looks whole
         dropped.append((lines.pop(), "has no line end: cut short"))
-    return Table(path, header, tuple(rows), tuple(lines), tuple(dropped))
+    return Table(path, header, tuple(rows), tuple(lines), tuple(dropped), None if dropped else text)
+
+
+def _present(spec: Spec, header: tuple[str, ...]) -> Spec:
+    """`spec` with its typed and checked columns cut to those the header has (checked once, not per row)."""
+    names = set(header)
+    return replace(
+        spec,
+        integers=spec.integers & names,
+        floats=spec.floats & names,
+        samples=spec.samples & names,
+        filled=spec.filled & names,
+        choices={c: v for c, v in spec.choices.items() if c in names},
+    )
 
 
 def _records(reader: Any, where: str) -> Iterator[tuple[int, list[str]]]:
@@ -156,20 +172,20 @@ def _row_problem(record: list[str], header: tuple[str, ...], row: dict[str, str]
     """What is wrong with one row ('' if nothing)."""
     if len(record) != len(header):
         return f"has {len(record)} fields, the header {len(header)}: cut short or garbled"
-    empty = [c for c in sorted(spec.filled & row.keys()) if not row[c]]
+    empty = [c for c in sorted(spec.filled) if not row[c]]
     if empty:
         return f"has no {empty[0]}"
     for column, valid in spec.choices.items():
-        if column in row and row[column] not in valid:
+        if row[column] not in valid:
             value = row[column]
             return f"has no {column}" if not value else f"has {column}={value!r}, not one of {list(valid)}"
-    for column in spec.integers & row.keys():
+    for column in spec.integers:
         if row[column] and not _is_integer(row[column]):
             return f"has {column}={row[column]!r}, not an integer"
-    for column in spec.floats & row.keys():
+    for column in spec.floats:
         if row[column] and not _is_float(row[column]):
             return f"has {column}={row[column]!r}, not a number"
-    for column in spec.samples & row.keys():
+    for column in spec.samples:
         bad = next((x for x in row[column].split(";") if row[column] and not _is_float(x)), None)
         if bad is not None:
             return f"has {bad!r} among its {column}, not a number"
