@@ -135,8 +135,9 @@ def read(path: Path) -> pd.DataFrame:
     spec = files.Spec(
         "instruction-count baseline",
         required=COLUMNS,
-        integers=frozenset(("batch", "seq_len", "n_visual", "n_heads", "n_kv_heads", "head_dim", "calls")),
+        integers=frozenset(("batch", "seq_len", "n_visual", "n_heads", "n_kv_heads", "head_dim")),
         floats=frozenset(("instructions", "spread")),
+        samples=frozenset(("calls",)),  # each call's count, ';'-separated
         filled=frozenset(("instructions", "variant", "mode")),
         key=(*KEY, "compile", "cpu_capability"),
     )
