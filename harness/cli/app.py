@@ -165,8 +165,9 @@ def split_ints(flag: str, value: str | None) -> list[int] | None:
 def overrides(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
     """A command's parameters as overrides of `cls`, matched by field name: a parameter that is
     not a field of `cls` (--config, --resume, ...) is left out, an unset option stays None (it
-    falls through to bench.toml), a path becomes text, and a tuple field's text is split at
-    commas ('128,256'), into integers for a tuple of int (a bad item names its flag)."""
+    falls through to bench.toml; so does a repeatable one given no times), a path becomes text,
+    and a tuple field's text is split at commas ('128,256'), into integers for a tuple of int (a
+    bad item names its flag)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for field in (f for f in dataclasses.fields(cls) if f.name in params):
@@ -174,6 +175,8 @@ def overrides(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and items is not None:
             flag = "--" + field.name.replace("_", "-")
             value = split_ints(flag, value) if items is int else split_csv(value)
+        if isinstance(value, (list, tuple)) and not value:
+            value = None  # a repeatable option given no times (--plugin): unset, as any other
         out[field.name] = str(value) if isinstance(value, Path) else value
     return out
 
