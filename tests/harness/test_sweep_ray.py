@@ -172,6 +172,14 @@ def test_a_worker_with_other_code_measures_nothing(tmp_path):
     assert sweep_cell.measure_on_host(cell, code=cluster.code_hash(), **kw).status == "ok"
 
 
+def test_the_summary_counts_the_cells_rerun_after_a_lost_worker():
+    from harness.sweep.view import footer
+
+    df = pd.DataFrame({"attempts": [1, 2, 1, 3, None]})
+    assert "2 cell(s) ran again after their Ray worker or node was lost" in footer(df)
+    assert "ran again" not in footer(pd.DataFrame({"attempts": [1, 1]}))
+
+
 def test_unknown_executor_is_rejected(tmp_path):
     result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--executor", "slurm"))
     assert result.exit_code == 2
