@@ -172,11 +172,11 @@ def overrides(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for field in (f for f in dataclasses.fields(cls) if f.name in params):
         value, items = params[field.name], _tuple_items(hints[field.name])
+        if isinstance(value, (list, tuple)) and not value:
+            value = None  # a repeatable option given no times (--plugin): unset, as any other
         if isinstance(value, str) and items is not None:
             flag = "--" + field.name.replace("_", "-")
             value = split_ints(flag, value) if items is int else split_csv(value)
-        if isinstance(value, (list, tuple)) and not value:
-            value = None  # a repeatable option given no times (--plugin): unset, as any other
         out[field.name] = str(value) if isinstance(value, Path) else value
     return out
 
