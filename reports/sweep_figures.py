@@ -18,9 +18,9 @@ from .style import (
     byte_unit,
     colors,
     empty_note,
+    figure_legend,
     fit_slope,
-    legend_below,
-    legend_height,
+    label_line_end,
     log_axes,
     mark_failures,
     modes,
@@ -32,6 +32,7 @@ MEMORY_COLUMNS = ("variant", "mode", "seq_len", "status", "peak_mem_bytes")
 TFLOPS_COLUMNS = ("variant", "mode", "seq_len", "status", "tflops")
 SPEEDUP_COLUMNS = ("variant", "mode", "seq_len", "status", "latency_ms_median", "n_heads", "n_kv_heads")
 N_AXIS = "sequence length n (tokens)"
+HEATMAP_COLUMNS = 4
 
 
 def _ok(df: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -44,9 +45,12 @@ def _series_panel(ax, df: pd.DataFrame, column: str, palette: dict, *, scale=1.0
     for label, group in df.groupby("label", sort=True):
         ok = _ok(group, column)
         fitted = fit_slope(ok["seq_len"], ok[column]) if slope else None
-        name = f"{label}  (slope {fitted:.2f})" if fitted is not None else label
         if not ok.empty:
-            ax.plot(ok["seq_len"], ok[column] / scale, marker="o", ms=4, color=palette[label], label=name)
+            ax.plot(ok["seq_len"], ok[column] / scale, marker="o", ms=4, color=palette[label], label=label)
+        if fitted is not None:
+            label_line_end(
+                ax, ok["seq_len"].iloc[-1], ok[column].iloc[-1] / scale, f"{fitted:.2f}", palette[label]
+            )
         if band and not ok.empty and set(band) <= set(ok.columns):
             lo, hi = ok[band[0]] / scale, ok[band[1]] / scale
             ax.fill_between(ok["seq_len"], lo, hi, color=palette[label], alpha=0.18, linewidth=0)
@@ -59,7 +63,6 @@ def _series_panel(ax, df: pd.DataFrame, column: str, palette: dict, *, scale=1.0
     log_axes(ax, sorted(df["seq_len"].unique()))
     ax.set_xlabel(N_AXIS)
     ax.grid(True, which="both", alpha=0.25)
-    legend_below(ax)
 
 
 def latency_figure(sweep: pd.DataFrame) -> Figure:
@@ -67,13 +70,14 @@ def latency_figure(sweep: pd.DataFrame) -> Figure:
     require(sweep, LATENCY_COLUMNS, "sweep.csv (latency figure)")
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
-    fig, axes = panels(len(mode_list), height=legend_height(len(palette)))
+    fig, axes = panels(len(mode_list))
     for ax, mode in zip(axes, mode_list, strict=True):
         band = ("latency_ms_p10", "latency_ms_p90")
         _series_panel(ax, df[df["mode"] == mode], "latency_ms_median", palette, slope=True, band=band)
         ax.set_ylabel("latency, median (ms); band p10-p90")
         ax.set_title(f"latency: {MODE_TITLES.get(mode, mode)}")
-    fig.suptitle("Latency against sequence length (legend: fitted log-log slope)")
+    figure_legend(fig, axes)
+    fig.suptitle("Latency against sequence length (at each line's end: its fitted log-log slope)")
     return fig
 
 
@@ -83,7 +87,7 @@ def memory_figure(sweep: pd.DataFrame) -> Figure:
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
     has_kv = "kv_cache_bytes" in df.columns and df["kv_cache_bytes"].notna().any()
-    fig, axes = panels(len(mode_list) + has_kv, height=legend_height(len(palette)))
+    fig, axes = panels(len(mode_list) + has_kv)
     div, unit = byte_unit(df["peak_mem_bytes"])
     for ax, mode in zip(axes, mode_list, strict=False):
         _series_panel(ax, df[df["mode"] == mode], "peak_mem_bytes", palette, scale=div)
@@ -96,6 +100,7 @@ def memory_figure(sweep: pd.DataFrame) -> Figure:
         _series_panel(axes[-1], kv.assign(status="ok"), "kv_cache_bytes", palette, scale=kv_div)
         axes[-1].set_ylabel(f"KV-cache size ({kv_unit})")
         axes[-1].set_title("KV cache (2·b·g·n·e·itemsize)")
+    figure_legend(fig, axes)
     fig.suptitle("Memory against sequence length")
     return fig
 
@@ -105,10 +110,11 @@ def tflops_figure(sweep: pd.DataFrame) -> Figure:
     require(sweep, TFLOPS_COLUMNS, "sweep.csv (TFLOP/s figure)")
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
-    fig, axes = panels(len(mode_list), width=6.5, height=legend_height(len(palette)))
+    fig, axes = panels(len(mode_list))
     for ax, mode in zip(axes, mode_list, strict=True):
         _bars(ax, df[df["mode"] == mode], palette)
         ax.set_title(f"achieved TFLOP/s: {MODE_TITLES.get(mode, mode)}")
+    figure_legend(fig, axes)
     fig.suptitle("Achieved TFLOP/s (FlopCounterMode FLOPs / median latency)")
     return fig
 
@@ -132,7 +138,6 @@ def _bars(ax, df: pd.DataFrame, palette: dict) -> None:
     ax.set_xlabel(N_AXIS)
     ax.set_ylabel("achieved TFLOP/s")
     ax.grid(True, axis="y", alpha=0.25)
-    legend_below(ax)
 
 
 def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFrame:
@@ -189,7 +194,10 @@ def speedup_figure(sweep: pd.DataFrame, seq_len: int | None = None) -> Figure:
         raise ValueError(f"no non-mha cells to compare with mha at seq_len={seq_len}")
     rows = list(cells[["run", "mode"]].drop_duplicates().itertuples(index=False, name=None))
     cols = sorted(cells["label"].unique())
-    fig, axes = panels(len(rows) * len(cols), width=3.6, height=3.2, cols=len(cols))
+    # At most HEATMAP_COLUMNS panels a row, so the figure stays page-wide (~14 in at 110 dpi) and its
+    # numbers read without zooming; a mode with more variants wraps onto further rows.
+    n = len(rows) * len(cols)
+    fig, axes = panels(n, width=3.6, height=3.2, cols=min(n, HEATMAP_COLUMNS))
     finite = cells["speedup"].dropna()
     lo, hi = min(finite.min(), 0.95) if len(finite) else 0.5, max(finite.max(), 1.05) if len(finite) else 2
     norm = TwoSlopeNorm(vcenter=1.0, vmin=lo, vmax=hi)
@@ -223,7 +231,7 @@ def _heatmap(ax, panel: pd.DataFrame, norm):
         mark = "*" if cell["kernels_differ"] else ""  # another SDPA kernel than mha's: see the caption
         text = f"{cell['speedup']:.2f}×{mark}" if np.isfinite(cell["speedup"]) else f"✗ {cell['note']}"
         color = "black" if np.isfinite(cell["speedup"]) else "#c0392b"
-        ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
+        ax.text(j, i, text, ha="center", va="center", fontsize=10, color=color)
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", norm=norm, aspect="auto")
     ax.set_facecolor("#eeeeee")
     ax.set_xticks(range(len(gs)), [str(int(g)) for g in gs])
