@@ -77,13 +77,6 @@ def figure_legend(fig: Figure, axes: Iterable[Axes], ncol: int = LEGEND_COLUMNS)
                    frameon=False, ncols=min(ncol, len(entries)))  # fmt: skip
 
 
-def label_line_end(ax: Axes, x, y, text: str, color) -> None:
-    """`text` at the right end of a series, in its colour: a per-panel figure (the fitted slope)
-    labelled on the line itself, where a figure-wide legend cannot carry it."""
-    ax.annotate(text, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=7, color=color,
-                va="center")  # fmt: skip
-
-
 def mark_failures(ax: Axes, failed: pd.DataFrame, x: str, color, row: int, label: str) -> None:
     """Cells that did not run: an x at the bottom of the panel at their x, the status written once.
 

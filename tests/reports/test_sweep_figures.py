@@ -5,8 +5,8 @@ import pytest
 
 from reports import sweep_figures as sf
 from reports import tables
-from reports.load import combined, load_runs
-from reports.style import FAIL_GID, fit_slope
+from reports.load import combined, load_runs, with_labels
+from reports.style import FAIL_GID, FAILED_ENTRY, fit_slope
 
 from .fabricate import sweep_frame, write_run
 
@@ -21,10 +21,6 @@ def _legend(fig) -> list[str]:
     assert [ax.get_legend() for ax in fig.axes] == [None] * len(fig.axes)
     (legend,) = fig.legends
     return [t.get_text() for t in legend.get_texts()]
-
-
-def _line_end_labels(ax) -> list[str]:
-    return [t.get_text() for t in ax.texts]
 
 
 def _failure_marks(ax) -> int:
@@ -43,7 +39,6 @@ def test_latency_one_loglog_panel_per_mode_with_slopes_and_bands(sweep):
     fwd = axes[0]
     assert len(fwd.lines) == 6  # mha, mqa, gqa g=2, gqa g=4, kdgqa, dgqa(kind=ema)
     assert "dgqa(kind=ema) g=2" in _legend(fig)
-    assert len(_line_end_labels(fwd)) == 6  # each line's fitted slope at its end
     assert len([c for c in fwd.collections if c.get_gid() != FAIL_GID]) == 6  # one p10-p90 band each
 
 
@@ -57,13 +52,26 @@ def test_latency_marks_failed_cells_and_keeps_them(sweep):
     assert any("cell did not run" in t for t in _legend(axes[1].figure))
 
 
-def test_latency_slope_at_the_line_end_matches_the_data(sweep):
-    ok = sweep[(sweep["variant"] == "mqa") & (sweep["mode"] == "fwd")].sort_values("seq_len")
+def test_latency_table_slope_matches_the_data(sweep):
+    ok = sweep[(sweep["variant"] == "mqa") & (sweep["mode"] == "fwd")]
     slope = fit_slope(ok["seq_len"], ok["latency_ms_median"])
-    fwd = sf.latency_figure(sweep).axes[0]
-    color = next(line.get_color() for line in fwd.lines if line.get_label() == "mqa g=1")
-    ends = {(t.get_text(), t.xy) for t in fwd.texts if t.get_color() == color}
-    assert ends == {(f"{slope:.2f}", (ok["seq_len"].iloc[-1], ok["latency_ms_median"].iloc[-1]))}
+    table = tables.latency_table(sweep)
+    row = table[(table["mode"] == "fwd") & (table["series"] == "mqa g=1")]
+    assert row["slope"].tolist() == [f"{slope:.2f}"]
+
+
+def test_many_series_are_small_multiples_with_mha_in_every_row():
+    """Seventeen series: rows of at most six, balanced, mha (the reference) in each, one legend."""
+    df = sweep_frame()
+    extra = [df[df["variant"] == "mqa"].assign(variant=f"v{i:02d}") for i in range(13)]
+    big = with_labels(pd.concat([df, *extra], ignore_index=True).assign(run="r"))
+    rows = sf.series_rows(big)
+    assert [len(r) for r in rows] == [1 + 6, 1 + 6, 1 + 6] and all(r[0] == "mha g=8" for r in rows)
+    assert sorted({label for r in rows for label in r}) == sorted(big["label"].unique())
+    fig = sf.latency_figure(big)
+    assert len(fig.axes) == 3 * 3  # a row per group, a column per mode
+    assert max(len(ax.lines) for ax in fig.axes) <= 1 + sf.SERIES_PER_PANEL
+    assert sorted(_legend(fig)) == sorted([*big["label"].unique(), FAILED_ENTRY])  # the x: once
 
 
 def test_fit_slope_recovers_power_law():
@@ -151,7 +159,6 @@ def test_multimodal_series_is_named_by_visual_fraction_not_m(multimodal_sweep):
     mmca = [t for t in legend if t.startswith("mmca")]
     # one series per g over every n (so it has a slope), not one point per m
     assert len(mmca) == 2 and all("m/n=0.25" in t for t in mmca)
-    assert len(fig.axes[0].texts) == len(fig.axes[0].lines)  # a slope at every line's end
     assert all("m/n" not in t for t in legend if not t.startswith("mmca"))
 
 
