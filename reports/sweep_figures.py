@@ -268,7 +268,9 @@ def _heatmap(ax, panel: pd.DataFrame, norm):
         values[i, j] = cell["speedup"]
         mark = "*" if cell["kernels_differ"] else ""  # another SDPA kernel than mha's: see the caption
         text = f"{cell['speedup']:.2f}×{mark}" if np.isfinite(cell["speedup"]) else f"✗ {cell['note']}"
-        color = "black" if np.isfinite(cell["speedup"]) else "#c0392b"
+        shade = float(norm(cell["speedup"])) if np.isfinite(cell["speedup"]) else 0.5
+        dark = shade < 0.15 or shade > 0.85  # the saturated ends of RdYlGn: black would not read
+        color = ("white" if dark else "black") if np.isfinite(cell["speedup"]) else "#c0392b"
         ax.text(j, i, text, ha="center", va="center", fontsize=10, color=color)
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", norm=norm, aspect="auto")
     ax.set_facecolor("#eeeeee")
