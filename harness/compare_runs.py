@@ -1,4 +1,5 @@
-"""`attnbench compare RUN_A RUN_B`: two finished sweeps, cell by cell, in the terminal.
+"""`attnbench compare RUN_A RUN_B`: two finished sweeps (or two folders of repeated sweeps), cell by
+cell, in the terminal.
 
 (Not harness/measure/interleave.py, which times callables interleaved in one process.) The statistics
 are reports/comparison.py's, the same table the multi-run report shows; the decision is
@@ -16,19 +17,33 @@ from rich.markup import escape
 from rich.table import Table
 
 from reports import comparison
-from reports.load import load_run, unique_labels
+from reports.load import SWEEP_CSV, load_run, unique_labels
 
 STYLES = {"slower": "bold red", "faster": "green", "undecided": "yellow", "not run": "red"}
 
 
-def load_pair(run_a: Path, run_b: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """The two runs' sweep tables and labels; ValueError (one line) if either has no sweep.csv."""
+def load_pair(run_a: Path, run_b: Path) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[str]]:
+    """Each side's sweep tables and the sides' labels. A side is a run folder (holding sweep.csv)
+    or a folder of run folders (repeated runs of the same code); ValueError (one line) if a side
+    holds no sweep."""
     labels = unique_labels([Path(run_a), Path(run_b)])
-    runs = [load_run(Path(p), label) for p, label in zip((run_a, run_b), labels, strict=True)]
+    return side_runs(Path(run_a)), side_runs(Path(run_b)), labels
+
+
+def side_runs(path: Path) -> list[pd.DataFrame]:
+    """The sweep tables of one side: `path` itself if it is a run, else its sub-folders that are."""
+    folders = [path] if not path.is_dir() or (path / SWEEP_CSV).exists() else _run_folders(path)
+    runs = [load_run(p) for p in folders]
     for run in runs:
         if run.sweep is None:
             raise ValueError(f"{run.path} holds no sweep.csv; compare needs two sweep runs")
-    return runs[0].sweep, runs[1].sweep, labels
+    return [run.sweep for run in runs]
+
+
+def _run_folders(path: Path) -> list[Path]:
+    """The sub-folders of `path` holding a sweep.csv, sorted; [path] when there is none (so
+    load_run names what is missing)."""
+    return sorted(p for p in path.iterdir() if (p / SWEEP_CSV).exists()) or [path]
 
 
 def rich_table(comp: comparison.Comparison) -> Table:

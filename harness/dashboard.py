@@ -38,10 +38,13 @@ FILE = "benchmark.json"
 MODES = {"fwd": "inference", "decode": "inference", "fwd_bwd": "training"}
 RENAMED = {"n_heads": "heads", "n_kv_heads": "kv_heads"}  # extra_info uses the CLI flags' names
 # Columns about the run and the machine: they go to `runners` and `dependencies`.
-MACHINE = ("run_id", "timestamp", "git_commit", "device_name", "host", "torch_version", "status", "error")
+MACHINE = (
+    "run_id", "timestamp", "git_commit", "device_name", "host", "gpu_index", "accelerator", "torch_version",
+    "status", "error",
+)  # fmt: skip
 # Numeric columns that count the harness's own work rather than measure the attention; left
 # out, like every volatile value, since a dashboard groups series by benchmark.extra_info.
-NOT_METRICS = ("repeats", "cell_s", "timed_s")
+NOT_METRICS = ("repeats", "cell_s", "timed_s", "attempts")
 ELSEWHERE = ("variant", "dtype", "sdpa_backend")  # model.name, benchmark.dtype, model.extra_info
 
 
@@ -154,7 +157,10 @@ def runner(row: Mapping[str, str]) -> dict[str, Any]:
         "gpu_count": local.get("gpu_count", 0) if gpu else 0,
         "gpu_mem_info": "",
         "avail_gpu_mem_in_gb": local.get("gpu_mem_gb", 0) if gpu else 0,
-        "extra_info": _strings({"device": device, "threads": row.get("threads", "")}),
+        "extra_info": _strings(
+            {"device": device, "threads": row.get("threads", "")}
+            | {k: row[k] for k in ("gpu_index", "accelerator") if row.get(k)}
+        ),
     }
 
 

@@ -52,17 +52,22 @@ class Row:
     latency_ms_p10: float | None = None
     latency_ms_p90: float | None = None
     repeats: int | None = None  # timed calls, after the warm-up
+    warmup_calls: int | None = None  # untimed calls before timing: warmup, or more to fill warmup_s
     latency_ms_samples: str = ""  # every timed sample, ';'-separated, so any statistic can be redone
     # How each sample was taken (timing.method_name): cpu_perf_counter, or on CUDA cuda_event /
     # cuda_graph, '+l2_flush' when a 256 MiB write cooled the L2 first. Always one call per sample.
     timing: str = ""
-    # Measured peak allocated above the start of one call: CUDA allocator statistics, or on
-    # CPU the peak running sum of torch.profiler's allocation events. Not a formula.
+    # The transient peak: measured allocation above the start of one call (what the call adds to
+    # what is already held: weights, inputs and a decode's cache are not in it): CUDA allocator
+    # statistics, or on CPU the peak running sum of torch.profiler's allocation events.
     peak_mem_bytes: int | None = None
     peak_mem_estimate_bytes: int | None = None  # live storage at the peak of the fake-tensor pass
     # Analytic b*n*(cached elements per token)*itemsize, separate from the measurement: the GQA
     # family's 2*b*g*n*e*itemsize; mla's b*n*(kv_lora + rope)*itemsize (registry cache hook).
     kv_cache_bytes: int | None = None
+    # Decode rows: what the step holds resident before it starts (weights + the new tokens +
+    # the cache as allocated); peak_mem_bytes comes on top of it.
+    resident_bytes: int | None = None
     kv_heads_equiv: float | None = None  # the g of a GQA with this cache: cached per token / 2e
     # FlopCounterMode count of one call under the math SDPA backend. Convention: causal
     # attention is counted as if full (all n*s scores), as FlopCounterMode does everywhere;
@@ -71,8 +76,9 @@ class Row:
     # The FLOPs a causal kernel must do: flops with each attention call counted over the pairs
     # it computes, n(n+1)/2 exactly for causal n = s (not halved); MMCA by its blocks.
     flops_effective: int | None = None
-    # Minimal memory traffic of the attention step: read q, k, v, write o (fwd); plus read
-    # q, k, v, o, dO and write dq, dk, dv (fwd_bwd); decode reads the whole KV cache.
+    # Least memory traffic of the step, the scope of flops_effective: weights, x in and out, the
+    # attention's q, k, v, o at the widths the variant ran (flops.bytes_moved); fwd_bwd 3x the
+    # forward; decode rows: decode_bytes.
     bytes_moved: int | None = None
     flops_util: float | None = None  # flops_effective per second / calibrated matmul FLOP/s
     bw_util: float | None = None  # bytes_moved per second / calibrated copy bandwidth
@@ -116,6 +122,11 @@ class Row:
     padding_waste: float | None = None
     cell_s: float | None = None  # wall seconds of the whole cell: build, untimed passes, warm-up, repeats
     timed_s: float | None = None  # seconds inside the timed repeats (sum of samples)
+    # Where the cell ran, beyond host and device_name: the GPU's physical index (CUDA_VISIBLE_DEVICES
+    # entry; '' on CPU) and, on Ray, its node's accelerator label (accelerator_type:H100 -> H100).
+    gpu_index: str = ""
+    accelerator: str = ""
+    attempts: int | None = None  # tries the cell took: > 1 where a Ray worker or its node was lost
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

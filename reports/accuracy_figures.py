@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .load import require, with_labels
+from .marks import MARK, MARK_NOTE, leaky
 from .style import (
     FAIL_COLOR,
     FAIL_GID,
@@ -41,9 +42,11 @@ def accuracy_stats(accuracy: pd.DataFrame) -> pd.DataFrame:
         agg["loss"] = ("loss", "mean")
     stats = ok.groupby(["task", "label"]).agg(**agg)
     failed = df[df["status"] != "ok"].groupby(["task", "label"]).size().rename("failed")
-    stats = stats.join(failed, how="outer").reset_index()
-    stats["std"] = stats["std"].fillna(0.0)  # one seed: no spread to show
+    marked = df.assign(leak=leaky(df)).groupby(["task", "label"])["leak"].any()
+    stats = stats.join(failed, how="outer").join(marked, how="outer").reset_index()
+    stats["std"] = stats["std"].fillna(0.0)  # one seed: no spread to show (tables say n=1)
     stats[["seeds", "failed"]] = stats[["seeds", "failed"]].fillna(0).astype(int)
+    stats["leak"] = stats["leak"].fillna(False).astype(bool)
     return stats
 
 
@@ -60,7 +63,8 @@ def accuracy_figure(accuracy: pd.DataFrame) -> Figure:
     for ax, task in zip(axes, tasks, strict=True):
         _task_bars(ax, df[df["task"] == task], stats[stats["task"] == task], palette)
         ax.set_title(f"task: {task}")
-    fig.suptitle("Accuracy per task (bar: mean over seeds, whisker: ±1 std, dots: seeds)")
+    note = f"; {MARK_NOTE}" if stats["leak"].any() else ""
+    fig.suptitle(f"Accuracy per task (bar: mean over seeds, whisker: ±1 std, dots: seeds{note})")
     return fig
 
 
@@ -80,7 +84,9 @@ def _task_bars(ax, rows: pd.DataFrame, stats: pd.DataFrame, palette: dict) -> No
             ax.scatter([x], [0.03], marker="x", s=60, color=FAIL_COLOR, linewidths=2, zorder=5, gid=FAIL_GID)
             ax.annotate(f"{len(failed)} {status}", (x, 0.03), xytext=(0, 6), textcoords="offset points",
                         ha="center", fontsize=7, color=FAIL_COLOR)  # fmt: skip
-    ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=8)
+    flags = stats["leak"].fillna(False).astype(bool)
+    names = [label + (MARK if flags[label] else "") for label in labels]
+    ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (fraction correct)")
     ax.grid(True, axis="y", alpha=0.25)
@@ -102,8 +108,9 @@ def tradeoff_figure(accuracy: pd.DataFrame) -> Figure:
             - (points.groupby("kv_cache_bytes")["label"].transform("size") - 1) / 2
         )
         for row, nudge in zip(points.itertuples(), rank, strict=True):
+            name = row.label + (MARK if row.leak else "")
             ax.errorbar(row.kv_cache_bytes / div * 2 ** (0.06 * nudge), row.mean, yerr=row.std, fmt="o", ms=7,
-                        capsize=4, color=palette[row.label], label=row.label)  # fmt: skip
+                        capsize=4, color=palette[row.label], label=name)  # fmt: skip
         if points.empty:
             empty_note(ax, "no finished rows with kv_cache_bytes")
         plain_log_x(ax)
@@ -112,5 +119,6 @@ def tradeoff_figure(accuracy: pd.DataFrame) -> Figure:
         ax.set_title(f"task: {task}")
         ax.grid(True, which="both", alpha=0.25)
     figure_legend(fig, axes)
-    fig.suptitle("Accuracy against KV-cache size (mean ± std over seeds)")
+    note = f"; {MARK_NOTE}" if stats["leak"].any() else ""
+    fig.suptitle(f"Accuracy against KV-cache size (mean ± std over seeds{note})")
     return fig

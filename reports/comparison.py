@@ -1,40 +1,40 @@
-"""Two runs cell by cell: B/A of the median latency, its bootstrap interval, a verdict.
+"""Two runs (or two sets of runs) cell by cell: B/A of the median latency and a verdict.
 
-`compare(a, b)` takes two sweep tables (as read from sweep.csv) and matches their cells on
-the key columns both hold (KEY_COLUMNS, one list: a key column another change adds to
-sweep.csv joins the key by being named there). Per matched cell:
+`compare(a, b)` takes two sweep tables (as read from sweep.csv), or two lists of them (several
+runs per side), and matches their cells on the key columns both hold (KEY_COLUMNS, one list: a
+key column another change adds to sweep.csv joins the key by being named there). Per matched
+cell:
 
-- ratio: median(B) / median(A) of the stored per-call samples (`latency_ms_samples`), or of
-  the rows' `latency_ms_median` where a run kept no samples. < 1: B is faster.
-- ratio_p10, ratio_p90: the p10-p90 interval of that ratio, by a seeded bootstrap. The two
-  runs' samples are not paired: they come from different processes at different times and
-  usually in different numbers (min_time_s adds calls), so `check`'s per-round ratios (one
-  interleaved round gives one A and one B time) do not exist here. Each resample draws A's
-  and B's samples apart, with replacement, and takes the ratio of their medians; the interval
-  is how well the ratio is known, and narrows as samples are added.
-- verdict: reports.stats.decide, the very decision `attnbench check` makes, with B's samples as
-  the new ones and A's as the baseline: slower iff median(B) > median(A) * (1 + threshold)
-  AND a one-sided Mann-Whitney U of B against A * (1 + threshold) gives p < alpha; faster is
-  the mirror image; otherwise same. `p_value` is that test's.
+- ratio: B/A of the geometric mean of each side's run medians (`latency_ms_median`); with one
+  run per side, median(B) / median(A). < 1: B is faster.
+- verdict, p_value, ratio_p10, ratio_p90: reports/run_drift.py. The run is the unit of drift:
+  each run gives one median per cell, never its calls pooled with another run's. With one run
+  per side the drift cannot be estimated and the verdict is the threshold alone (no p, no
+  interval); with several, a t-test against the between-run spread of log run medians pooled
+  over the cells compared.
 - peak_mem_ratio, flops_ratio: B/A where both runs recorded the figure and it differs.
-
-What the test cannot see: drift between the two runs that moves every call of a run alike
-(the machine was busier during B). The threshold is the budget for that, as check's tolerance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from .stats import decide, smallest_p
+from .load import device_key
+from .run_drift import Drift, judge, pooled_drift
 
+# The device a latency belongs to: its model, and the Ray accelerator label of its node (blank
+# off Ray). Latencies are never compared across them: they are part of every cell's key (a run
+# spread over several GPU models is compared model by model), and two runs with no device in
+# common are refused (`one_device`).
+DEVICE_COLUMNS = ("device_name", "accelerator")
 # Columns that name a cell. Extend this one list when sweep.csv gains a key column.
 KEY_COLUMNS = (
     "variant", "options", "mode", "batch", "seq_len", "n_visual", "dim", "n_heads", "n_kv_heads",
-    "head_dim", "dtype", "device", "backend", "compile", "layout",
+    "head_dim", "dtype", "device", "backend", "compile", "layout", *DEVICE_COLUMNS,
 )  # fmt: skip
 # Key columns two runs may be compared across: when one holds a single value in each run and
 # the values differ (a float32 run against a bfloat16 one, compile off against on, cpu against
@@ -42,11 +42,9 @@ KEY_COLUMNS = (
 # n=256 in B are different cells, listed as in one run only.
 SETTING_COLUMNS = ("device", "dtype", "backend", "compile", "layout")
 # The machine and software: a difference is one line of the header, the ratios are still shown.
-ENV_COLUMNS = ("device_name", "torch_version", "threads")
-SAMPLES = "latency_ms_samples"
-MEASURED = ("status", "latency_ms_median", SAMPLES, "peak_mem_bytes", "flops", "sdpa_backend")  # per run
+ENV_COLUMNS = ("torch_version", "threads")
+MEASURED = ("status", "latency_ms_median", "peak_mem_bytes", "flops", "sdpa_backend")  # per run
 THRESHOLD, ALPHA = 0.05, 0.01  # defaults of `attnbench compare` and of the multi-run report
-RESAMPLES, SEED = 2000, 0
 VERDICTS = ("slower", "faster", "same", "undecided", "not run", "only in A", "only in B")
 
 
@@ -63,6 +61,8 @@ class Comparison:
     settings: dict[str, tuple[str, str]] = field(default_factory=dict)  # key columns compared across
     environment: dict[str, tuple[str, str]] = field(default_factory=dict)  # ENV_COLUMNS that differ
     one_sided: dict[str, str] = field(default_factory=dict)  # key column -> the run that alone has it
+    drift: Drift = Drift(float("nan"), 0)  # between-run spread of log run medians (df 0: one run a side)
+    runs: tuple[int, int] = (1, 1)  # runs on each side
 
     def verdicts(self, verdict: str) -> pd.DataFrame:
         return self.cells[self.cells["verdict"] == verdict]
@@ -76,40 +76,84 @@ class Comparison:
 
 
 def compare(
-    a: pd.DataFrame,
-    b: pd.DataFrame,
+    a: pd.DataFrame | Sequence[pd.DataFrame],
+    b: pd.DataFrame | Sequence[pd.DataFrame],
     *,
     labels: tuple[str, str] = ("A", "B"),
     threshold: float = THRESHOLD,
     alpha: float = ALPHA,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
 ) -> Comparison:
-    """Run `b` against run `a` (two sweep tables); ValueError on bad settings or ambiguous keys."""
+    """Runs `b` against runs `a` (a sweep table, or a list of them per side); ValueError on bad
+    settings or ambiguous keys."""
     if not 0 < threshold < 1 or not 0 < alpha < 1:
         raise ValueError(f"threshold={threshold} and alpha={alpha} must both be in (0, 1)")
-    if resamples < 10:
-        raise ValueError(f"resamples={resamples} must be >= 10")
-    a, b = (df.reindex(columns=[*df.columns, *(c for c in MEASURED if c not in df)]) for df in (a, b))
-    key = [c for c in KEY_COLUMNS if c in a.columns and c in b.columns]
+    sides = [_runs(side) for side in (a, b)]
+    key = [c for c in KEY_COLUMNS if all(c in df.columns for side in sides for df in side)]
+    a, b = (pd.concat(side, ignore_index=True) for side in sides)
     for df in (a, b):
         df[key] = df[key].map(_text)
+    one_device(a, b, labels)
     settings = {c: (a[c].iloc[0], b[c].iloc[0]) for c in key if c in SETTING_COLUMNS and _differs(a, b, c)}
     key = [c for c in key if c not in settings]
     settings |= _image_counts(a, b)
     for df, label in ((a, labels[0]), (b, labels[1])):
-        _refuse_duplicates(df, key, label)
-    merged = a.merge(b, on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
-    rows = [_cell(row, threshold, alpha, resamples, seed) for row in merged.to_dict("records")]
-    cells = pd.concat([merged[key].reset_index(drop=True), pd.DataFrame(rows, columns=COMPARED)], axis=1)
-    one_sided = {c: labels[c in b.columns] for c in KEY_COLUMNS if (c in a.columns) != (c in b.columns)}
-    return Comparison(
-        labels[0], labels[1], threshold, alpha, key, _sorted(cells), settings, _environment(a, b), one_sided
+        _refuse_duplicates(df, [*key, RUN], label)
+    merged = _per_side(a, key).merge(
+        _per_side(b, key), on=key, how="outer", suffixes=("_a", "_b"), indicator=True
     )
+    records = merged.to_dict("records")
+    drift = pooled_drift([(r["medians_a"], r["medians_b"]) for r in records if _both_ran(r)])
+    rows = [_cell(row, drift, threshold, alpha) for row in records]
+    cells = pd.concat([merged[key].reset_index(drop=True), pd.DataFrame(rows, columns=COMPARED)], axis=1)
+    has = [{c for df in side for c in df.columns} for side in sides]
+    one_sided = {c: labels[c in has[1]] for c in KEY_COLUMNS if (c in has[0]) != (c in has[1])}
+    runs = (len(sides[0]), len(sides[1]))
+    return Comparison(
+        labels[0], labels[1], threshold, alpha, key, _sorted(cells), settings, _environment(a, b), one_sided,
+        drift, runs,
+    )  # fmt: skip
+
+
+RUN = "_run"  # the run's index within its side, while the runs of a side are stacked
+
+
+def _runs(side: pd.DataFrame | Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
+    """A side's runs, each with the MEASURED columns (blank where a run lacks them) and RUN."""
+    frames = [side] if isinstance(side, pd.DataFrame) else list(side)
+    if not frames:
+        raise ValueError("a side of the comparison holds no run")
+    extra = (*MEASURED, *DEVICE_COLUMNS)  # a run from before `accelerator`: blank, as off Ray
+    return [
+        df.reindex(columns=[*df.columns, *(c for c in extra if c not in df)]).assign(**{RUN: i})
+        for i, df in enumerate(frames)
+    ]
+
+
+def _per_side(df: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """One row per cell of a side: its status (ok only if it ran in every run of the side), the
+    ok runs' medians, and the first run's memory, FLOPs and SDPA kernel."""
+    grouped = df.groupby(key, sort=False, dropna=False)
+    out = grouped.agg(
+        status=("status", _side_status), peak_mem_bytes=("peak_mem_bytes", "first"),
+        flops=("flops", "first"), sdpa_backend=("sdpa_backend", "first"),
+    )  # fmt: skip
+    ok = df[(df["status"].astype(str) == "ok") & df["latency_ms_median"].notna()]
+    medians = ok.groupby(key, sort=False, dropna=False)["latency_ms_median"].agg(list)
+    out["medians"] = medians.reindex(out.index).map(lambda m: m if isinstance(m, list) else [])
+    return out.reset_index()
+
+
+def _side_status(statuses: pd.Series) -> str:
+    """ok if the cell ran in every run of the side, else the first other status."""
+    return next((str(s) for s in statuses if str(s) != "ok"), "ok")
+
+
+def _both_ran(row: dict) -> bool:
+    return row["_merge"] == "both" and bool(row["medians_a"]) and bool(row["medians_b"])
 
 
 COMPARED = [
-    "median_a", "median_b", "n_a", "n_b", "ratio", "ratio_p10", "ratio_p90", "p_value", "verdict",
+    "median_a", "median_b", "runs_a", "runs_b", "ratio", "ratio_p10", "ratio_p90", "p_value", "verdict",
     "note", "status_a", "status_b", "peak_mem_ratio", "flops_ratio",
 ]  # fmt: skip
 
@@ -121,6 +165,17 @@ def _text(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def one_device(a: pd.DataFrame, b: pd.DataFrame, labels: tuple[str, str]) -> None:
+    """ValueError, one line naming both, when runs A and B share no device: latencies of two
+    GPU models (or CPU models) are never compared."""
+    da, db = sorted(set(device_key(a))), sorted(set(device_key(b)))
+    if da and db and not set(da) & set(db):
+        raise ValueError(
+            f"run {labels[0]} ran on {' + '.join(da)!r} and run {labels[1]} on {' + '.join(db)!r}: "
+            "latencies are not compared across devices"
+        )
 
 
 def _differs(a: pd.DataFrame, b: pd.DataFrame, column: str) -> bool:
@@ -152,29 +207,30 @@ def _refuse_duplicates(df: pd.DataFrame, key: list[str], label: str) -> None:
     )
 
 
-def _cell(row: dict, threshold: float, alpha: float, resamples: int, seed: int) -> dict:
+def _cell(row: dict, drift: Drift, threshold: float, alpha: float) -> dict:
     """The COMPARED fields of one outer-merged row."""
     side = row["_merge"]
     out = dict.fromkeys(COMPARED, np.nan) | dict(note="", status_a="", status_b="")
     if side != "both":
         return out | dict(verdict="only in A" if side == "left_only" else "only in B")
     out |= dict(status_a=str(row["status_a"]), status_b=str(row["status_b"]))
-    out |= dict(median_a=row["latency_ms_median_a"], median_b=row["latency_ms_median_b"])
     out |= dict(peak_mem_ratio=_changed(row, "peak_mem_bytes"), flops_ratio=_changed(row, "flops"))
     if out["status_a"] != "ok" or out["status_b"] != "ok":
         return out | dict(verdict="not run", note=f"A {out['status_a']}, B {out['status_b']}")
-    sa, sb = parse_samples(row.get(f"{SAMPLES}_a")), parse_samples(row.get(f"{SAMPLES}_b"))
-    out |= dict(n_a=len(sa), n_b=len(sb), ratio=out["median_b"] / out["median_a"], note=_kernels(row))
-    if min(len(sa), len(sb)) == 0 or smallest_p(len(sb), len(sa)) >= alpha:
-        why = "no stored samples" if min(len(sa), len(sb)) == 0 else f"{len(sa)} and {len(sb)} samples"
-        note = "; ".join(filter(None, [f"{why} cannot reach alpha={alpha}", out["note"]]))
-        return out | dict(verdict="undecided", note=note)
-    d = decide(sb.tolist(), sa.tolist(), tolerance=threshold, alpha=alpha)
-    p10, p90 = bootstrap_ratio(sa, sb, resamples=resamples, seed=seed)
-    verdict = {"REGRESSED": "slower", "improved": "faster"}.get(d.verdict, "same")
+    ma, mb = row["medians_a"], row["medians_b"]
+    out |= dict(runs_a=len(ma), runs_b=len(mb), note=_kernels(row))
+    if not ma or not mb:
+        return out | dict(verdict="undecided", note="; ".join(filter(None, ["no median", out["note"]])))
+    v = judge(ma, mb, drift, threshold=threshold, alpha=alpha)
+    median_a, median_b = _geomean(ma), _geomean(mb)
     return out | dict(
-        ratio=d.median / d.baseline, ratio_p10=p10, ratio_p90=p90, p_value=d.p_value, verdict=verdict
-    )
+        median_a=median_a, median_b=median_b, ratio=v.ratio, ratio_p10=v.p10, ratio_p90=v.p90,
+        p_value=v.p_value, verdict=v.verdict,
+    )  # fmt: skip
+
+
+def _geomean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
 
 
 def _kernels(row: dict) -> str:
@@ -192,40 +248,6 @@ def _changed(row: dict, column: str) -> float:
     if a is None or b is None or pd.isna(a) or pd.isna(b) or a == b or a == 0:
         return np.nan
     return float(b) / float(a)
-
-
-def parse_samples(raw: object) -> np.ndarray:
-    """'0.51;0.49;...' (ms) -> array; blank or NaN -> empty."""
-    if raw is None or (isinstance(raw, float) and np.isnan(raw)) or not str(raw).strip():
-        return np.empty(0)
-    try:
-        return np.array([float(x) for x in str(raw).split(";") if x.strip()])
-    except ValueError:
-        raise ValueError(f"{SAMPLES} holds a non-number: {str(raw)[:80]!r}") from None
-
-
-def bootstrap_ratio(
-    a: np.ndarray, b: np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED
-) -> tuple[float, float]:
-    """p10 and p90 of median(B*) / median(A*) over `resamples` independent resamples of each.
-
-    Seeded per call, so a cell's interval does not depend on which other cells are compared."""
-    rng = np.random.default_rng(seed)
-    ratio = _resampled_medians(b, resamples, rng) / _resampled_medians(a, resamples, rng)
-    p10, p90 = np.quantile(ratio, [0.1, 0.9])
-    return float(p10), float(p90)
-
-
-def _resampled_medians(x: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Medians of `resamples` draws of len(x) with replacement, in blocks of ~4M values (a decode
-    cell under min_time_s can hold thousands of samples)."""
-    x = np.asarray(x, dtype=np.float64)
-    block = max(1, 4_000_000 // len(x))
-    parts = [
-        np.median(x[rng.integers(0, len(x), (min(block, resamples - i), len(x)))], axis=1)
-        for i in range(0, resamples, block)
-    ]
-    return np.concatenate(parts)
 
 
 def _sorted(cells: pd.DataFrame) -> pd.DataFrame:
@@ -254,8 +276,7 @@ def header(comp: Comparison) -> list[str]:
     """The lines above the table: what A and B are, the rule, and what differs besides the code."""
     lines = [
         f"A = {comp.a}, B = {comp.b}.",
-        f"B/A: median latency ratio (<1: B faster), p10-p90 by bootstrap; "
-        f"slower/faster: beyond ±{comp.threshold:g} and Mann-Whitney U p < {comp.alpha:g}.",
+        _rule(comp),
     ]
     if comp.settings:
         across = "; ".join(f"{c} {a} vs {b}" for c, (a, b) in comp.settings.items())
@@ -269,6 +290,25 @@ def header(comp: Comparison) -> list[str]:
     return lines
 
 
+def _rule(comp: Comparison) -> str:
+    """How the verdicts were reached: by the threshold alone with one run per side, else by a
+    t-test against the between-run spread."""
+    if comp.drift.df == 0:
+        return (
+            f"B/A: median latency ratio (<1: B faster). One run per side: the drift between runs "
+            f"cannot be estimated, so slower/faster is B/A beyond ±{comp.threshold:g} alone (no p, no "
+            f"interval); give several runs a side to test against it."
+        )
+    runs_a, runs_b = comp.runs
+    return (
+        f"B/A: ratio of the geometric means of each run's median latency ({runs_a} vs {runs_b} runs; "
+        f"<1: B faster); "
+        f"p10-p90 and p: t-test against the between-run spread of log medians (sd {comp.drift.sd:.3g}, "
+        f"df {comp.drift.df}, pooled over the cells); slower/faster: beyond ±{comp.threshold:g} and "
+        f"p < {comp.alpha:g}."
+    )
+
+
 def counts(comp: Comparison) -> str:
     """'1 slower, 1 faster, 30 same, 4 not run': the verdicts, in VERDICTS order."""
     verdicts = comp.cells["verdict"].value_counts()
@@ -276,7 +316,8 @@ def counts(comp: Comparison) -> str:
 
 
 def table(comp: Comparison) -> pd.DataFrame:
-    """The cells as display strings: cell, A and B medians, B/A, its interval, p, verdict, note;
+    """The cells as display strings: cell, A and B medians, B/A, its interval and p (several runs a
+    side), verdict, note;
     peak memory and FLOPs B/A only if some cell's differ; key values shared by all cells left out."""
     cells = comp.cells
     out = pd.DataFrame({"cell": labels(comp)})
@@ -293,6 +334,8 @@ def table(comp: Comparison) -> pd.DataFrame:
             out[title] = cells[column].map(lambda r: _num(r) + "×" if pd.notna(r) else "")
     if not out["note"].astype(bool).any():
         out = out.drop(columns="note")
+    if comp.drift.df == 0:  # one run a side: no interval, no p (the header says why)
+        out = out.drop(columns=["p10-p90", "p"])
     return out
 
 

@@ -1,6 +1,7 @@
-"""The run-against-run figure: B/A of the median latency per cell, its bootstrap p10-p90
-interval, a line at 1 and the ±threshold band, cells sorted by ratio (one panel per later run
-against the first). Drawn from the CSVs alone, through reports/comparison.py."""
+"""The run-against-run figure: B/A of the median latency per cell, its p10-p90 interval where
+several runs a side give one (reports/run_drift.py), a line at 1 and the ±threshold band, cells
+sorted by ratio (one panel per later run against the first). Drawn from the CSVs alone, through
+reports/comparison.py."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def _panel(ax, comp: Comparison) -> None:
     ax.xaxis.set_major_formatter(_PlainLog())
     ax.xaxis.set_minor_formatter(_PlainLog(minor_thresholds=(1.5, 0.6)))
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel(f"B/A median latency (<1: {comp.b} faster), bootstrap p10-p90")
+    spread = "p10-p90 from between-run drift" if comp.drift.df else "one run a side: no interval"
+    ax.set_xlabel(f"B/A median latency (<1: {comp.b} faster); {spread}")
     left = len(comp.cells) - len(cells)
     title = f"{comp.b} / {comp.a}" + (f"  ({common(comp)})" if common(comp) else "")
     ax.set_title(

@@ -7,7 +7,7 @@ both load); each figure asks only for the columns it needs through `require`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ SHAPE_SYMBOLS |= {
     "dtype": "dtype",
     "init": "init",
     "compile": "compile",
+    "threads": "threads",
 }
 
 
@@ -131,6 +132,28 @@ def load_runs(paths: list[Path]) -> list[Run]:
     if not paths:
         raise ValueError("no run directory given")
     return [load_run(p, label) for p, label in zip(paths, unique_labels(paths), strict=True)]
+
+
+def device_key(df: pd.DataFrame) -> pd.Series:
+    """The device each row ran on: its `device_name`, with ' [label]' where a Ray node carried an
+    accelerator label (a stand-in for a GPU model, or the model as Ray names it). Latencies
+    are only ever compared within one device."""
+    names = df.reindex(columns=["device_name", "accelerator"]).astype(object).fillna("").astype(str)
+    return names["device_name"] + names["accelerator"].map(lambda v: f" [{v}]" if v else "")
+
+
+def by_device(runs: list[Run]) -> list[Run]:
+    """Each run whose sweep spans several devices (a Ray cluster of mixed GPU models) as one run
+    per device, labelled 'run · device', so no figure or table puts two devices in one series."""
+    out = []
+    for run in runs:
+        keys = device_key(run.sweep) if run.sweep is not None else pd.Series(dtype=str)
+        if keys.nunique() <= 1:
+            out.append(run)
+            continue
+        for name in sorted(set(keys)):
+            out.append(replace(run, label=f"{run.label} · {name}", sweep=run.sweep[keys == name]))
+    return out
 
 
 def combined(runs: list[Run], table: str) -> pd.DataFrame | None:

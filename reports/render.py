@@ -20,7 +20,7 @@ from . import roofline as rf
 from . import serving as sv
 from . import sweep_figures as sf
 from . import tables
-from .load import Run, combined, load_runs
+from .load import Run, by_device, combined, device_key, load_runs
 from .page import FigureEntry, Page, write_pages
 
 DPI = 110  # about 1800 px wide for three panels: sharp in the page without huge files
@@ -44,8 +44,10 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
                    "Median per cell, band p10-p90, log-log: a column per mode, a row per group of at most "
                    "six series, mha in every row; the latency table gives each series' fitted slope.",
                    sf.latency_figure),
-        FigureSpec("memory", "sweep", mem, "Peak memory and KV-cache size against sequence length",
-                   "Measured peak memory per mode; KV cache is 2*b*g*n*e*itemsize.", sf.memory_figure),
+        FigureSpec("memory", "sweep", mem, "Memory and KV-cache size against sequence length",
+                   "Measured transient peak per mode (allocation above the step's start); decode: the "
+                   "step's resident bytes (weights + tokens + cache) plus that peak; the KV cache as the "
+                   "variant holds it (kv_cache_bytes).", sf.memory_figure),
         FigureSpec("speedup_vs_mha", "sweep", ("n_heads", "n_kv_heads"), "Speedup against MHA",
                    "mha median / variant median at the same shape; n is the largest with a comparison "
                    "unless --seq-len is given. *: the cell ran another SDPA kernel than mha "
@@ -81,15 +83,24 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
 def _comparison_specs() -> list[FigureSpec]:
     return [
         FigureSpec("ratio", "sweep", ("latency_ms_median",), "Run against run, cell by cell",
-                   f"B/A of the median latency per cell (each later run over the first), bootstrap p10-p90 "
-                   f"interval, line at 1, grey band ±{cmp.THRESHOLD:g}; colour: the verdict (threshold and "
-                   f"Mann-Whitney U p < {cmp.ALPHA:g}); slowest at the top.", cf.ratio_figure),
+                   f"B/A of the median latency per cell (each later run over the first), line at 1, grey "
+                   f"band ±{cmp.THRESHOLD:g}; colour: the verdict (one run a side: drift between runs "
+                   f"cannot be estimated, so the threshold alone); slowest at the top.", cf.ratio_figure),
     ]  # fmt: skip
 
 
 def _compared(sweep: pd.DataFrame | None) -> bool:
-    """Two or more runs hold a sweep: each later one is compared with the first, cell by cell."""
-    return sweep is not None and sweep["run"].nunique() > 1
+    """Two or more runs hold a sweep, all on one device: each later one is compared with the
+    first, cell by cell (latencies are never compared across devices)."""
+    return sweep is not None and sweep["run"].nunique() > 1 and device_key(sweep).nunique() == 1
+
+
+def _across_devices(sweep: pd.DataFrame | None) -> list[str]:
+    """Why runs on several devices are not compared run against run (empty when they are not)."""
+    if sweep is None or sweep["run"].nunique() < 2 or device_key(sweep).nunique() < 2:
+        return []
+    names = " and ".join(sorted(set(device_key(sweep))))
+    return [f"ratio: the runs ran on {names}; latencies are not compared across devices"]
 
 
 def default_out(run_dirs: list[Path]) -> Path:
@@ -132,7 +143,10 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len, generate=None) -> list[tu
             ("Latency", tables.latency_table(sweep), "Median latency in ms; failed cells show status.")
         )
         if _why_not(_specs(seq_len)[2], sweep) is None:
-            note = ">1: faster than mha. *: another SDPA kernel than mha's; compares kernels, not variants."
+            note = (
+                ">1: faster than mha (no options) at the same shape, dtype, threads, backend and compile. "
+                "*: another SDPA kernel than mha's; compares kernels, not variants."
+            )
             out.append(("Speedup against MHA", tables.speedup_table(sweep, seq_len), note))
         for comp in cf.run_pairs(sweep) if _compared(sweep) else []:
             caption = " ".join([*cmp.header(comp), cmp.counts(comp) + "."]) + (
@@ -140,7 +154,8 @@ def _tables(runs: list[Run], sweep, accuracy, seq_len, generate=None) -> list[tu
             )
             out.append((f"{comp.b} against {comp.a}", cmp.table(comp), caption))
     if accuracy is not None:
-        out.append(("Accuracy", tables.accuracy_table(accuracy), "Mean ± sample std over finished seeds."))
+        note = "Mean ± sample std over n finished seeds (n=1: no spread). †: not causal-safe, causal task."
+        out.append(("Accuracy", tables.accuracy_table(accuracy), note))
     if generate is not None:
         note = "Median time per output token; speedups over mha: the decode step, and its attention calls."
         out.append(("Generation", gf.generate_table(generate), note))
@@ -160,11 +175,12 @@ def render(run_dirs: list[Path], out: Path | None = None, *, seq_len: int | None
     Several runs are overlaid, their series labelled by run. A figure whose columns hold no
     values is listed on the page as not drawn, with the reason. Bad input raises ValueError.
     """
-    runs = load_runs([Path(p) for p in run_dirs])
-    out = Path(out) if out is not None else default_out([r.path for r in runs])
+    loaded = load_runs([Path(p) for p in run_dirs])
+    out = Path(out) if out is not None else default_out([r.path for r in loaded])
+    runs = by_device(loaded)  # a run over several devices: one per device
     out.mkdir(parents=True, exist_ok=True)
     frames = {name: combined(runs, name) for name in ("sweep", "accuracy", "generate")}
-    written, entries, skipped = [], [], []
+    written, entries, skipped = [], [], _across_devices(frames["sweep"])
     for spec in _specs(seq_len) + (_comparison_specs() if _compared(frames["sweep"]) else []):
         reason = _why_not(spec, frames[spec.table])
         if reason is not None:

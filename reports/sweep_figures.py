@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from . import speedup
 from .load import require, with_labels
 from .style import (
     MODE_TITLES,
@@ -107,18 +108,17 @@ def latency_figure(sweep: pd.DataFrame) -> Figure:
 
 
 def memory_figure(sweep: pd.DataFrame) -> Figure:
-    """Peak memory against n (a column per mode) and, where recorded, KV-cache bytes against n;
-    one row per group of series (mha in each)."""
+    """Memory against n, a column per mode: the transient peak (`peak_mem_bytes`, above the
+    step's start); decode, where rows carry it, the step's resident bytes (weights + tokens +
+    cache, `resident_bytes`) with the transient peak on top; and the KV-cache bytes. One row per
+    group of series (mha in each)."""
     require(sweep, MEMORY_COLUMNS, "sweep.csv (memory figure)")
     df = with_labels(sweep)
     palette = colors(df["label"])
-    div, unit = byte_unit(df["peak_mem_bytes"])
 
     def draw(mode):
         def panel(ax, part):
-            _series_panel(ax, part[part["mode"] == mode], "peak_mem_bytes", palette, scale=div)
-            ax.set_ylabel(f"peak memory ({unit})")
-            ax.set_title(f"peak memory: {MODE_TITLES.get(mode, mode)}")
+            _memory_panel(ax, part[part["mode"] == mode], mode, palette)
 
         return panel
 
@@ -130,14 +130,35 @@ def memory_figure(sweep: pd.DataFrame) -> Figure:
             # The KV cache size does not depend on the mode: one point per series and n.
             kv = part[part["kv_cache_bytes"].notna()].drop_duplicates(["label", "seq_len"])
             _series_panel(ax, kv.assign(status="ok"), "kv_cache_bytes", palette, scale=kv_div)
-            ax.set_ylabel(f"KV-cache size ({kv_unit})")
-            ax.set_title("KV cache (2·b·g·n·e·itemsize)")
+            ax.set_ylabel(f"kv_cache_bytes ({kv_unit})")
+            ax.set_title("KV cache as the variant holds it")
 
         draws.append(kv_panel)
     fig, axes = _small_multiples(df, draws)
     figure_legend(fig, axes)
     fig.suptitle("Memory against sequence length (mha, the reference, in every row)")
     return fig
+
+
+def _resident(rows: pd.DataFrame) -> bool:
+    """Decode rows that carry resident_bytes (older CSVs do not: their panel shows the peak)."""
+    return "resident_bytes" in rows.columns and rows["resident_bytes"].notna().any()
+
+
+def _memory_panel(ax, rows: pd.DataFrame, mode: str, palette: dict) -> None:
+    """One mode's memory: resident + transient peak where the rows carry resident bytes (decode),
+    else the transient peak alone."""
+    if _resident(rows):
+        held = rows.assign(held=rows["resident_bytes"] + rows["peak_mem_bytes"].fillna(0))
+        div, unit = byte_unit(held["held"])
+        _series_panel(ax, held, "held", palette, scale=div)
+        ax.set_ylabel(f"resident + transient peak ({unit})")
+        ax.set_title(f"memory of a step: {MODE_TITLES.get(mode, mode)}\n(weights + tokens + cache + peak)")
+        return
+    div, unit = byte_unit(rows["peak_mem_bytes"])
+    _series_panel(ax, rows, "peak_mem_bytes", palette, scale=div)
+    ax.set_ylabel(f"transient peak above the step's start ({unit})")
+    ax.set_title(f"transient peak: {MODE_TITLES.get(mode, mode)}")
 
 
 def tflops_figure(sweep: pd.DataFrame) -> Figure:
@@ -178,24 +199,26 @@ def _bars(ax, df: pd.DataFrame, palette: dict) -> None:
 def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFrame:
     """Speedup against MHA (mha median / variant median) per (run, mode, variant, h, g) at one n.
 
-    MHA with the same n_heads and every other shape axis equal is the baseline; a multimodal
-    variant's cells (m visual tokens) are compared with MHA at the same n, as the sweep's summary
-    does. n is `seq_len` if given, else the largest n with a speedup in that panel. Batch and
-    dtype are held at their most common value. Failed cells keep their status.
+    The speedup is reports/speedup.py's, the sweep summary's: mha with no options at the same
+    shape, dtype, threads, backend and compile setting; none where there is no such row (the
+    note says "no mha"). Backend (an option), compile and threads that vary name the panel, so
+    an eager and an sdpa gqa, or a compiled and an eager one, never share a cell. n is `seq_len`
+    if given, else the largest n with a speedup in that panel. Batch and dtype are held at their
+    most common value. Failed cells keep their status.
     """
     require(sweep, SPEEDUP_COLUMNS, "sweep.csv (speedup heatmap)")
     df = sweep.assign(run=sweep["run"] if "run" in sweep.columns else "run")
     for col in ("batch", "dtype"):
         if col in df.columns and df[col].nunique() > 1:
             df = df[df[col] == df[col].mode().iloc[0]]
-    key = [c for c in ("run", "mode", "seq_len", "n_heads", "batch", "dim", "head_dim", "dtype") if c in df]
-    mha = df[(df["variant"] == "mha") & (df["status"] == "ok")]
-    base = mha.groupby(key)["latency_ms_median"].median()
-    cells = with_kernels(df[df["variant"] != "mha"].join(base.rename("mha_ms"), on=key), mha, key)
-    cells["speedup"] = cells["mha_ms"] / cells["latency_ms_median"]
+    cells = speedup.with_speedup(df, "mha")
+    cells = cells[cells["variant"] != "mha"].rename(
+        columns={"reference_ms": "mha_ms", "reference_sdpa_backend": "mha_sdpa_backend"}
+    )
     no_mha = np.where(cells["mha_ms"].isna(), "no mha", "")
     cells["note"] = np.where(cells["status"] != "ok", cells["status"], no_mha)
-    cells = with_labels(cells, candidates=("batch", "visual_frac", "dtype"), run=False)  # run is a panel row
+    label_by = ("batch", "visual_frac", "dtype", "compile", "threads")  # backend is in options
+    cells = with_labels(cells, candidates=label_by, run=False)  # run is a panel row
     if seq_len is not None:
         return cells[cells["seq_len"] == seq_len]
     panel = ["run", "mode", "label"]
@@ -204,22 +227,6 @@ def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
     best = best.combine_first(cells.groupby(panel)["seq_len"].max())
     chosen = cells.join(best.rename("chosen"), on=panel)
     return chosen[chosen["seq_len"] == chosen["chosen"]].drop(columns="chosen")
-
-
-def with_kernels(cells: pd.DataFrame, mha: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    """`cells` plus `mha_sdpa_backend` (mha's SDPA kernel at the cell's shape) and
-    `kernels_differ`: the cell ran another kernel (CUDA float32 GQA on math against MHA on
-    memory-efficient, an eager variant), so its speedup compares kernels, not variants.
-    A CSV without `sdpa_backend` differs nowhere."""
-    if "sdpa_backend" not in cells.columns:
-        return cells.assign(mha_sdpa_backend="", kernels_differ=False)
-    kernels = mha.groupby(key)["sdpa_backend"].agg(lambda s: "+".join(sorted(set(s.fillna("").astype(str)))))
-    cells = cells.join(kernels.rename("mha_sdpa_backend"), on=key)
-    cells["mha_sdpa_backend"] = cells["mha_sdpa_backend"].fillna("")
-    mine = cells["sdpa_backend"].fillna("").astype(str)
-    known = (cells["status"] == "ok") & (cells["mha_sdpa_backend"] != "")
-    cells["kernels_differ"] = known & (mine != cells["mha_sdpa_backend"])
-    return cells
 
 
 def speedup_figure(sweep: pd.DataFrame, seq_len: int | None = None) -> Figure:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .accuracy_figures import accuracy_stats
 from .load import Run, with_labels
+from .marks import MARK, spread
 from .style import fit_slope, modes
 from .sweep_figures import speedup_cells
 
@@ -66,9 +67,12 @@ def speedup_table(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFra
 def accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     """Per task and series: accuracy mean ± std over seeds, seeds, failed rows, loss, KV-cache bytes."""
     stats = accuracy_stats(accuracy)
-    out = pd.DataFrame({"task": stats["task"], "series": stats["label"]})
+    series = [
+        label + (MARK if leak else "") for label, leak in zip(stats["label"], stats["leak"], strict=True)
+    ]
+    out = pd.DataFrame({"task": stats["task"], "series": series})
     out["accuracy (mean ± std)"] = [
-        "" if pd.isna(m) else f"{m:.3f} ± {s:.3f}" for m, s in zip(stats["mean"], stats["std"], strict=True)
+        spread(m, s, n) for m, s, n in zip(stats["mean"], stats["std"], stats["seeds"], strict=True)
     ]
     out["seeds"], out["failed"] = stats["seeds"], stats["failed"]
     if "loss" in stats.columns:

@@ -25,6 +25,7 @@ import pandas as pd
 
 import attn_variants as av
 from attn_variants import plugins
+from reports.marks import leaky
 
 from .. import measure
 from ..measure import timing
@@ -80,6 +81,10 @@ class AccuracyRow:
     wall_s: float | None = None  # seconds of the run (build, train, test)
     kv_cache_bytes: int | None = None  # every layer's cache at seq_len, batch 1 (GQA: L*2*g*n*e*itemsize)
     kv_heads_equiv: float | None = None  # the g of a GQA with this cache (mla: (kv_lora + rope) / 2e)
+    # The task's model attends causally, and the variant is causal-safe (the registry's flag): a
+    # row with causal True and causal_safe False is marked in the tables and figures.
+    causal: bool | None = None
+    causal_safe: bool | None = None
     status: str = "ok"  # ok | unsupported | invalid | error
     error: str = ""
     ablate: str = "none"
@@ -185,6 +190,8 @@ def run_cell(cell: Cell, cfg: AccuracyConfig, context: dict, env: dict, run_id: 
             error = error_text(err)
     return AccuracyRow(
         kv_heads_equiv=kv_heads_equiv(cell, cfg),
+        causal=task.causal,
+        causal_safe=av.info(cell.choice.name).causal_safe,
         run_id=run_id,
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         task=cell.task,
@@ -227,15 +234,18 @@ def load(csv_path: Path) -> pd.DataFrame:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per task, variant, options, g and init: accuracy mean and std over ok seeds, and counts."""
     keys = ["task", "variant", "options", "n_kv_heads", "init"]
+    df = df.assign(leak=leaky(df))
     ok = df[df["status"] == "ok"]
     stats = ok.groupby(keys, sort=False).agg(
         mean=("accuracy", "mean"), std=("accuracy", "std"), seeds=("accuracy", "size"),
         chance=("chance", "first"), loss=("loss", "mean"),
         kv_cache_bytes=("kv_cache_bytes", "median"), wall_s=("wall_s", "mean"),
     )  # fmt: skip
-    rows = df.groupby(keys, sort=False).agg(runs=("status", "size"), statuses=("status", _statuses))
+    rows = df.groupby(keys, sort=False).agg(
+        runs=("status", "size"), statuses=("status", _statuses), leak=("leak", "any")
+    )
     out = rows.join(stats, how="left").reset_index()
-    out["std"] = out["std"].fillna(0.0)  # one seed: no spread
+    out["std"] = out["std"].fillna(0.0)  # one seed: no spread (shown as n=1)
     out["seeds"] = out["seeds"].fillna(0).astype(int)
     return out
 

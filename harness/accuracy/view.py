@@ -15,6 +15,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from reports.marks import MARK, MARK_NOTE, leaky, spread
+
 from ..sweep.view import draw_report
 from ..variant_choice import VariantChoice
 from . import runner as accuracy
@@ -59,7 +61,7 @@ def main(
 def summary_table(df: pd.DataFrame) -> Table:
     """Per task and variant (with g, options and init): accuracy mean ± std over seeds."""
     ablate = set(df["ablate"]) - {"none", ""}
-    title = "accuracy summary (held-out; mean ± std over seeds)"
+    title = "accuracy summary (held-out; mean ± std over n seeds)"
     table = Table(title=title + (f" — ABLATION: {', '.join(sorted(ablate))}" if ablate else ""))
     for col in (
         "task",
@@ -77,10 +79,13 @@ def summary_table(df: pd.DataFrame) -> Table:
         options = tuple(p.split("=", 1) for p in row.options.split(";") if p)
         label = VariantChoice(row.variant, options).label(int(row.n_kv_heads))
         ok = f"{row.seeds}/{row.runs}" + (f" ({row.statuses})" if row.statuses else "")
-        acc = f"{row.mean:.3f} ± {row.std:.3f}" if row.seeds else "-"
+        acc = spread(row.mean, row.std, row.seeds) if row.seeds else "-"
+        label += MARK if row.leak else ""
         loss = f"{row.loss:.3f}" if row.seeds else "-"
         kv = f"{row.kv_cache_bytes / 1024:.1f} KiB" if row.seeds else "-"
         wall = f"{row.wall_s:.1f}" if row.seeds else "-"
         chance = f"{row.chance:.3f}" if row.seeds else "-"
         table.add_row(row.task, escape(label), row.init, ok, acc, chance, loss, kv, wall)
+    if df.pipe(leaky).any():
+        table.caption = MARK_NOTE + " (its tests re-run only what a causal model may see)"
     return table

@@ -192,7 +192,10 @@ def sweep_command(
     min_time_s: Annotated[
         float | None, typer.Option(help="Keep timing a cell until its timed calls add up to this.")
     ] = None,
-    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls per cell, at least.")] = None,
+    warmup_s: Annotated[
+        float | None, typer.Option(help="...and more until the warm-up calls add up to this many seconds.")
+    ] = None,
     threads: Annotated[
         int | None, typer.Option(help="torch.set_num_threads for the run (0: torch default).")
     ] = None,
@@ -219,10 +222,16 @@ def sweep_command(
     ] = None,
     out: Annotated[str | None, typer.Option(help="Output folder; the run goes to <out>/<run_id>/.")] = None,
     executor: Annotated[
-        str | None, typer.Option(help="local (this process) or ray (one Ray task per cell).")
+        str | None, typer.Option(help="local (this process) or ray (cells on Ray workers).")
     ] = None,
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to join: auto or HOST:PORT ('' starts a local one).")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="Ray: reruns of a cell whose worker or node was lost (default 2).")
+    ] = None,
+    accelerator_type: Annotated[
+        str | None, typer.Option(help="Ray: run only on nodes of this accelerator label, e.g. H100.")
     ] = None,
     l2_flush: Annotated[
         bool | None,
@@ -268,6 +277,7 @@ def sweep_command(
         repeats=repeats,
         min_time_s=min_time_s,
         warmup=warmup,
+        warmup_s=warmup_s,
         threads=threads,
         visual_frac=visual_frac,
         layout=layout,
@@ -280,6 +290,8 @@ def sweep_command(
         out=out,
         executor=executor,
         ray_address=ray_address,
+        retries=retries,
+        accelerator_type=accelerator_type,
         l2_flush=l2_flush,
         cuda_graph=cuda_graph,
         memory_limit_mb=memory_limit_mb,

@@ -172,13 +172,21 @@ def selftest_command(
 @app.command("compare")
 @fail_cleanly
 def compare_command(
-    run_a: Annotated[Path, typer.Argument(help="The run compared against (its folder, holding sweep.csv).")],
-    run_b: Annotated[Path, typer.Argument(help="The run compared (B/A < 1: B is faster).")],
+    run_a: Annotated[
+        Path,
+        typer.Argument(
+            help="The run compared against: its folder (sweep.csv), or a folder of repeated runs."
+        ),
+    ],
+    run_b: Annotated[Path, typer.Argument(help="The run(s) compared, the same way (B/A < 1: B is faster).")],
     threshold: Annotated[
         float, typer.Option(help="A change smaller than this share is 'same' however significant.")
     ] = 0.05,
     alpha: Annotated[
-        float, typer.Option(help="Significance level of the per-cell Mann-Whitney U test.")
+        float,
+        typer.Option(
+            help="Significance level of the per-cell test against between-run drift (several runs a side)."
+        ),
     ] = 0.01,
     fail_on_slower: Annotated[
         bool,
@@ -187,7 +195,8 @@ def compare_command(
         ),
     ] = False,
 ) -> None:
-    """B/A of the median latency per matched cell, its bootstrap p10-p90, p-value and verdict."""
+    """B/A of the median latency per matched cell and a verdict; with several runs a side, p and p10-p90
+    against the drift between runs."""
     from .. import compare_runs
 
     code = compare_runs.main(

@@ -21,6 +21,7 @@ ran the math SDPA kernel and materialised it; issue 13).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,18 +49,31 @@ class AttentionCall:
     e: int
     causal: bool
     backward: bool
+    g: int = 0  # K/V heads (0: h)
+    ev: int = 0  # value width (0: e); mla pads its values to q's width for one SDPA call
+    masked: bool = False  # called with a bool mask (MMCA's layouts, ragged decode)
+    mask_pairs: float | None = None  # allowed pairs per (batch, head); None: the mask had no data (meta)
 
-    def pairs(self) -> int:
-        """(query, key) pairs a causal kernel computes; query i sits at s - n + i (bottom-right,
-        as backends.causal_mask), so it sees min(s, s - n + i + 1) keys: n(n+1)/2 when n = s."""
+    def pairs(self) -> float:
+        """(query, key) pairs a kernel must compute. A mask's True entries, where it had data;
+        causal: query i sits at s - n + i (bottom-right, as backends.causal_mask), so it sees
+        min(s, s - n + i + 1) keys: n(n+1)/2 when n = s; otherwise all n * s."""
+        if self.masked and self.mask_pairs is not None:
+            return self.mask_pairs
         if not self.causal:
             return self.n * self.s
         return sum(min(self.s, self.s - self.n + i + 1) for i in range(self.n))
 
-    def flops(self, pairs: int) -> int:
-        """q k^T and p v: 2 matmuls of 2*e FLOPs per pair per head; backward: 4 more matmuls."""
+    def flops(self, pairs: float) -> float:
+        """q k^T and p v: 2 matmuls of 2*e FLOPs per pair per head (FlopCounterMode's count, which
+        takes the value width as e too: mla's padded values are counted); backward: 4 more."""
         forward = 4 * self.b * self.h * pairs * self.e
         return forward * 3 if self.backward else forward
+
+    def elements(self) -> int:
+        """Elements the call's forward must move: q, k and v read, the output written."""
+        g, ev = self.g or self.h, self.ev or self.e
+        return self.b * (self.h * self.n * (self.e + ev) + g * self.s * (self.e + ev))
 
 
 @dataclass
@@ -70,10 +84,22 @@ class _Recorder:
         def recorded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, **kw: Any) -> Any:
             b, h, n, e = q.shape
             grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-            self.calls.append(AttentionCall(b, h, n, k.shape[2], e, causal, grad))
+            mask = kw.get("mask")
+            pairs = _mask_pairs(mask) if isinstance(mask, torch.Tensor) else None
+            call = AttentionCall(
+                b, h, n, k.shape[2], e, causal, grad, k.shape[1], v.shape[-1], mask is not None, pairs
+            )
+            self.calls.append(call)
             return fn(q, k, v, causal=causal, **kw)
 
         return recorded
+
+
+def _mask_pairs(mask: torch.Tensor) -> float | None:
+    """Allowed (query, key) pairs per batch element of a bool mask (b or 1, 1, n, s); None on meta."""
+    if mask.device.type == "meta":
+        return None
+    return float(mask.sum()) / mask.shape[0]
 
 
 @contextlib.contextmanager
@@ -118,6 +144,11 @@ class Count:
     attention: tuple[AttentionCall, ...]
     attention_flops: int = 0  # the attention core's share of flops (MoH's flops_active needs it)
 
+    @property
+    def attention_effective(self) -> int:
+        """The attention core's share of flops_effective (every spared FLOP is an attention one)."""
+        return self.attention_flops - (self.flops - self.flops_effective)
+
 
 META = torch.device("meta")
 
@@ -135,8 +166,33 @@ def count(make: Callable[[torch.device], Callable[[], object]]) -> Count:
         with sdpa_kernel(SDPBackend.MATH), counter:
             step()
     flops, calls = counter.get_total_flops(), tuple(recorder.calls[first:])
-    effective = flops - sum(c.flops(c.n * c.s) - c.flops(c.pairs()) for c in calls)
-    return Count(flops, effective, calls, _attention_flops(counter))
+    return Count(flops, flops - _spared(calls), calls, _attention_flops(counter))
+
+
+def _spared(calls: tuple[AttentionCall, ...]) -> int:
+    """FLOPs the calls' causality and masks spare against counting every pair."""
+    return round(sum(c.flops(c.n * c.s) - c.flops(c.pairs()) for c in calls))
+
+
+def with_mask_density(
+    counted: Count, make: Callable[[torch.device], Callable[[], object]], device: torch.device
+) -> Count:
+    """`counted` with masked calls counted by their masks' density: a masked call on meta has no
+    mask values (interleaved MMCA builds its masks from the modality ids), so the step is built
+    and run once more on `device`, recording the calls with real masks (one untimed call under
+    the default kernel, which builds the masks the timed calls build)."""
+    if not any(c.masked and c.mask_pairs is None for c in counted.attention):
+        return counted
+    with recording_backends() as recorder:
+        step = make(device)
+        first = len(recorder.calls)
+        step()
+    calls = tuple(recorder.calls[first:])
+    if len(calls) != len(counted.attention):
+        raise RuntimeError(
+            f"the step made {len(calls)} attention calls on {device} but {len(counted.attention)} on meta"
+        )
+    return dataclasses.replace(counted, flops_effective=counted.flops - _spared(calls), attention=calls)
 
 
 def _attention_flops(counter: FlopCounterMode) -> int:
@@ -172,17 +228,30 @@ def peak_estimate(make: Callable[[torch.device], Callable[[], object]], device: 
     return live.peak
 
 
-def bytes_moved(mode: str, b: int, n: int, spec: AttnSpec, dtype: torch.dtype) -> int:
-    """The least memory traffic of the attention in one step (the roofline's x axis divides by it).
+def bytes_moved(
+    mode: str,
+    b: int,
+    n: int,
+    spec: AttnSpec,
+    dtype: torch.dtype,
+    *,
+    weight_bytes: int = 0,
+    calls: tuple[AttentionCall, ...] = (),
+) -> int:
+    """The least memory traffic of one fwd or fwd_bwd step: the scope of flops_effective and of
+    the timed step, so that the roofline's two axes count the same work.
 
-    Q = b*h*n*e and KV = b*g*n*e elements; fwd reads q, k, v and writes o: 2Q + 2KV; fwd_bwd adds
-    the backward's reads of q, k, v, o, dO and writes of dq, dk, dv: 6Q + 6KV in all; decode
-    reads one query, the whole cache (2 b g n e) and writes one output: 2 b h e + 2KV. Weights
-    and projections are left out: this is the attention's own traffic, as FlashAttention counts it.
+    Forward: every weight read once (`weight_bytes`), x (b, n, d) read and the output written,
+    and each attention call's q, k, v read and its output written, at the widths the call ran
+    (mla's q and k are nope + rope wide; `calls` as `count` recorded them). Where no call was
+    recorded, the spec's widths: 2Q + 2KV with Q = b*h*n*e, KV = b*g*n*e. fwd_bwd: three times
+    the forward (the backward reads what the forward read, plus the output gradients, and
+    writes the gradients), the convention of its FLOPs. Decode is roof.decode_bytes: the cache
+    the variant holds, its weights, the token in and out.
     """
-    h, g, e = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    q, kv = b * h * n * e, b * g * n * e
-    elements = {"fwd": 2 * q + 2 * kv, "fwd_bwd": 6 * q + 6 * kv, "decode": 2 * b * h * e + 2 * kv}
-    if mode not in elements:
-        raise ValueError(f"unknown mode {mode!r}; valid modes: {sorted(elements)}")
-    return elements[mode] * torch.empty(0, dtype=dtype).element_size()
+    if mode not in ("fwd", "fwd_bwd"):
+        raise ValueError(f"bytes_moved counts fwd and fwd_bwd, not mode {mode!r} (decode: roof.decode_bytes)")
+    h, g, e, d = spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.dim
+    attention = sum(c.elements() for c in calls) if calls else 2 * b * h * n * e + 2 * b * g * n * e
+    forward = weight_bytes + (2 * b * n * d + attention) * torch.empty(0, dtype=dtype).element_size()
+    return forward * 3 if mode == "fwd_bwd" else forward

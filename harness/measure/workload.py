@@ -123,6 +123,8 @@ def build(
     x = randn((batch, seq_len, spec.dim), gen, device, dtype)  # (b, n, d)
     layout_kw = layout_inputs(batch, seq_len, n_visual, layout, images, device)
     kv_bytes = entry.kv_cache_bytes(resolved, options, batch, seq_len, dtype)
+    if "modality" in layout_kw:  # an interleaved cache also holds each token's modality id (b, n)
+        kv_bytes += batch * seq_len * layout_kw["modality"].element_size()
     masks_before, inputs = MASKS.seconds, gen.get_state()
     eager_step = make(module, module, x, layout_kw, gen)
     backend = options.get("backend", entry.options["backend"])

@@ -3,7 +3,8 @@
 Each cell: build (with `compile`: one eager call, which builds flex's block masks, `setup_s`,
 then the first compiled call, `compile_s`), FLOPs of the uncompiled step counted on the meta
 device (harness/measure/flops.py), on CUDA a peak estimate over fake tensors first (too big: a
-skipped_memory row), `warmup` calls, one profiled call (memory, SDPA backend), then `repeats`
+skipped_memory row), a warm-up of at least `warmup` calls and `warmup_s` seconds
+(timing.warm_up), one profiled call (memory, SDPA backend), then `repeats`
 timed calls (timing.method_name); graphs compiled during them are counted (`recompiles`) and
 named in `error`. A failing cell becomes a row with its status, and the sweep goes on.
 """
@@ -27,7 +28,7 @@ from attn_variants.flex import MASKS
 from .. import measure
 from ..measure import calibrate, flops, roof, timing, workload
 from ..records import Row, error_text
-from . import lengths
+from . import cluster, lengths
 from .config import SweepConfig
 from .grid import Cell
 
@@ -63,17 +64,24 @@ def _failure_status(err: BaseException) -> str:
     return "invalid" if isinstance(err, ValueError) else "error"
 
 
-def measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, **kwargs: Any) -> Row:
+def measure_on_host(cell: Cell, *, cfg: SweepConfig, env: dict, code: str = "", **kwargs: Any) -> Row:
     """`measure_cell` on a Ray worker (which fixed its thread count): the row describes the
-    worker's own machine, host and real thread count."""
-    plugins.load_all(cfg.plugins)  # a worker process: the driver's plugins, before the registry is read
-    local = measure.host_environment(kwargs["device"])
+    worker's own machine, host, GPU index, node label and real thread count. A worker whose code
+    is not the driver's (`code`, cluster.code_hash) measures nothing: its row is an error."""
+    shipped = cluster.worker_plugins(cfg.plugins)  # the driver's plugin files, by module name
+    local = cluster.where(kwargs["device"])
+    mine = cluster.worker_code_hash(shipped)
+    if code and mine != code:
+        error = f"the worker on {local['host']} runs code {mine}, not the driver's {code}: not measured"
+        return _row(cell, {**env, **local}, kwargs["run_id"], "error", error)
+    plugins.load_all(shipped)  # a worker process: the driver's plugins, before the registry is read
     return measure_cell(cell, cfg=cfg, env={**env, **local}, **kwargs)
 
 
 def failed_row(cell: Cell, err: BaseException, env: dict, run_id: str) -> Row:
     """The row of a cell whose worker died or raised outside the measurement (status error)."""
-    return _row(cell, {**env, "host": ""}, run_id, "error", error_text(err))
+    nowhere = {"host": "", "gpu_index": "", "accelerator": ""}  # a lost worker: where is unknown
+    return _row(cell, {**env, **nowhere}, run_id, "error", error_text(err))
 
 
 def _row(cell: Cell, env: dict, run_id: str, status: str, error: str, **fields: Any) -> Row:
@@ -133,14 +141,26 @@ def _served(w: workload.Workload, cell: Cell, seconds: float, dtype: torch.dtype
     )
 
 
-def _bytes_moved(cell: Cell, dtype: torch.dtype, served: dict[str, Any]) -> int:
-    """flops.bytes_moved; a served decode (drawn lengths, paged, q_len > 1) reads its queries,
-    writes its outputs and reads the bytes its requests need, not the padded frame."""
+def _bytes_moved(cell: Cell, w, counted: flops.Count, dtype: torch.dtype, served: dict[str, Any]) -> int:
+    """The step's traffic, the scope of flops_effective: weights, input and output, and the
+    attention's tensors at the widths the variant ran (flops.bytes_moved). Decode: the cache the
+    variant holds (the registry's bytes), its weights, the tokens in and out (roof.decode_bytes);
+    a served decode (drawn lengths, paged, q_len > 1) reads the bytes its requests need, not the
+    padded frame."""
+    if cell.mode != "decode":
+        weights = roof.weight_bytes(w.module)
+        return flops.bytes_moved(
+            cell.mode,
+            cell.batch,
+            cell.seq_len,
+            cell.spec,
+            dtype,
+            weight_bytes=weights,
+            calls=counted.attention,
+        )
     plain = not cell.lengths and cell.kv_layout == "padded" and cell.q_len == 1
-    if cell.mode != "decode" or plain or not served:
-        return flops.bytes_moved(cell.mode, cell.batch, cell.seq_len, cell.spec, dtype)
-    s, itemsize = cell.spec, torch.empty(0, dtype=dtype).element_size()
-    return 2 * cell.batch * cell.q_len * s.n_heads * s.head_dim * itemsize + served["kv_bytes_needed"]
+    cache = w.kv_cache_bytes if plain or not served else served["kv_bytes_needed"]
+    return roof.decode_bytes(w.module, cache, cell.batch, cell.q_len, dtype)
 
 
 def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -162,10 +182,10 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         measure.check_fits(estimate, limit)
     w = _build(cell, cfg, device, dtype, options, cell.compile)
     counted = counted or flops.count_real(_flop_step(w, cell, cfg, device, dtype))
-    for _ in range(cfg.warmup):
-        w.step()
+    counted = flops.with_mask_density(counted, make, device)  # masked calls on meta: by real masks
+    warmed = timing.warm_up(w.step, device, calls=cfg.warmup, seconds=cfg.warmup_s)
     probe = measure.probe(w.step, device, w.reset)  # untimed, the backend the timed calls use
-    heads = measure.active_heads(w.module, counted.flops, counted.attention_flops)  # MoH's gates
+    heads = measure.active_heads(w.module, counted.flops_effective, counted.attention_effective)  # MoH
     fn, method = _timed_fn(w.step, cell.mode, cfg, device)
     flush = timing.L2Flush(device, cfg.l2_flush and cell.mode != "decode")
     before = w.graphs_since_build()
@@ -175,18 +195,20 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     recompiles = w.graphs_since_build() - before
     t = timing.summarize(samples)
     served = _served(w, cell, t.median, dtype)
-    moved = _bytes_moved(cell, dtype, served)
+    moved = _bytes_moved(cell, w, counted, dtype, served)
     peaks = calibrate.get(device, str(dtype).removeprefix("torch."))  # the dtype the cell ran in
     return dict(
         latency_ms_median=t.median * 1e3,
         latency_ms_p10=t.p10 * 1e3,
         latency_ms_p90=t.p90 * 1e3,
         repeats=t.n,
+        warmup_calls=warmed,
         latency_ms_samples=";".join(f"{x * 1e3:.4f}" for x in samples),
         timing=method,
         peak_mem_bytes=probe.peak_mem_bytes,
         peak_mem_estimate_bytes=estimate,
         kv_cache_bytes=w.kv_cache_bytes,
+        resident_bytes=_resident(cell, w, dtype, served),
         kv_heads_equiv=av.info(cell.choice.name).kv_heads_equiv(w.spec, dict(cell.choice.options)),
         flops=counted.flops,
         flops_effective=counted.flops_effective,
@@ -194,7 +216,7 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
         bytes_moved=moved,
         flops_util=counted.flops_effective / t.median / peaks.peak_flops,
         bw_util=moved / t.median / peaks.peak_bytes_per_s,
-        **_decode_roof(cell, w, counted.flops_effective, t.median, peaks, dtype),
+        **_decode_roof(cell, moved, counted.flops_effective, t.median, peaks),
         **heads,
         sdpa_backend=_kernel_name(probe.sdpa_backend, cell.compile),
         timed_s=sum(samples),
@@ -208,11 +230,21 @@ def _measure(cell: Cell, cfg: SweepConfig, device: torch.device, dtype: torch.dt
     )
 
 
-def _decode_roof(cell: Cell, w, flops_effective: int, median: float, peaks, dtype) -> dict[str, Any]:
-    """A decode row's decode_bytes, roof_s and roof_util (measure/roof.py); nothing for other modes."""
+def _resident(cell: Cell, w, dtype: torch.dtype, served: dict[str, Any]) -> int | None:
+    """A decode row's resident bytes: weights, the new tokens x (b, q_len, d), the cache as
+    allocated (a served decode's padded or paged frame); None for other modes."""
+    if cell.mode != "decode":
+        return None
+    cache = served["kv_bytes_allocated"] if served else w.kv_cache_bytes
+    tokens = cell.batch * cell.q_len * w.spec.dim * torch.empty(0, dtype=dtype).element_size()
+    return roof.weight_bytes(w.module) + tokens + cache
+
+
+def _decode_roof(cell: Cell, n_bytes: int, flops_effective: int, median: float, peaks) -> dict[str, Any]:
+    """A decode row's decode_bytes (its bytes_moved: cache, weights, tokens in and out), roof_s and
+    roof_util (measure/roof.py); nothing for other modes."""
     if cell.mode != "decode":
         return {}
-    n_bytes = roof.decode_bytes(w.module, w.kv_cache_bytes, cell.batch, 1, dtype)
     roof_time = roof.roof_s(n_bytes, flops_effective, peaks.peak_bytes_per_s, peaks.peak_flops)
     return dict(decode_bytes=n_bytes, roof_s=roof_time, roof_util=roof_time / median)
 

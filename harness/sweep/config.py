@@ -44,7 +44,10 @@ class SweepConfig:
     # ...and more until the timed calls add up to this many seconds: fast cells (decode) would
     # otherwise be mostly harness overhead (build, prefill, FLOP and memory passes). 0: off.
     min_time_s: float = 0.0
-    warmup: int = 3  # plain calls before the profiled call; the FLOP pass runs the step once too
+    warmup: int = 3  # plain calls before the profiled call, at least; the FLOP pass runs the step once too
+    # ...and more until the warm-up calls add up to this many seconds, so a 0.1 ms step is not
+    # timed cold (timing.warm_up). 0: `warmup` calls only.
+    warmup_s: float = 0.1
     threads: int = 0  # torch.set_num_threads for the run; 0 keeps torch's default (it is recorded)
     visual_frac: float = 0.25  # multimodal variants: n_visual = round(visual_frac * seq_len)
     # Where multimodal variants' image tokens sit: "prefix" (one image, then text) or
@@ -78,6 +81,12 @@ class SweepConfig:
     memory_limit_mb: float = 0.0
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""  # '' starts a local Ray (or joins RAY_ADDRESS); 'auto' or HOST:PORT joins a cluster
+    # Ray: a cell whose worker died (its process or node was lost) runs again on another worker
+    # up to this many more times; a cell that raised never does. The row says `attempts`.
+    retries: int = 2
+    # Ray: only nodes of this accelerator label (Ray's `accelerator_type:<label>` resource, e.g.
+    # H100, A100) run cells, so a sweep on a cluster of mixed GPU models times one model.
+    accelerator_type: str = ""
 
     def __post_init__(self) -> None:
         for name in ("variants", "seq_len", "heads", "kv_heads", "modes", "backend", "compile", "batches"):
@@ -99,8 +108,10 @@ class SweepConfig:
             ("warmup", 0),
             ("threads", 0),
             ("min_time_s", 0),
+            ("warmup_s", 0),
             ("memory_limit_mb", 0),
             ("images", 1),
+            ("retries", 0),
         )
         for name, low in lows:
             if getattr(self, name) < low:

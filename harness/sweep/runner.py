@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 import attn_variants as av
+from reports import speedup
 
 from .. import config as config_mod
 from .. import dashboard, measure
@@ -35,13 +36,13 @@ from ..measure import calibrate, timing
 from ..records import CsvSink, Row, check_writable, read_frame, read_rows, write_run_json
 from ..variant_choice import check_builds
 from . import cell as sweep_cell
-from . import executors
+from . import cluster, executors
 from .config import SweepConfig
 from .grid import Cell, grid, row_key
 
 TEXT_COLUMNS = (
     "options", "error", "latency_ms_samples", "sdpa_backend", "backend", "compile", "lengths", "kv_layout",
-    "kernel",
+    "kernel", "gpu_index", "accelerator",
 )  # fmt: skip
 
 
@@ -112,7 +113,7 @@ def run(
     At the end, benchmark.json beside the CSV holds every ok row as dashboard records (dashboard.py).
     """
     preflight(cfg, run_dir)  # before Ray starts or any cell runs
-    pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads)
+    pool = executors.make(cfg.executor, cfg.ray_address, cfg.threads, **_ray_settings(cfg))
     device = pool.device(cfg.device)
     cfg = dataclasses.replace(cfg, dtype=resolve_dtype(cfg.dtype, device))  # run.json and rows: the real one
     cells, skipped = grid(cfg)
@@ -129,19 +130,23 @@ def run(
         peaks = calibrate.get(device, cfg.dtype) if cfg.executor == "local" else None
         startup = measure.warm_up_tools(device) if cfg.executor == "local" else 0.0
     t0, timed = time.perf_counter(), 0.0
+    pool.prepare(device, len(todo))  # Ray: every worker starts now, in parallel
     with timing.threads(cfg.threads):
         env = pool.environment(device)  # Ray: from a worker (the driver may have no GPU)
-        _write_run_json(run_dir, cfg, env, skipped, cells, settings, peaks)
+        code = cluster.code_hash(cfg.plugins)  # Ray workers confirm it before each cell
+        _write_run_json(run_dir, cfg, {**env, "code_hash": code}, skipped, cells, settings, peaks)
         if observer:
             observer.start(len(cells), len(cells) - len(todo))
+        on_ray = {"code": code} if cfg.executor == "ray" else {}
         task = functools.partial(
             sweep_cell.measure_on_host if cfg.executor == "ray" else sweep_cell.measure_cell,
-            cfg=cfg, device=device, dtype=dtype_ok, env=env, run_id=run_dir.name,
+            cfg=cfg, device=device, dtype=dtype_ok, env=env, run_id=run_dir.name, **on_ray,
         )  # fmt: skip
-        with CsvSink(csv_path) as sink:
-            for cell, result in pool.map(task, todo, device=device):
+        with CsvSink(csv_path) as sink:  # the driver alone writes rows, each cell's once
+            for cell, result, attempts in pool.map(task, todo, device=device):
                 failed = not isinstance(result, Row)  # the worker died or raised outside the cell
                 row = sweep_cell.failed_row(cell, result, env, run_dir.name) if failed else result
+                row = dataclasses.replace(row, attempts=attempts)
                 sink.write(row)
                 timed += row.timed_s or 0.0
                 if observer:
@@ -159,6 +164,13 @@ def run(
         startup_s=startup,
     )
     return df
+
+
+def _ray_settings(cfg: SweepConfig) -> dict[str, Any]:
+    """What only the Ray executor takes from the config."""
+    if cfg.executor != "ray":
+        return {}
+    return dict(retries=cfg.retries, accelerator_type=cfg.accelerator_type, plugins=cfg.plugins)
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:
@@ -194,29 +206,8 @@ def _write_run_json(
     )  # fmt: skip
 
 
-SHAPE = ["device", "dtype", "mode", "batch", "seq_len", "n_heads", "head_dim"]
-
-
 def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
-    """`df` plus `speedup`: the reference's median latency / this row's, at the same shape;
-    `reference_sdpa_backend`, the kernel the reference ran there; and `kernels_differ`, True
-    where that is not this row's `sdpa_backend`: such a speedup compares kernels, not variants
-    (CUDA float32 GQA on math against MHA on memory-efficient, or an eager variant)."""
-    ok = df[df["status"] == "ok"]
-    if "compile" in ok:  # the reference is uncompiled mha (a compiled mha row is a variant row)
-        ok = ok[ok["compile"].isin(["off", ""])]
-    ref = ok[(ok["variant"] == reference) & (ok["options"] == "")]
-    ref = ref.groupby(SHAPE, as_index=False).agg(
-        _ref_ms=("latency_ms_median", "median"), reference_sdpa_backend=("sdpa_backend", _kernels)
-    )
-    out = df.merge(ref, on=SHAPE, how="left")
-    out["speedup"] = out["_ref_ms"] / out["latency_ms_median"]
-    out["reference_sdpa_backend"] = out["reference_sdpa_backend"].fillna("")
-    known = (out["status"] == "ok") & (out["reference_sdpa_backend"] != "")
-    out["kernels_differ"] = known & (out["sdpa_backend"] != out["reference_sdpa_backend"])
-    return out.drop(columns="_ref_ms")
-
-
-def _kernels(backends: pd.Series) -> str:
-    """The reference's backend at one shape ('a+b' if its rows disagree)."""
-    return "+".join(sorted(set(backends)))
+    """`df` plus `speedup` against `reference` and the kernel columns: reports/speedup.py's one
+    definition (same shape, dtype, threads, backend and compile, no options), which the report's
+    table and heatmap use too."""
+    return speedup.with_speedup(df, reference).drop(columns="reference_ms")

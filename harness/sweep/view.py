@@ -92,7 +92,7 @@ def summary_table(df: pd.DataFrame, reference: str) -> Table:
     df = sweep.with_speedup(df, reference) if reference != "none" else df.assign(speedup=np.nan)
     n_max = int(df["seq_len"].max())
     table = Table(title=f"sweep summary (speedup = {reference} latency / variant latency, same shape)")
-    for col in ("variant", "h", "mode", "ok/cells", f"ms @ n={n_max}", f"peak MiB @ n={n_max}"):
+    for col in ("variant", "h", "mode", "ok/cells", f"ms @ n={n_max}", f"transient peak MiB @ n={n_max}"):
         table.add_column(col, justify="left" if col in ("variant", "mode") else "right")
     table.add_column(escape(f"speedup vs {reference}: geo-mean [min, max] over n"), justify="right")
     df = df.assign(compile=df["compile"] if "compile" in df else "off")
@@ -171,4 +171,7 @@ def footer(df: pd.DataFrame) -> str:
             f"overhead {overhead:.1%} (builds, FLOP and memory passes, warm-up, CSV), plus {startup:.1f} s "
             "of start-up before the clock"
         )
+    tries = pd.to_numeric(df["attempts"], errors="coerce") if "attempts" in df else pd.Series(dtype=float)
+    if (tries > 1).any():
+        lines.append(f"{int((tries > 1).sum())} cell(s) ran again after their Ray worker or node was lost")
     return "\n".join(lines)

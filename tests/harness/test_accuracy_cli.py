@@ -155,3 +155,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, flags, message):
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_rows_say_causal_and_causal_safe_and_the_summary_marks_one_seed_and_leaks(tmp_path):
+    """kdgqa (not causal-safe) on mqar (a causal task) is marked; one seed reads n=1, not ± 0.000."""
+    result = runner.invoke(app, smoke(tmp_path, "--tasks", "mqar", "--variants", "gqa,kdgqa", "--seeds", "0"))
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in read_csv(result)}
+    assert rows["kdgqa"]["causal"] == rows["gqa"]["causal"] == "True"
+    assert rows["kdgqa"]["causal_safe"] == "False" and rows["gqa"]["causal_safe"] == "True"
+    assert "(n=1)" in result.output and "± 0.000" not in result.output
+    assert "kdgqa_g2 †" in result.output and "│ gqa_g2 †" not in result.output
+    assert "†: not causal-safe, on a causal task" in result.output

@@ -114,3 +114,21 @@ def test_cli_defaults_are_the_reports_defaults():
     api = inspect.signature(compare_runs.main).parameters
     assert flags["threshold"].default == api["threshold"].default == comparison.THRESHOLD == 0.05
     assert flags["alpha"].default == api["alpha"].default == comparison.ALPHA == 0.01
+
+
+def test_a_folder_of_repeated_runs_is_one_side(tmp_path):
+    """Each argument may be a folder of run folders: the verdict then rests on the drift between
+    the runs of a side (header: runs per side, its sd and df), not on the threshold alone."""
+    from tests.reports.ab_runs import drifted_runs
+    from tests.reports.fabricate import sweep_frame, write_run
+
+    base = sweep_frame(seq_lens=(128,), oom_at=None)
+    for side, scale in (("before", 1.0), ("after", 1.10)):
+        for i, run in enumerate(drifted_runs(base, 3, sd=0.01, seed=len(side), scale=scale)):
+            write_run(tmp_path / side / f"run{i}", sweep=run)
+    result = invoke(tmp_path / "before", tmp_path / "after", "--fail-on-slower")
+    assert result.exit_code == 1, result.output
+    assert "(3 vs 3 runs; <1: B faster)" in result.output and "df 64" in result.output
+    assert "16 slower, 2 not run." in result.output
+    one = invoke(tmp_path / "before" / "run0", tmp_path / "after" / "run0")
+    assert one.exit_code == 0 and "cannot be estimated" in one.output

@@ -178,3 +178,18 @@ def test_check_writes_check_csv_and_v3_records(tmp_path, update):
         else:
             assert metric["latency_ratio"]["target_value"] == float(row["baseline_ratio"])
             assert metric["latency_ratio"]["extra_info"]["verdict"] == row["verdict"] != ""
+
+
+def test_where_a_ray_cell_ran_goes_to_its_runner_and_attempts_is_no_metric():
+    """gpu_index and accelerator name the runner (not the benchmark's series); attempts counts
+    the harness's tries, not anything about the attention."""
+    assert "attempts" not in dashboard.metric_columns(Row)
+    row = dict(variant="gqa", mode="fwd", dtype="bfloat16", status="ok", latency_ms_median="1.0", n_heads="8")
+    row |= dict(latency_ms_samples="1.0;1.1", device="cuda", device_name="NVIDIA H100", host="node-7")
+    row |= dict(gpu_index="3", accelerator="H100", attempts="2")
+    (record,) = dashboard.sweep_records([row], dashboard.metric_columns(Row))
+    assert not {"gpu_index", "accelerator", "attempts"} & set(record["benchmark"]["extra_info"])
+    (run,) = record["runners"]
+    assert run["name"] == "node-7" and run["gpu_info"] == "NVIDIA H100"
+    assert set(run) == SCHEMA["runner"]
+    assert run["extra_info"].items() >= {"gpu_index": "3", "accelerator": "H100"}.items()

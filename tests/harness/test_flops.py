@@ -94,13 +94,52 @@ def test_pairs_bottom_right_when_the_cache_holds_more():
 
 
 def test_bytes_moved_by_hand():
+    """Without recorded calls: the spec's widths; weights and x in/out are in the scope too."""
     spec = av.AttnSpec(dim=64, n_heads=4, n_kv_heads=2)  # e = 16
-    q, kv = 2 * 4 * 10 * 16, 2 * 2 * 10 * 16
-    assert flops.bytes_moved("fwd", 2, 10, spec, torch.float32) == 4 * (2 * q + 2 * kv)
-    assert flops.bytes_moved("fwd_bwd", 2, 10, spec, torch.bfloat16) == 2 * (6 * q + 6 * kv)
-    assert flops.bytes_moved("decode", 2, 10, spec, torch.float32) == 4 * (2 * 2 * 4 * 16 + 2 * kv)
-    with pytest.raises(ValueError, match="valid modes"):
-        flops.bytes_moved("prefill", 2, 10, spec, torch.float32)
+    q, kv, x = 2 * 4 * 10 * 16, 2 * 2 * 10 * 16, 2 * 10 * 64
+    assert flops.bytes_moved("fwd", 2, 10, spec, torch.float32) == 4 * (2 * x + 2 * q + 2 * kv)
+    assert flops.bytes_moved("fwd", 2, 10, spec, torch.float32, weight_bytes=100) == 100 + 4 * (
+        2 * x + 2 * q + 2 * kv
+    )
+    assert flops.bytes_moved("fwd_bwd", 2, 10, spec, torch.bfloat16) == 3 * 2 * (2 * x + 2 * q + 2 * kv)
+    with pytest.raises(ValueError, match="decode: roof.decode_bytes"):
+        flops.bytes_moved("decode", 2, 10, spec, torch.float32)
+
+
+def test_mla_bytes_moved_uses_its_own_widths():
+    """mla's q and k are nope + rope wide and its values v_head_dim (padded to q's width for one
+    SDPA call): the recorded calls carry those widths, not the spec's e."""
+    build = _build("mla", "fwd", 17)
+    count = flops.count(_make(build))
+    (call,) = count.attention
+    w = build()
+    qk = w.module.dims.qk_nope_head_dim + w.module.dims.qk_rope_head_dim
+    assert call.e == qk and call.e != w.spec.head_dim and call.g == call.h
+    moved = flops.bytes_moved("fwd", 2, 17, w.spec, torch.float32, calls=count.attention)
+    assert moved == 4 * (2 * 2 * 17 * w.spec.dim + 2 * 2 * call.h * 17 * (qk + call.ev))
+
+
+def test_sweep_bytes_moved_share_the_scope_of_flops_effective(tmp_path):
+    """fwd: weights + x in/out + attention tensors; decode: bytes_moved == decode_bytes (the cache
+    the variant holds: mla's latent, not MHA's K/V), so bw_util and roof_s read the same bytes."""
+    from harness.measure import roof
+    from harness.sweep import runner
+
+    cfg = runner.SweepConfig(
+        variants=("mla", "gqa"), seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd", "decode"), batch=1,
+        head_dim=8, repeats=2, warmup=0, threads=1, device="cpu", out=str(tmp_path), reference="none",
+    )  # fmt: skip
+    df = runner.run(cfg).set_index(["variant", "mode"])
+    for variant in ("mla", "gqa"):
+        dec = df.loc[(variant, "decode")]
+        assert dec["bytes_moved"] == dec["decode_bytes"]
+        spec = av.info(variant).resolve(av.AttnSpec(32, 4, 2))
+        module = av.create(variant, spec)
+        assert dec["bytes_moved"] == dec["kv_cache_bytes"] + roof.weight_bytes(module) + 2 * 32 * 4
+        fwd = df.loc[(variant, "fwd")]
+        assert fwd["bytes_moved"] > roof.weight_bytes(module) + 2 * 16 * 32 * 4
+    mla_cache = df.loc[("mla", "decode"), "kv_cache_bytes"]
+    assert mla_cache == 16 * (4 * 8 + 4) * 4  # b*n*(kv_lora + rope)*itemsize, not 2*b*h*n*e
 
 
 def test_peak_estimate_is_close_to_the_measured_peak():
@@ -119,3 +158,55 @@ def test_backends_restored_after_the_pass():
     flops.count(_make(_build("gqa", "fwd", 16)))
     flops.peak_estimate(_make(_build("gqa", "fwd", 16)), torch.device("cpu"))
     assert av.BACKENDS == before
+
+
+def _hand_pairs(ids: torch.Tensor) -> int:
+    """Pairs interleaved MMCA ('self') must compute, from the modality ids (b, n) by hand: its
+    own-group call (text: text keys j <= i; image: itself) and its text -> image call (image
+    keys j <= i; a text row with none yet is given every key, then zeroed)."""
+    total = 0
+    for row in ids.tolist():
+        n = len(row)
+        for i, kind in enumerate(row):
+            if kind:
+                total += 1 + n  # itself; in the cross call an image row is given every key
+                continue
+            total += sum(1 for j in range(i + 1) if row[j] == 0)
+            images = sum(1 for j in range(i + 1) if row[j] != 0)
+            total += images or n
+    return total
+
+
+def test_interleaved_mmca_flops_effective_from_its_masks():
+    """The masked calls ran on meta with no mask values; the count takes their density from the
+    masks the real step builds: the pairs counted by hand from the modality ids, not n * n."""
+    n, m, b, h, e = 24, 8, 2, 4, 16
+    spec = av.AttnSpec(dim=h * e, n_heads=h, n_kv_heads=2)
+    kw = dict(batch=b, seq_len=n, n_visual=m, layout="interleaved", images=2)
+
+    def make(device):
+        return workload.build("mmca", spec, "fwd", device=device, **kw).step
+
+    counted = flops.count(make)
+    assert all(c.masked and c.mask_pairs is None for c in counted.attention)
+    assert counted.flops_effective == counted.flops  # before: every pair of a masked call counted
+    dense = flops.with_mask_density(counted, make, torch.device("cpu"))
+    ids = workload.modality_ids(b, n, m, 2)
+    spared = 4 * h * e * (len(counted.attention) * b * n * n - _hand_pairs(ids))
+    assert dense.flops - dense.flops_effective == spared > 0
+
+
+def test_moh_flops_active_is_taken_from_flops_effective(tmp_path):
+    """The active heads' share of the causal count: below flops_effective, never above it."""
+    from harness.sweep import runner
+
+    cfg = runner.SweepConfig(
+        variants=("moh",), seq_len=(16,), heads=(4,), kv_heads=(4,), modes=("fwd",), batch=1, head_dim=8,
+        repeats=2, warmup=0, threads=1, device="cpu", out=str(tmp_path), reference="none",
+    )  # fmt: skip
+    row = runner.run(cfg).iloc[0]
+    w = workload.build("moh", av.AttnSpec(32, 4, 4), "fwd", batch=1, seq_len=16)
+    _, attention = measure.count_flops_detail(w.step)  # the full-count attention core
+    spared = row["flops"] - row["flops_effective"]
+    assert row["flops_active"] == round(row["flops_effective"] - 0.25 * (attention - spared))
+    assert row["flops_active"] < row["flops_effective"]

@@ -114,3 +114,17 @@ def test_accuracy_cells_name_mla_uptraining_unsupported():
     assert "cannot be uptrained" in cells[("digits", "mla", "uptrained")]
     assert cells[("digits", "mla", "scratch")] == "" and cells[("mqar", "mla", "scratch")] == ""
     assert cells[("digits", "moh", "uptrained")] == ""
+
+
+DECODERS = [(n, "prefix") for n in av.names() if "decode" in av.info(n).modes] + [("mmca", "interleaved")]
+
+
+@pytest.mark.parametrize("name, layout", DECODERS)
+def test_kv_cache_bytes_equal_the_filled_cache_for_every_variant_and_layout(name, layout):
+    """The kv_cache_bytes column is what the cache really holds at n tokens: K/V or the latent,
+    kdgqa/dgqa's float64 key-norm prefix, interleaved mmca's modality ids."""
+    info = av.info(name)
+    spec = info.resolve(av.AttnSpec(64, 4, 2))
+    m = 6 if info.multimodal else 0
+    w = workload.build(name, spec, "decode", batch=2, seq_len=24, n_visual=m, layout=layout, images=2)
+    assert w.kv_cache_bytes == w.cache.nbytes

@@ -1,5 +1,6 @@
 """The roofline time of a decode step (harness/measure/roof.py)."""
 
+import pandas as pd
 import pytest
 import torch
 
@@ -58,3 +59,7 @@ def test_a_sweep_gives_decode_rows_their_roof_and_other_rows_none(tmp_path):
         assert row["roof_s"] == pytest.approx(expected, rel=1e-6)
         assert row["roof_util"] == pytest.approx(row["roof_s"] / t, rel=1e-6)
         assert df.loc[(variant, "fwd")][["decode_bytes", "roof_s", "roof_util"]].isna().all()
+        # what the step holds before it starts: weights, the new token (b, 1, d), the cache
+        assert row["resident_bytes"] == roof.weight_bytes(module) + 2 * 32 * 4 + row["kv_cache_bytes"]
+        assert row["resident_bytes"] > row["peak_mem_bytes"]  # the transient peak is not the memory
+        assert pd.isna(df.loc[(variant, "fwd"), "resident_bytes"])

@@ -152,3 +152,32 @@ def test_options_with_a_none_default_parse_as_literals(text, value):
     assert choice.options == (("seed", value),)
     if isinstance(value, int | None):
         assert av.create("pgqa", av.AttnSpec(32, 4, 2), **dict(choice.options)).seed == value
+
+
+def test_warm_up_runs_until_both_its_calls_and_its_time_are_spent():
+    import time
+
+    from harness.measure import timing
+
+    cpu = torch.device("cpu")
+    assert timing.warm_up(lambda: time.sleep(0.001), cpu, calls=3, seconds=0.0) == 3
+    start = time.perf_counter()
+    made = timing.warm_up(lambda: time.sleep(0.001), cpu, calls=1, seconds=0.03)
+    assert time.perf_counter() - start >= 0.03 and 3 <= made <= 31  # ~1 ms a call (sleep may overrun)
+    assert timing.warm_up(lambda: time.sleep(0.02), cpu, calls=4, seconds=0.01) == 4  # calls bind
+    with pytest.raises(ValueError, match="seconds=-1"):
+        timing.warm_up(lambda: None, cpu, calls=0, seconds=-1)
+
+
+def test_a_short_step_is_warmed_up_by_time_and_the_row_says_how_many_calls(tmp_path):
+    """A decode step takes well under a millisecond here: 0.05 s of warm-up is many more calls
+    than `warmup`; warmup_s=0 keeps exactly `warmup` calls."""
+    base = dict(variants=("gqa",), modes=("decode",), reference="none", warmup=2)
+    timed = sweep.run(tiny_config(tmp_path / "a", warmup_s=0.05, **base))
+    plain = sweep.run(tiny_config(tmp_path / "b", warmup_s=0.0, **base))
+    assert (plain["warmup_calls"] == 2).all()
+    assert (timed["warmup_calls"] > 2).all()
+    per_call = timed["latency_ms_median"] / 1e3
+    assert (timed["warmup_calls"] * per_call >= 0.02).all()  # filled the time, not a fixed count
+    with pytest.raises(ValueError, match="warmup_s=-0.1 must be >= 0"):
+        tiny_config(tmp_path, warmup_s=-0.1)

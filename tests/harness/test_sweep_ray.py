@@ -5,15 +5,17 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import measure
+from harness import config, measure
 from harness.cli import app
 from harness.sweep import cell as sweep_cell
-from harness.sweep import executors
+from harness.sweep import cluster, executors
 from harness.sweep import runner as sweep
+from harness.sweep.grid import grid
 
 from .test_sweep_cli import read_csv, tiny
 
@@ -76,7 +78,12 @@ def test_a_cell_that_raises_or_kills_its_worker_is_an_error_row(tmp_path, ray, m
         # path, once pushed the message past the 500-character cut)
         assert df.loc[(mode, 32), "error"] == "RuntimeError: boom in the worker"
     assert df.loc[("fwd", 16), "status"] == "error"
-    assert "died" in df.loc[("fwd", 16), "error"].lower() or "crash" in df.loc[("fwd", 16), "error"].lower()
+    # killed its worker on the first try and on both retries: an error row saying so
+    assert df.loc[("fwd", 16), "attempts"] == 3
+    assert "the worker died on each of 3 attempt(s)" in df.loc[("fwd", 16), "error"]
+    # a cell that raised is never retried
+    assert df.loc[("fwd", 32), "attempts"] == df.loc[("decode", 32), "attempts"] == 1
+    assert df.loc[("decode", 16), "attempts"] == 1
 
 
 def test_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
@@ -84,6 +91,57 @@ def test_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch):
     result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--executor", "ray"))
     assert result.exit_code == 2
     assert 'pip install "attnbench[ray]"' in result.output
+
+
+def test_retries_and_accelerator_type_come_from_the_settings_file_or_flags(tmp_path):
+    assert sweep.SweepConfig().retries == 2 and sweep.SweepConfig().accelerator_type == ""
+    path = tmp_path / "bench.toml"
+    path.write_text('[sweep]\nretries = 5\naccelerator_type = "H100"\n')
+    cfg = config.load(sweep.SweepConfig, "sweep", path=path)
+    assert (cfg.retries, cfg.accelerator_type) == (5, "H100")
+    flagged = config.load(sweep.SweepConfig, "sweep", path=path, overrides={"retries": 0})
+    assert flagged.retries == 0
+    result = runner.invoke(app, tiny(tmp_path, "--variants", "gqa", "--retries", "-1"))
+    assert result.exit_code == 2 and "retries=-1 must be >= 0" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_speedup_divides_latencies_of_one_device_only():
+    """A Ray sweep over two GPU models: each variant row's speedup uses mha on its own model."""
+    base = dict(device="cuda", dtype="bfloat16", mode="fwd", batch=1, seq_len=64, n_heads=8, head_dim=64,
+                status="ok", options="", compile="off", sdpa_backend="flash", device_name="gpu")  # fmt: skip
+    cells = [("mha", "A100", 4.0), ("gqa", "A100", 2.0), ("mha", "H100", 1.0), ("gqa", "H100", 0.8)]
+    rows = [{**base, "variant": v, "accelerator": a, "latency_ms_median": ms} for v, a, ms in cells]
+    out = sweep.with_speedup(pd.DataFrame(rows)).set_index(["variant", "accelerator"])
+    assert out.loc[("gqa", "A100"), "speedup"] == pytest.approx(2.0)
+    assert out.loc[("gqa", "H100"), "speedup"] == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize(
+    "visible, device, expected",
+    [("4,6", "cuda:1", "6"), ("GPU-1a,GPU-3c", "cuda:0", "GPU-1a"), ("", "cuda:2", "2"), ("4", "cpu", "")],
+)
+def test_gpu_index_is_the_physical_gpu_ray_granted(monkeypatch, visible, device, expected):
+    """Ray sets CUDA_VISIBLE_DEVICES to the GPU it gives a worker, whose torch then sees cuda:0."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert cluster.gpu_index(torch.device(device)) == expected
+
+
+def test_a_worker_with_other_code_measures_nothing(tmp_path):
+    """The driver's code hash travels with each cell; a worker whose own differs (the runtime_env
+    did not take: another attnbench on its path) writes an error row naming both, unmeasured."""
+    cfg = sweep.SweepConfig(
+        variants=("gqa",), reference="none", seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd",),
+        batch=1, head_dim=8, device="cpu", repeats=2, warmup=0, out=str(tmp_path), executor="ray",
+    )  # fmt: skip
+    (cell,), _ = grid(cfg)
+    device = torch.device("cpu")
+    env = executors.LocalExecutor().environment(device)
+    kw = dict(cfg=cfg, env=env, device=device, dtype=torch.float32, run_id="r")
+    row = sweep_cell.measure_on_host(cell, code="0123456789ab", **kw)
+    assert row.status == "error" and row.latency_ms_median is None
+    assert f"runs code {cluster.code_hash()}, not the driver's 0123456789ab" in row.error
+    assert sweep_cell.measure_on_host(cell, code=cluster.code_hash(), **kw).status == "ok"
 
 
 def test_unknown_executor_is_rejected(tmp_path):
@@ -120,21 +178,37 @@ def _pid_and_threads(item):
 def test_workers_live_across_cells_and_hold_their_thread_count(ray):
     pool = executors.RayExecutor(threads=1)
     out = list(pool.map(_pid_and_threads, list(range(8)), device=torch.device("cpu")))
-    assert sorted(item for item, _ in out) == list(range(8))
-    pids = {pid for _, (pid, _) in out}
+    assert sorted(item for item, _, _ in out) == list(range(8))
+    pids = {pid for _, (pid, _), _ in out}
     assert 1 <= len(pids) <= 2  # two one-CPU workers on a two-CPU cluster, each runs many cells
-    assert {threads for _, (_, threads) in out} == {1}
+    assert {threads for _, (_, threads), _ in out} == {1}
+    assert {attempts for _, _, attempts in out} == {1}
     assert pool.workers == []  # the devices went back to the cluster
 
 
+def node(alive=True, **resources):
+    return {"Alive": alive, "Resources": resources}
+
+
 @pytest.mark.parametrize(
-    "resources, device, threads, expected",
+    "nodes, device, threads, label, expected",
     [
-        ({"GPU": 4.0, "CPU": 64.0}, "cuda", 0, 4),  # one worker per GPU, whatever the host's cores
-        ({"GPU": 4.0, "CPU": 64.0}, "cpu", 8, 8),
-        ({"CPU": 2.0}, "cpu", 0, 2),
-        ({"CPU": 1.0}, "cpu", 4, 1),
+        ([node(GPU=4.0, CPU=64.0)], "cuda", 0, "", 4),  # one worker per GPU, whatever the host's cores
+        ([node(GPU=4.0, CPU=64.0)], "cpu", 8, "", 8),
+        ([node(CPU=2.0)], "cpu", 0, "", 2),
+        ([node(CPU=1.0)], "cpu", 4, "", 0),
+        ([node(CPU=3.0), node(CPU=3.0)], "cpu", 2, "", 2),  # node by node: a worker cannot span two
+        ([node(CPU=2.0), node(False, CPU=8.0)], "cpu", 1, "", 2),  # a dead node holds none
+        ([node(GPU=8.0, **{"accelerator_type:A100": 1}), node(GPU=2.0, **{"accelerator_type:H100": 1})],
+         "cuda", 0, "H100", 2),
     ],
-)
-def test_pool_size(resources, device, threads, expected):
-    assert executors.pool_size(resources, torch.device(device), threads) == expected
+)  # fmt: skip
+def test_capacity(nodes, device, threads, label, expected):
+    assert cluster.capacity(nodes, torch.device(device), threads, label) == expected
+
+
+def test_an_accelerator_type_no_node_carries_is_named_with_the_ones_there():
+    nodes = [node(GPU=1.0, **{"accelerator_type:A100": 1}), node(CPU=4.0)]
+    with pytest.raises(ValueError, match=r"accelerator_type='H100': .* labels there: \['A100'\]"):
+        cluster.check_label(nodes, "H100")
+    cluster.check_label(nodes, "A100")

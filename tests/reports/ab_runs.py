@@ -52,6 +52,20 @@ def pair(seq_lens=(128, 256), slower=1.5, faster=1 / 1.5, **kw) -> tuple[pd.Data
     return a, b
 
 
+def drifted_runs(
+    base: pd.DataFrame, k: int, *, sd: float, seed: int, scale: float = 1.0
+) -> list[pd.DataFrame]:
+    """`k` runs of the same code: each cell of each run moved by its own log-normal drift (sd in
+    log space, as separate processes on a shared machine are), every latency times `scale`."""
+    rng = np.random.default_rng(seed)
+    return [
+        base.assign(
+            latency_ms_median=base["latency_ms_median"] * scale * np.exp(rng.normal(0, sd, len(base)))
+        )
+        for _ in range(k)
+    ]
+
+
 def write_pair(root: Path, a: pd.DataFrame | None = None, b: pd.DataFrame | None = None) -> tuple[Path, Path]:
     """Run directories root/run-a and root/run-b (the default pair unless given)."""
     if a is None or b is None:

@@ -2,8 +2,11 @@ import pytest
 from matplotlib.collections import PathCollection
 
 from reports import accuracy_figures as af
+from reports import tables
 from reports.load import combined, load_runs
 from reports.style import FAIL_GID
+
+from .fabricate import accuracy_frame
 
 
 @pytest.fixture
@@ -50,3 +53,37 @@ def test_tradeoff_log_x_one_point_per_series(accuracy):
 def test_tradeoff_needs_kv_cache_bytes(accuracy):
     with pytest.raises(ValueError, match="kv_cache_bytes"):
         af.tradeoff_figure(accuracy.drop(columns="kv_cache_bytes"))
+
+
+def marked_frame():
+    """One seed each; the task says whether it is causal, the registry whether the variant is safe."""
+    df = accuracy_frame(seeds=(0,))
+    df = df[df["status"] == "ok"].copy()
+    df["causal"] = df["task"] == "mqar"
+    df["causal_safe"] = ~df["variant"].isin(["kdgqa", "dgqa"])
+    return df
+
+
+def test_one_seed_shows_n1_not_a_zero_spread():
+    table = tables.accuracy_table(marked_frame())
+    assert table["accuracy (mean ± std)"].str.endswith("(n=1)").all()
+    assert not table["accuracy (mean ± std)"].str.contains("±").any()
+    three = tables.accuracy_table(accuracy_frame())
+    assert three["accuracy (mean ± std)"].str.contains(r"± 0\.\d{3} \(n=3\)").any()
+
+
+def test_non_causal_safe_variants_on_causal_tasks_are_marked_in_table_and_figures():
+    df = marked_frame()
+    table = tables.accuracy_table(df)
+    marked = table[table["series"].str.endswith("†")]
+    assert set(marked["task"]) == {"mqar"} and len(marked) == 2  # kdgqa and dgqa on mqar only
+    assert marked["series"].str.startswith(("kdgqa", "dgqa")).all()
+    fig = af.accuracy_figure(df)
+    mqar = next(ax for ax in fig.axes if ax.get_title() == "task: mqar")
+    digits = next(ax for ax in fig.axes if ax.get_title() == "task: digits")
+    assert sum(t.get_text().endswith("†") for t in mqar.get_xticklabels()) == 2
+    assert not any(t.get_text().endswith("†") for t in digits.get_xticklabels())
+    assert "not causal-safe" in fig._suptitle.get_text()
+    trade = next(ax for ax in af.tradeoff_figure(df).axes if ax.get_title() == "task: mqar")
+    assert any(text.endswith("†") for text in trade.get_legend_handles_labels()[1])
+    assert not tables.accuracy_table(accuracy_frame())["series"].str.contains("†").any()  # old CSVs

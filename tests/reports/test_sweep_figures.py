@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -84,9 +85,8 @@ def test_memory_panels_per_mode_plus_kv_cache(sweep):
     assert len(axes) == 4
     assert axes[-1].get_title().startswith("KV cache")
     assert all(ax.get_yscale() == "log" for ax in axes)
-    assert axes[0].get_ylabel().startswith("peak memory (") and axes[-1].get_ylabel().startswith(
-        "KV-cache size ("
-    )
+    assert axes[0].get_ylabel().startswith("transient peak above the step's start (")
+    assert axes[-1].get_ylabel().startswith("kv_cache_bytes (")
     # mqa (g=1) holds an eighth of mha's (g=8) cache at every n.
     lines = {line.get_label(): line.get_ydata() for line in axes[-1].lines}
     assert list(lines["mha g=8"] / lines["mqa g=1"]) == [8.0, 8.0]
@@ -257,3 +257,19 @@ def test_roofline_marks_decode_points_by_their_own_bytes_and_their_gap_to_the_ro
     gap = next(line for line in ax.get_lines() if line.get_linestyle() == ":" and len(line.get_ydata()) == 2)
     low, high = gap.get_ydata()
     assert low / high == pytest.approx(row["roof_util"])
+
+
+def test_decode_memory_panel_shows_the_resident_bytes_under_the_transient_peak(sweep):
+    """A decode step's transient peak is a few KB above its start whatever the cache; the panel
+    shows what the step holds: resident bytes (weights + tokens + cache) plus that peak."""
+    decode = sweep["mode"] == "decode"
+    resident = sweep.assign(resident_bytes=(sweep["kv_cache_bytes"] + 1000).where(decode))
+    axes = sf.memory_figure(resident).axes
+    panel = next(ax for ax in axes if "decode" in ax.get_title())
+    assert panel.get_ylabel().startswith("resident + transient peak (")
+    mha = resident[decode & (resident["variant"] == "mha") & (resident["status"] == "ok")]
+    held = (mha["resident_bytes"] + mha["peak_mem_bytes"]).to_numpy()
+    line = next(line for line in panel.lines if line.get_label() == "mha g=8")
+    unit = held[0] / line.get_ydata()[0]
+    np.testing.assert_allclose(line.get_ydata() * unit, held)
+    assert "transient peak" in sf.memory_figure(sweep).axes[2].get_title()  # no resident_bytes: the peak

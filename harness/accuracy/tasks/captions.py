@@ -51,6 +51,7 @@ def decode(tokens: Tensor) -> list[str | None]:
 class Captions:
     name = "captions"
     visual = True  # leading visual tokens: the task multimodal variants are built for
+    causal = True  # the caption is generated token by token
 
     def inits(self, variant: str, cfg: AccuracyConfig) -> tuple[Init, ...]:
         return ("scratch",)

@@ -34,6 +34,7 @@ CLASSES = 10
 class Digits:
     name = "digits"
     visual = False  # the patches are the whole input, not a visual prefix to text
+    causal = False  # a ViT classifier: every patch sees every patch
 
     def inits(self, variant: str, cfg: AccuracyConfig) -> tuple[Init, ...]:
         """The source itself is only trained from scratch; every other variant is uptrained

@@ -42,6 +42,7 @@ class Mqar:
 
     name = "mqar"
     visual = False  # no visual tokens: multimodal-only variants cannot run it
+    causal = True  # a causal token model
 
     def inits(self, variant: str, cfg: AccuracyConfig) -> tuple[Init, ...]:
         return ("scratch",)

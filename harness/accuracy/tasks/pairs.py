@@ -67,6 +67,7 @@ def logits_of(model: TinyTransformer, first: Tensor, second: Tensor, text: Tenso
 class Pairs:
     name = "pairs"
     visual = True  # image tokens: multimodal variants run it
+    causal = True  # the answer is read causally after both images
 
     def inits(self, variant: str, cfg: AccuracyConfig) -> tuple[Init, ...]:
         return ("scratch",)
