@@ -12,7 +12,8 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from . import speedup
+from benchstats import speedup
+
 from .load import require, with_labels
 from .style import (
     MODE_TITLES,
@@ -199,7 +200,7 @@ def _bars(ax, df: pd.DataFrame, palette: dict) -> None:
 def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFrame:
     """Speedup against MHA (mha median / variant median) per (run, mode, variant, h, g) at one n.
 
-    The speedup is reports/speedup.py's, the sweep summary's: mha with no options at the same
+    The speedup is benchstats/speedup.py's, the sweep summary's: mha with no options at the same
     shape, dtype, threads, backend and compile setting; none where there is no such row (the
     note says "no mha"). Backend (an option), compile and threads that vary name the panel, so
     an eager and an sdpa gqa, or a compiled and an eager one, never share a cell. n is `seq_len`
