@@ -16,11 +16,11 @@ from .marks import MARK, MARK_NOTE, leaky
 from .style import (
     FAIL_COLOR,
     FAIL_GID,
+    PAGE_INCHES,
     byte_unit,
     colors,
     empty_note,
-    legend_below,
-    legend_height,
+    figure_legend,
     panels,
     plain_log_x,
 )
@@ -56,7 +56,10 @@ def accuracy_figure(accuracy: pd.DataFrame) -> Figure:
     df = with_labels(accuracy, LABEL_COLUMNS)
     tasks = sorted(df["task"].astype(str).unique())
     palette = colors(df["label"])
-    fig, axes = panels(len(tasks), width=max(5.0, 0.75 * df["label"].nunique() + 2), height=4.6)
+    width = max(5.0, 0.75 * df["label"].nunique() + 2)  # a bar per series, each name legible under it
+    # Panels side by side while they fit the page (~16 in); wider ones (many series) stack.
+    cols = max(1, min(len(tasks), int(PAGE_INCHES // width)))
+    fig, axes = panels(len(tasks), width=min(width, PAGE_INCHES), height=4.6, cols=cols)
     for ax, task in zip(axes, tasks, strict=True):
         _task_bars(ax, df[df["task"] == task], stats[stats["task"] == task], palette)
         ax.set_title(f"task: {task}")
@@ -96,7 +99,7 @@ def tradeoff_figure(accuracy: pd.DataFrame) -> Figure:
     tasks = sorted(stats["task"].astype(str).unique())
     palette = colors(stats["label"])
     div, unit = byte_unit(stats["kv_cache_bytes"].dropna())
-    fig, axes = panels(len(tasks), width=5.5, height=legend_height(len(palette)))
+    fig, axes = panels(len(tasks), width=5.5)
     for ax, task in zip(axes, tasks, strict=True):
         points = stats[(stats["task"] == task) & stats["mean"].notna() & stats["kv_cache_bytes"].notna()]
         # Variants sharing a cache size (gqa and kdgqa at the same g) are nudged apart to stay visible.
@@ -115,7 +118,7 @@ def tradeoff_figure(accuracy: pd.DataFrame) -> Figure:
         ax.set_ylabel("accuracy (fraction correct)")
         ax.set_title(f"task: {task}")
         ax.grid(True, which="both", alpha=0.25)
-        legend_below(ax)
+    figure_legend(fig, axes)
     note = f"; {MARK_NOTE}" if stats["leak"].any() else ""
     fig.suptitle(f"Accuracy against KV-cache size (mean ± std over seeds{note})")
     return fig

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .load import require, with_labels
-from .style import colors, empty_note, legend_below, legend_height, mark_failures, panels, plain_log_x
+from .style import colors, empty_note, figure_legend, mark_failures, panels, plain_log_x
 
 GENERATE_COLUMNS = ("variant", "context", "status", "tpot_s", "attn_share", "attn_s", "share_step_s")
 CONTEXT_AXIS = "context P (prompt tokens)"
@@ -72,7 +72,7 @@ def generate_figure(generate: pd.DataFrame, reference: str = "mha") -> Figure:
     require(generate, GENERATE_COLUMNS, "generate.csv (generate figure)")
     df = with_labels(with_speedup(generate, reference))
     palette = colors(df["label"])
-    fig, (share, tpot, speed) = panels(3, height=legend_height(len(palette) * 2))
+    fig, (share, tpot, speed) = panels(3)
     _panel(share, df, "attn_share", palette)
     share.set_ylim(0, 1)
     share.set_ylabel("attention's share of a decode step")
@@ -91,7 +91,7 @@ def generate_figure(generate: pd.DataFrame, reference: str = "mha") -> Figure:
     for ax in (share, tpot, speed):
         if not ax.lines:
             empty_note(ax)
-        legend_below(ax)
+    figure_legend(fig, (share, tpot, speed))
     fig.suptitle("Each variant inside a decoder that generates, against context")
     return fig
 

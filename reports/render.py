@@ -43,8 +43,9 @@ def _specs(seq_len: int | None) -> list[FigureSpec]:
     lat, mem = ("latency_ms_median",), ("peak_mem_bytes",)
     return [
         FigureSpec("latency", "sweep", lat, "Latency against sequence length",
-                   "Median per cell, band p10-p90, log-log; the legend gives each series' fitted slope "
-                   "(1: linear in n, 2: quadratic).", sf.latency_figure),
+                   "Median per cell, band p10-p90, log-log: a column per mode, a row per group of at most "
+                   "six series, mha in every row; the latency table gives each series' fitted slope.",
+                   sf.latency_figure),
         FigureSpec("memory", "sweep", mem, "Memory and KV-cache size against sequence length",
                    "Measured transient peak per mode (allocation above the step's start); decode: the "
                    "step's resident bytes (weights + tokens + cache) plus that peak; the KV cache as the "

@@ -18,11 +18,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .load import with_labels
-from .style import colors, legend_below, legend_height, panels
+from .style import colors, figure_legend, panels
 
 ROOFLINE_COLUMNS = ("flops_effective", "bytes_moved", "flops_util", "bw_util", "latency_ms_median")
 MARKERS = {"fwd": "o", "fwd_bwd": "s", "decode": "^"}
-LEGEND_COLUMNS = 3
 XLABEL = "arithmetic intensity, FLOP/byte (flops_effective / bytes_moved; decode: / decode_bytes)"
 
 
@@ -48,8 +47,7 @@ def roofline_figure(sweep: pd.DataFrame) -> Figure:
     keys = ["run", "device_name", "dtype"] if "run" in points else ["device_name", "dtype"]
     groups = list(points.groupby(keys, sort=True))
     labels, modes = sorted(points["label"].unique()), sorted(points["mode"].unique())
-    rows = -(-(1 + len(labels) + len(modes)) // LEGEND_COLUMNS)
-    fig, axes = panels(len(groups), width=6.5, height=legend_height(rows))
+    fig, axes = panels(len(groups))
     palette = colors(labels)
     for ax, (key, group) in zip(axes, groups, strict=False):
         _roof(ax, group)
@@ -65,7 +63,7 @@ def roofline_figure(sweep: pd.DataFrame) -> Figure:
         )
         ax.set_ylabel("achieved TFLOP/s (flops_effective / latency)")
         ax.set_title(" · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))), fontsize=9)
-        legend_below(ax, ncol=LEGEND_COLUMNS)
+    figure_legend(fig, axes)
     fig.suptitle("Roofline against the measured peaks (attnbench calibrate)")
     return fig
 

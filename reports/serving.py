@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .load import with_labels
-from .style import colors, legend_below, legend_height, panels, plain_log_x
+from .style import colors, figure_legend, panels, plain_log_x
 
 SERVING_COLUMNS = ("tokens_per_s", "lengths", "kv_layout")
 PANEL = ["lengths", "kv_layout", "page_size", "q_len"]
@@ -32,7 +32,7 @@ def throughput_figure(sweep: pd.DataFrame) -> Figure:
         raise ValueError("no ok decode rows with tokens_per_s")
     groups = list(points.groupby(PANEL, sort=True, dropna=False))
     labels = sorted(points["label"].unique())
-    fig, axes = panels(len(groups), width=6.0, height=legend_height(len(labels)))
+    fig, axes = panels(len(groups))
     palette = colors(labels)
     for ax, (key, group) in zip(axes, groups, strict=False):
         for label, series in group.groupby("label", sort=True):
@@ -43,7 +43,7 @@ def throughput_figure(sweep: pd.DataFrame) -> Figure:
         ax.set_xlabel("batch size b (requests per step)")
         ax.set_ylabel("tokens/s (b * q_len / median step)")
         ax.set_title(_title(key, group), fontsize=9)
-        legend_below(ax)
+    figure_legend(fig, axes)
     fig.suptitle("Decode throughput against batch size")
     return fig
 

@@ -55,25 +55,26 @@ def panels(n: int, width: float = 5.5, height: float = 4.2, cols: int | None = N
     return fig, flat[:n]
 
 
-def legend_height(n_series: int) -> float:
-    """Panel height (inches) that leaves the plot ~3 in tall above a legend of n_series lines."""
-    return 3.6 + 0.16 * (n_series + 1)
+PAGE_INCHES = 16.0  # widest figure: 1,760 px at the report's 110 dpi, in a 1,600 px page at >= 90 %
+FAILED_ENTRY = "x: cell did not run (status written beside it)"
+LEGEND_COLUMNS = 4  # entries per legend row: 17 series make 5 rows under a 3-panel figure
 
 
-def legend_below(ax: Axes, ncol: int = 1) -> None:
-    """A legend under the panel, so long variant names never cover the data.
-
-    Where failures were marked, one extra entry explains the x.
-    """
-    handles, labels = ax.get_legend_handles_labels()
-    if any(c.get_gid() == FAIL_GID for c in ax.collections):
-        handles.append(Line2D([], [], ls="", marker="x", color="grey", mew=2))
-        labels.append("x: cell did not run (status written beside it)")
-    if handles:
-        # The gap is in font sizes, not axes fractions, so it clears the tick labels and the x label
-        # however much the layout squeezes the axes.
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=4.5,
-                  fontsize=8, frameon=False, ncol=ncol)  # fmt: skip
+def figure_legend(fig: Figure, axes: Iterable[Axes], ncol: int = LEGEND_COLUMNS) -> None:
+    """One legend for the whole figure, under its panels: every series once (a label drawn in
+    several panels has one colour everywhere), so no panel carries its own long legend and the
+    axes keep their size. Where any panel marked failures, one extra entry explains the x."""
+    entries: dict[str, object] = {}
+    failed = False
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+        failed = failed or any(c.get_gid() == FAIL_GID for c in ax.collections)
+    if failed:
+        entries[FAILED_ENTRY] = Line2D([], [], ls="", marker="x", color="grey", mew=2)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", fontsize=9,
+                   frameon=False, ncols=min(ncol, len(entries)))  # fmt: skip
 
 
 def mark_failures(ax: Axes, failed: pd.DataFrame, x: str, color, row: int, label: str) -> None:

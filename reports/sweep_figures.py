@@ -12,16 +12,16 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from . import speedup
+from benchstats import speedup
+
 from .load import require, with_labels
 from .style import (
     MODE_TITLES,
+    PAGE_INCHES,
     byte_unit,
     colors,
     empty_note,
-    fit_slope,
-    legend_below,
-    legend_height,
+    figure_legend,
     log_axes,
     mark_failures,
     modes,
@@ -33,21 +33,22 @@ MEMORY_COLUMNS = ("variant", "mode", "seq_len", "status", "peak_mem_bytes")
 TFLOPS_COLUMNS = ("variant", "mode", "seq_len", "status", "tflops")
 SPEEDUP_COLUMNS = ("variant", "mode", "seq_len", "status", "latency_ms_median", "n_heads", "n_kv_heads")
 N_AXIS = "sequence length n (tokens)"
+HEATMAP_COLUMNS = 4
+SERIES_PER_PANEL = 6
+SATURATE = 4.0  # speedup heatmaps: the colour scale's ends, 1/4x and 4x
 
 
 def _ok(df: pd.DataFrame, column: str) -> pd.DataFrame:
     return df[(df["status"] == "ok") & df[column].notna()].sort_values("seq_len")
 
 
-def _series_panel(ax, df: pd.DataFrame, column: str, palette: dict, *, scale=1.0, slope=False, band=None):
+def _series_panel(ax, df: pd.DataFrame, column: str, palette: dict, *, scale=1.0, band=None):
     """One line per series of `column` against seq_len, log-log, with failures marked."""
     failing = 0
     for label, group in df.groupby("label", sort=True):
         ok = _ok(group, column)
-        fitted = fit_slope(ok["seq_len"], ok[column]) if slope else None
-        name = f"{label}  (slope {fitted:.2f})" if fitted is not None else label
         if not ok.empty:
-            ax.plot(ok["seq_len"], ok[column] / scale, marker="o", ms=4, color=palette[label], label=name)
+            ax.plot(ok["seq_len"], ok[column] / scale, marker="o", ms=4, color=palette[label], label=label)
         if band and not ok.empty and set(band) <= set(ok.columns):
             lo, hi = ok[band[0]] / scale, ok[band[1]] / scale
             ax.fill_between(ok["seq_len"], lo, hi, color=palette[label], alpha=0.18, linewidth=0)
@@ -60,56 +61,83 @@ def _series_panel(ax, df: pd.DataFrame, column: str, palette: dict, *, scale=1.0
     log_axes(ax, sorted(df["seq_len"].unique()))
     ax.set_xlabel(N_AXIS)
     ax.grid(True, which="both", alpha=0.25)
-    legend_below(ax)
+
+
+def series_rows(df: pd.DataFrame) -> list[list[str]]:
+    """The series split into rows of at most SERIES_PER_PANEL (small multiples: seventeen lines in
+    one panel overlap into a tangle), mha's series, the reference, drawn in every row."""
+    reference = sorted(set(df.loc[df["variant"] == "mha", "label"]))
+    rest = sorted(set(df["label"]) - set(reference))
+    rows = max(1, -(-len(rest) // SERIES_PER_PANEL))
+    size = max(1, -(-len(rest) // rows))  # balanced: 16 series make rows of 6, 6, 4
+    return [reference + rest[i : i + size] for i in range(0, len(rest), size)] or [reference]
+
+
+def _small_multiples(df: pd.DataFrame, draws: list) -> tuple[Figure, list]:
+    """One column per `draws` entry (a function of the axes and the rows' series), one row per
+    group of series; returns the figure and its axes, row by row."""
+    groups = series_rows(df)
+    width = min(5.5, PAGE_INCHES / len(draws))  # the columns share the page's width
+    fig, axes = panels(len(groups) * len(draws), width=width, cols=len(draws))
+    for r, labels in enumerate(groups):
+        part = df[df["label"].isin(labels)]
+        for c, draw in enumerate(draws):
+            draw(axes[r * len(draws) + c], part)
+    return fig, axes
 
 
 def latency_figure(sweep: pd.DataFrame) -> Figure:
-    """Median latency against n, log-log, one panel per mode, p10-p90 band, slope per series."""
+    """Median latency against n, log-log, p10-p90 band: one column per mode, one row per group of
+    series (mha in each). Each series' fitted slope is in the latency table (reports/tables.py)."""
     require(sweep, LATENCY_COLUMNS, "sweep.csv (latency figure)")
     df = with_labels(sweep)
-    palette, mode_list = colors(df["label"]), modes(df)
-    fig, axes = panels(len(mode_list), height=legend_height(len(palette)))
-    for ax, mode in zip(axes, mode_list, strict=True):
-        band = ("latency_ms_p10", "latency_ms_p90")
-        _series_panel(ax, df[df["mode"] == mode], "latency_ms_median", palette, slope=True, band=band)
-        ax.set_ylabel("latency, median (ms); band p10-p90")
-        ax.set_title(f"latency: {MODE_TITLES.get(mode, mode)}")
-    fig.suptitle("Latency against sequence length (legend: fitted log-log slope)")
+    palette = colors(df["label"])
+
+    def draw(mode):
+        def panel(ax, part):
+            band = ("latency_ms_p10", "latency_ms_p90")
+            _series_panel(ax, part[part["mode"] == mode], "latency_ms_median", palette, band=band)
+            ax.set_ylabel("latency, median (ms); band p10-p90")
+            ax.set_title(f"latency: {MODE_TITLES.get(mode, mode)}")
+
+        return panel
+
+    fig, axes = _small_multiples(df, [draw(mode) for mode in modes(df)])
+    figure_legend(fig, axes)
+    fig.suptitle("Latency against sequence length (mha, the reference, in every row)")
     return fig
 
 
 def memory_figure(sweep: pd.DataFrame) -> Figure:
-    """Memory against n, one panel per mode: the transient peak (`peak_mem_bytes`, above the
+    """Memory against n, a column per mode: the transient peak (`peak_mem_bytes`, above the
     step's start); decode, where rows carry it, the step's resident bytes (weights + tokens +
-    cache, `resident_bytes`) with the transient peak on top; and the KV-cache bytes."""
+    cache, `resident_bytes`) with the transient peak on top; and the KV-cache bytes. One row per
+    group of series (mha in each)."""
     require(sweep, MEMORY_COLUMNS, "sweep.csv (memory figure)")
     df = with_labels(sweep)
-    palette, mode_list = colors(df["label"]), modes(df)
-    has_kv = "kv_cache_bytes" in df.columns and df["kv_cache_bytes"].notna().any()
-    fig, axes = panels(len(mode_list) + has_kv, height=legend_height(len(palette)))
-    for ax, mode in zip(axes, mode_list, strict=False):
-        rows = df[df["mode"] == mode]
-        if _resident(rows):
-            held = rows.assign(held=rows["resident_bytes"] + rows["peak_mem_bytes"].fillna(0))
-            div, unit = byte_unit(held["held"])
-            _series_panel(ax, held, "held", palette, scale=div)
-            ax.set_ylabel(f"resident + transient peak ({unit})")
-            ax.set_title(
-                f"memory of a step: {MODE_TITLES.get(mode, mode)}\n(weights + tokens + cache + peak)"
-            )
-            continue
-        div, unit = byte_unit(rows["peak_mem_bytes"])
-        _series_panel(ax, rows, "peak_mem_bytes", palette, scale=div)
-        ax.set_ylabel(f"transient peak above the step's start ({unit})")
-        ax.set_title(f"transient peak: {MODE_TITLES.get(mode, mode)}")
-    if has_kv:
-        # The KV cache size does not depend on the mode: one point per series and n.
-        kv = df[df["kv_cache_bytes"].notna()].drop_duplicates(["label", "seq_len"])
-        kv_div, kv_unit = byte_unit(kv["kv_cache_bytes"])
-        _series_panel(axes[-1], kv.assign(status="ok"), "kv_cache_bytes", palette, scale=kv_div)
-        axes[-1].set_ylabel(f"kv_cache_bytes ({kv_unit})")
-        axes[-1].set_title("KV cache as the variant holds it")
-    fig.suptitle("Memory against sequence length")
+    palette = colors(df["label"])
+
+    def draw(mode):
+        def panel(ax, part):
+            _memory_panel(ax, part[part["mode"] == mode], mode, palette)
+
+        return panel
+
+    draws = [draw(mode) for mode in modes(df)]
+    if "kv_cache_bytes" in df.columns and df["kv_cache_bytes"].notna().any():
+        kv_div, kv_unit = byte_unit(df["kv_cache_bytes"])
+
+        def kv_panel(ax, part):
+            # The KV cache size does not depend on the mode: one point per series and n.
+            kv = part[part["kv_cache_bytes"].notna()].drop_duplicates(["label", "seq_len"])
+            _series_panel(ax, kv.assign(status="ok"), "kv_cache_bytes", palette, scale=kv_div)
+            ax.set_ylabel(f"kv_cache_bytes ({kv_unit})")
+            ax.set_title("KV cache as the variant holds it")
+
+        draws.append(kv_panel)
+    fig, axes = _small_multiples(df, draws)
+    figure_legend(fig, axes)
+    fig.suptitle("Memory against sequence length (mha, the reference, in every row)")
     return fig
 
 
@@ -118,15 +146,32 @@ def _resident(rows: pd.DataFrame) -> bool:
     return "resident_bytes" in rows.columns and rows["resident_bytes"].notna().any()
 
 
+def _memory_panel(ax, rows: pd.DataFrame, mode: str, palette: dict) -> None:
+    """One mode's memory: resident + transient peak where the rows carry resident bytes (decode),
+    else the transient peak alone."""
+    if _resident(rows):
+        held = rows.assign(held=rows["resident_bytes"] + rows["peak_mem_bytes"].fillna(0))
+        div, unit = byte_unit(held["held"])
+        _series_panel(ax, held, "held", palette, scale=div)
+        ax.set_ylabel(f"resident + transient peak ({unit})")
+        ax.set_title(f"memory of a step: {MODE_TITLES.get(mode, mode)}\n(weights + tokens + cache + peak)")
+        return
+    div, unit = byte_unit(rows["peak_mem_bytes"])
+    _series_panel(ax, rows, "peak_mem_bytes", palette, scale=div)
+    ax.set_ylabel(f"transient peak above the step's start ({unit})")
+    ax.set_title(f"transient peak: {MODE_TITLES.get(mode, mode)}")
+
+
 def tflops_figure(sweep: pd.DataFrame) -> Figure:
     """Achieved TFLOP/s as grouped bars: one group per n, one bar per series, one panel per mode."""
     require(sweep, TFLOPS_COLUMNS, "sweep.csv (TFLOP/s figure)")
     df = with_labels(sweep)
     palette, mode_list = colors(df["label"]), modes(df)
-    fig, axes = panels(len(mode_list), width=6.5, height=legend_height(len(palette)))
+    fig, axes = panels(len(mode_list))
     for ax, mode in zip(axes, mode_list, strict=True):
         _bars(ax, df[df["mode"] == mode], palette)
         ax.set_title(f"achieved TFLOP/s: {MODE_TITLES.get(mode, mode)}")
+    figure_legend(fig, axes)
     fig.suptitle("Achieved TFLOP/s (FlopCounterMode FLOPs / median latency)")
     return fig
 
@@ -150,13 +195,12 @@ def _bars(ax, df: pd.DataFrame, palette: dict) -> None:
     ax.set_xlabel(N_AXIS)
     ax.set_ylabel("achieved TFLOP/s")
     ax.grid(True, axis="y", alpha=0.25)
-    legend_below(ax)
 
 
 def speedup_cells(sweep: pd.DataFrame, seq_len: int | None = None) -> pd.DataFrame:
     """Speedup against MHA (mha median / variant median) per (run, mode, variant, h, g) at one n.
 
-    The speedup is reports/speedup.py's, the sweep summary's: mha with no options at the same
+    The speedup is benchstats/speedup.py's, the sweep summary's: mha with no options at the same
     shape, dtype, threads, backend and compile setting; none where there is no such row (the
     note says "no mha"). Backend (an option), compile and threads that vary name the panel, so
     an eager and an sdpa gqa, or a compiled and an eager one, never share a cell. n is `seq_len`
@@ -193,10 +237,16 @@ def speedup_figure(sweep: pd.DataFrame, seq_len: int | None = None) -> Figure:
         raise ValueError(f"no non-mha cells to compare with mha at seq_len={seq_len}")
     rows = list(cells[["run", "mode"]].drop_duplicates().itertuples(index=False, name=None))
     cols = sorted(cells["label"].unique())
-    fig, axes = panels(len(rows) * len(cols), width=3.6, height=3.2, cols=len(cols))
+    # At most HEATMAP_COLUMNS panels a row, so the figure stays page-wide (~14 in at 110 dpi) and its
+    # numbers read without zooming; a mode with more variants wraps onto further rows.
+    # A panel is as tall as its h rows need (one h: a strip, not a square of empty colour).
+    n, n_h = len(rows) * len(cols), cells["n_heads"].nunique()
+    fig, axes = panels(n, width=3.6, height=min(3.2, 1.6 + 0.5 * n_h), cols=min(n, HEATMAP_COLUMNS))
     finite = cells["speedup"].dropna()
     lo, hi = min(finite.min(), 0.95) if len(finite) else 0.5, max(finite.max(), 1.05) if len(finite) else 2
-    norm = TwoSlopeNorm(vcenter=1.0, vmin=lo, vmax=hi)
+    # The colour saturates at SATURATE× either way: one 16× decode cell would otherwise wash every
+    # other cell to the centre colour. The number written in the cell stays exact.
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=max(lo, 1 / SATURATE), vmax=min(hi, SATURATE))
     image = None
     for i, (run, mode) in enumerate(rows):
         for j, label in enumerate(cols):
@@ -226,8 +276,10 @@ def _heatmap(ax, panel: pd.DataFrame, norm):
         values[i, j] = cell["speedup"]
         mark = "*" if cell["kernels_differ"] else ""  # another SDPA kernel than mha's: see the caption
         text = f"{cell['speedup']:.2f}×{mark}" if np.isfinite(cell["speedup"]) else f"✗ {cell['note']}"
-        color = "black" if np.isfinite(cell["speedup"]) else "#c0392b"
-        ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
+        shade = float(norm(cell["speedup"])) if np.isfinite(cell["speedup"]) else 0.5
+        dark = shade < 0.15 or shade > 0.85  # the saturated ends of RdYlGn: black would not read
+        color = ("white" if dark else "black") if np.isfinite(cell["speedup"]) else "#c0392b"
+        ax.text(j, i, text, ha="center", va="center", fontsize=10, color=color)
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", norm=norm, aspect="auto")
     ax.set_facecolor("#eeeeee")
     ax.set_xticks(range(len(gs)), [str(int(g)) for g in gs])

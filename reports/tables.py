@@ -10,7 +10,7 @@ import pandas as pd
 from .accuracy_figures import accuracy_stats
 from .load import Run, with_labels
 from .marks import MARK, spread
-from .style import modes
+from .style import fit_slope, modes
 from .sweep_figures import speedup_cells
 
 ERROR_WIDTH = 140  # long tracebacks are cut: the CSV keeps the whole message
@@ -21,7 +21,8 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def latency_table(sweep: pd.DataFrame) -> pd.DataFrame:
-    """Median latency (ms) per mode and series (rows) and seq_len (columns); failed cells show status."""
+    """Median latency (ms) per mode and series (rows) and seq_len (columns), failed cells showing
+    their status, and each row's fitted log-log slope (1: linear in n, 2: quadratic)."""
     df = with_labels(sweep)
     df["cell"] = [
         _num(ms) if st == "ok" else st for ms, st in zip(df["latency_ms_median"], df["status"], strict=True)
@@ -29,6 +30,11 @@ def latency_table(sweep: pd.DataFrame) -> pd.DataFrame:
     table = df.pivot_table(index=["mode", "label"], columns="seq_len", values="cell", aggfunc="first")
     table.columns = [f"n={n}" for n in table.columns]
     table = table.fillna("").reset_index().rename(columns={"label": "series"})
+    ok = df[(df["status"] == "ok") & df["latency_ms_median"].notna()]
+    columns = ok.groupby(["mode", "label"])[["seq_len", "latency_ms_median"]]
+    slopes = columns.apply(lambda g: fit_slope(g["seq_len"], g["latency_ms_median"]))
+    keys = zip(table["mode"], table["series"], strict=True)
+    table["slope"] = [_num(slopes.get(key), 2) for key in keys]
     rank = table["mode"].map({m: i for i, m in enumerate(modes(df))})
     return table.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
 

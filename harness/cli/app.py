@@ -147,14 +147,17 @@ def split_ints(flag: str, value: str | None) -> list[int] | None:
 def overrides(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
     """A command's parameters as overrides of `cls`, matched by field name: a parameter that is
     not a field of `cls` (--config, --resume, ...) is left out, an unset option stays None (it
-    falls through to bench.toml), a path becomes text, and a tuple field's text is split at
-    commas ('128,256'), into integers for a tuple of int (a bad item names its flag)."""
+    falls through to bench.toml; so does a repeatable one given no times), a path becomes text,
+    and a tuple field's text is split at commas ('128,256'), into integers for a tuple of int (a
+    bad item names its flag)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for field in (f for f in dataclasses.fields(cls) if f.name in params):
         value, items = params[field.name], _tuple_items(hints[field.name])
         if field.name == "out" and value is not None and not str(value).strip():
             raise ValueError(f"--out {value!r} is empty: name a folder, e.g. results")
+        if isinstance(value, (list, tuple)) and not value:
+            value = None  # a repeatable option given no times (--plugin): unset, as any other
         if isinstance(value, str) and items is not None:
             flag = "--" + field.name.replace("_", "-")
             value = split_ints(flag, value) if items is int else split_csv(value)
@@ -275,8 +278,7 @@ def sweep_command(
 
     given = overrides(sweep.SweepConfig, ctx.params)
     if resume is not None:
-        given = sorted(k for k, v in given.items() if v not in (None, [], ()))  # typer: --plugin unset is []
-        given += ["profile"] if profile else []
+        given = sorted(k for k, v in given.items() if v is not None) + (["profile"] if profile else [])
         if given:
             raise ValueError(f"--resume takes its settings from run.json; drop {given}")
         cfg, record = sweep.resume_config(resume), None  # run.json keeps the first session's record

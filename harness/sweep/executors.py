@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from .. import measure
+from ..records import error_text
 from . import boot, cluster
 
 T = TypeVar("T")
@@ -123,8 +124,7 @@ class RayExecutor:
         """The driver's code version and a worker's machine: the driver may have no GPU (a
         laptop, a CPU head node), so it never asks its own torch about the device. A worker
         that does not run the driver's code is refused here, before any cell."""
-        worker = self._grow(device, 1)[0]
-        described = self.ray.get(worker.describe.remote(cluster.worker_plugins(self.plugins)))
+        described = self._first_answer(device)
         mine = cluster.code_hash(self.plugins)
         if described.pop("code_hash") != mine:
             raise ValueError(f"a Ray worker on {described['host']} does not run the driver's code ({mine})")
@@ -166,6 +166,17 @@ class RayExecutor:
                 yield item, result, attempt
         finally:  # done, Ctrl-C, or the caller stopped early: free the devices
             self.close()
+
+    def _first_answer(self, device: torch.device) -> dict[str, Any]:
+        """The description of the first worker that answers (one lost as it started, with its
+        node, is passed over: map drops it)."""
+        last: BaseException | None = None
+        for worker in self._grow(device, 1):
+            result = self._get(worker.describe.remote(cluster.worker_plugins(self.plugins)))
+            if not isinstance(result, BaseException):
+                return result
+            last = result
+        raise RuntimeError(f"no Ray worker started: {error_text(last)}" if last else "no Ray worker started")
 
     def close(self) -> None:
         """End every worker (their devices go back to the cluster)."""

@@ -29,7 +29,7 @@ import torch
 import attn_variants as av
 import runfiles as files
 from attn_variants import plugins
-from reports import speedup
+from benchstats import speedup
 
 from .. import config as config_mod
 from .. import dashboard, measure
@@ -231,7 +231,7 @@ def _write_run_json(
 
 
 def with_speedup(df: pd.DataFrame, reference: str = "mha") -> pd.DataFrame:
-    """`df` plus `speedup` against `reference` and the kernel columns: reports/speedup.py's one
+    """`df` plus `speedup` against `reference` and the kernel columns: benchstats/speedup.py's one
     definition (same shape, dtype, threads, backend and compile, no options), which the report's
     table and heatmap use too."""
     return speedup.with_speedup(df, reference).drop(columns="reference_ms")

@@ -11,6 +11,7 @@ from reports.render import default_out, render
 from .ab_runs import write_pair
 from .fabricate import accuracy_frame, sweep_frame, write_run
 
+PAGE_PX = 2000  # 1600 px page / 0.8
 FIGURES = ["latency", "memory", "speedup_vs_mha", "tflops", "accuracy", "accuracy_vs_kv_cache"]
 runner = CliRunner()
 
@@ -143,3 +144,31 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, setup, message):
 def test_cli_unknown_seq_len_exits_2(run_dir):
     result = runner.invoke(app, ["report", str(run_dir), "--seq-len", "999"])
     assert result.exit_code == 2 and "seq_len=999" in result.output
+
+
+def test_every_figure_has_one_legend_under_it_and_fits_the_page(tmp_path, monkeypatch):
+    """No panel carries its own legend (17 series made 17-line legends per panel), and every
+    image is at most PAGE_PX wide, so the page (1600 px) shows it at >= 80 % of its size and its
+    numbers read without zooming (six variants' heatmaps side by side made 2,400 px)."""
+    import matplotlib.image
+
+    import reports.render as render_mod
+
+    figures = {}
+
+    def spy(fig, out, name):
+        figures[name] = fig
+        return save(fig, out, name)
+
+    save = render_mod._save
+    monkeypatch.setattr(render_mod, "_save", spy)
+    run = write_run(
+        tmp_path / "run", sweep=sweep_frame(seq_lens=(128, 256), oom_at=256), accuracy=accuracy_frame()
+    )
+    render([run])
+    assert set(FIGURES) <= set(figures)
+    for name, fig in figures.items():
+        assert [ax.get_legend() for ax in fig.axes] == [None] * len(fig.axes), name
+        assert len(fig.legends) <= 1, name
+        width = matplotlib.image.imread(run / "report" / f"{name}.png").shape[1]
+        assert width <= PAGE_PX, (name, width)

@@ -1,11 +1,11 @@
-"""reports/speedup.py: one "speedup vs mha" for the sweep summary, the report's table and heatmap."""
+"""benchstats/speedup.py: one "speedup vs mha" for the sweep summary, the report's table and heatmap."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from benchstats.speedup import with_speedup
 from harness.sweep import runner
-from reports.speedup import with_speedup
 from reports.sweep_figures import speedup_cells
 from reports.tables import speedup_table
 

@@ -6,8 +6,8 @@ import pytest
 
 from reports import sweep_figures as sf
 from reports import tables
-from reports.load import combined, load_runs
-from reports.style import FAIL_GID, fit_slope
+from reports.load import combined, load_runs, with_labels
+from reports.style import FAIL_GID, FAILED_ENTRY, fit_slope
 
 from .fabricate import sweep_frame, write_run
 
@@ -17,8 +17,11 @@ def sweep(run_dir):
     return combined(load_runs([run_dir]), "sweep")
 
 
-def _legend(ax) -> list[str]:
-    return [t.get_text() for t in ax.get_legend().get_texts()]
+def _legend(fig) -> list[str]:
+    """The figure's one legend (under its panels; no panel has its own)."""
+    assert [ax.get_legend() for ax in fig.axes] == [None] * len(fig.axes)
+    (legend,) = fig.legends
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def _failure_marks(ax) -> int:
@@ -36,7 +39,7 @@ def test_latency_one_loglog_panel_per_mode_with_slopes_and_bands(sweep):
         assert "tokens" in ax.get_xlabel() and "(ms)" in ax.get_ylabel()
     fwd = axes[0]
     assert len(fwd.lines) == 6  # mha, mqa, gqa g=2, gqa g=4, kdgqa, dgqa(kind=ema)
-    assert any(t.startswith("dgqa(kind=ema) g=2  (slope ") for t in _legend(fwd))
+    assert "dgqa(kind=ema) g=2" in _legend(fig)
     assert len([c for c in fwd.collections if c.get_gid() != FAIL_GID]) == 6  # one p10-p90 band each
 
 
@@ -47,14 +50,29 @@ def test_latency_marks_failed_cells_and_keeps_them(sweep):
     assert _failure_marks(axes[2]) == 4  # kdgqa and dgqa decode unsupported at both n
     texts = [t.get_text() for t in axes[1].texts]
     assert "mha g=8: oom" in texts
-    assert any("cell did not run" in t for t in _legend(axes[1]))
+    assert any("cell did not run" in t for t in _legend(axes[1].figure))
 
 
-def test_latency_legend_slope_matches_the_data(sweep):
+def test_latency_table_slope_matches_the_data(sweep):
     ok = sweep[(sweep["variant"] == "mqa") & (sweep["mode"] == "fwd")]
     slope = fit_slope(ok["seq_len"], ok["latency_ms_median"])
-    legend = _legend(sf.latency_figure(sweep).axes[0])
-    assert f"mqa g=1  (slope {slope:.2f})" in legend
+    table = tables.latency_table(sweep)
+    row = table[(table["mode"] == "fwd") & (table["series"] == "mqa g=1")]
+    assert row["slope"].tolist() == [f"{slope:.2f}"]
+
+
+def test_many_series_are_small_multiples_with_mha_in_every_row():
+    """Seventeen series: rows of at most six, balanced, mha (the reference) in each, one legend."""
+    df = sweep_frame()
+    extra = [df[df["variant"] == "mqa"].assign(variant=f"v{i:02d}") for i in range(13)]
+    big = with_labels(pd.concat([df, *extra], ignore_index=True).assign(run="r"))
+    rows = sf.series_rows(big)
+    assert [len(r) for r in rows] == [1 + 6, 1 + 6, 1 + 6] and all(r[0] == "mha g=8" for r in rows)
+    assert sorted({label for r in rows for label in r}) == sorted(big["label"].unique())
+    fig = sf.latency_figure(big)
+    assert len(fig.axes) == 3 * 3  # a row per group, a column per mode
+    assert max(len(ax.lines) for ax in fig.axes) <= 1 + sf.SERIES_PER_PANEL
+    assert sorted(_legend(fig)) == sorted([*big["label"].unique(), FAILED_ENTRY])  # the x: once
 
 
 def test_fit_slope_recovers_power_law():
@@ -117,9 +135,9 @@ def test_missing_column_is_named(sweep):
 
 def test_several_runs_are_labelled_by_run(run_dir, other_run_dir):
     both = combined(load_runs([run_dir, other_run_dir]), "sweep")
-    fwd = sf.latency_figure(both).axes[0]
-    assert len(fwd.lines) == 12
-    labels = [line.get_label() for line in fwd.lines]
+    fwd = sf.latency_figure(both).axes[0::3]  # the fwd column: one panel per group of series
+    labels = {line.get_label() for ax in fwd for line in ax.lines}
+    assert len(labels) == 12
     assert any("· run-a" in label for label in labels) and any("· run-b" in label for label in labels)
     titles = [ax.get_title() for ax in sf.speedup_figure(both).axes]
     assert any(t.endswith("· run-b") for t in titles)
@@ -136,10 +154,11 @@ def multimodal_sweep(tmp_path):
 
 
 def test_multimodal_series_is_named_by_visual_fraction_not_m(multimodal_sweep):
-    legend = _legend(sf.latency_figure(multimodal_sweep).axes[0])
+    fig = sf.latency_figure(multimodal_sweep)
+    legend = _legend(fig)
     mmca = [t for t in legend if t.startswith("mmca")]
     # one series per g over every n (so it has a slope), not one point per m
-    assert len(mmca) == 2 and all("m/n=0.25" in t and "(slope " in t for t in mmca)
+    assert len(mmca) == 2 and all("m/n=0.25" in t for t in mmca)
     assert all("m/n" not in t for t in legend if not t.startswith("mmca"))
 
 
@@ -191,8 +210,7 @@ def test_roofline_recovers_the_roof_from_the_rows_and_draws_it():
     assert points["peak_flops"].tolist() == pytest.approx([peak_flops] * 2)
     assert points["peak_bw"].tolist() == pytest.approx([peak_bw] * 2)
     fig = roofline.roofline_figure(pd.DataFrame(rows))
-    labels = fig.axes[0].get_legend_handles_labels()[1]
-    assert "roof: 2 TFLOP/s, 100 GB/s" in labels
+    assert "roof: 2 TFLOP/s, 100 GB/s" in _legend(fig)
 
 
 def test_roofline_legend_keys_colour_by_variant_and_marker_by_mode(tmp_path):
@@ -210,7 +228,7 @@ def test_roofline_legend_keys_colour_by_variant_and_marker_by_mode(tmp_path):
         for v in variants for m in modes
     ]  # fmt: skip
     fig = roofline.roofline_figure(pd.DataFrame(rows))
-    labels = fig.axes[0].get_legend_handles_labels()[1]
+    labels = _legend(fig)
     assert len(labels) == 1 + 10 + 3 and {f"mode: {m}" for m in modes} <= set(labels)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

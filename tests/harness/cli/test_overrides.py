@@ -55,3 +55,8 @@ def test_a_union_with_a_tuple_splits_and_a_path_becomes_text(tmp_path):
 def test_a_bad_integer_list_names_its_flag():
     with pytest.raises(ValueError, match=r"--kv-heads '1,x' must be a comma-separated list of integers"):
         overrides(SweepConfig, {"kv_heads": "1,x"})
+
+
+def test_a_repeatable_option_given_no_times_is_unset():
+    """typer hands `--plugin` given no times as []: unset, so --resume does not see it as given."""
+    assert overrides(SweepConfig, {"plugins": [], "seq_len": None}) == {"plugins": None, "seq_len": None}

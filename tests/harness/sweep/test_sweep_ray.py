@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from attn_variants import plugins
 from harness import config, measure
 from harness.cli import app
 from harness.sweep import cell as sweep_cell
@@ -50,6 +51,33 @@ def test_ray_runs_the_same_cells_as_local(tmp_path, ray):
     assert cells(ray_rows) == cells(local_rows)
     assert all(r["host"] and r["status"] == "ok" for r in ray_rows)
     assert all(float(r["latency_ms_median"]) > 0 for r in ray_rows)
+
+
+PLUGIN = """
+import attn_variants as av
+
+
+@av.register("_ray_plugin", description="GQA from a plugin file", paper="-")
+class RayPlugin(av.GroupedQueryAttention):
+    pass
+"""
+
+
+def test_a_plugin_file_reaches_the_workers_with_the_drivers_code(tmp_path, ray, scratch_registry):
+    """The --plugin file travels in the runtime_env (the workers load it by module name, not from
+    the driver's path) and is part of the code hash the workers confirm."""
+    plugin = tmp_path / "ray_plugin_variant.py"
+    plugin.write_text(PLUGIN)
+    cfg = sweep.SweepConfig(
+        variants=("_ray_plugin",), reference="none", seq_len=(16,), heads=(4,), kv_heads=(2,), modes=("fwd",),
+        batch=1, head_dim=8, device="cpu", repeats=2, warmup=0, threads=1, out=str(tmp_path / "out"),
+        executor="ray", plugins=(str(plugin),),
+    )  # fmt: skip
+    plugins.load_all(cfg.plugins)
+    df = sweep.run(cfg)
+    assert list(df["status"]) == ["ok"], list(df["error"])
+    env = json.loads((Path(df.attrs["run_dir"]) / "run.json").read_text())["environment"]
+    assert env["code_hash"] == cluster.code_hash(cfg.plugins) != cluster.code_hash()
 
 
 MEASURE_ON_HOST = sweep_cell.measure_on_host
@@ -144,6 +172,14 @@ def test_a_worker_with_other_code_measures_nothing(tmp_path):
     assert row.status == "error" and row.latency_ms_median is None
     assert f"runs code {cluster.code_hash()}, not the driver's 0123456789ab" in row.error
     assert sweep_cell.measure_on_host(cell, code=cluster.code_hash(), **kw).status == "ok"
+
+
+def test_the_summary_counts_the_cells_rerun_after_a_lost_worker():
+    from harness.sweep.view import footer
+
+    df = pd.DataFrame({"attempts": [1, 2, 1, 3, None]})
+    assert "2 cell(s) ran again after their Ray worker or node was lost" in footer(df)
+    assert "ran again" not in footer(pd.DataFrame({"attempts": [1, 1]}))
 
 
 def test_unknown_executor_is_rejected(tmp_path):
