@@ -237,4 +237,7 @@ def test_instruction_counts_against_a_commit_count_both_and_name_the_slowed_cell
     (run,) = (setup[0].parent / "out").iterdir()
     rows = pd.read_csv(run / "instructions.csv", dtype=str, keep_default_na=False)
     ratios = dict(zip(rows["variant"], rows["ratio"].astype(float), strict=True))
-    assert ratios["gqa"] > 3 and abs(ratios["mqa"] - 1) < 0.01, ratios
+    # mqa's code is the same on both sides; one fwd count at n=32 moves by up to ~2.4% with the
+    # process's malloc and dict history (instructions_child.py), and a clean-clone CI run saw
+    # 0.98985 once: the bound is that spread, not the check's 1% tolerance. The slowed cell is 3x.
+    assert ratios["gqa"] > 3 and abs(ratios["mqa"] - 1) < 0.03, ratios
