@@ -9,7 +9,7 @@ import typer
 
 from .. import config as config_mod
 from ..config import load as load_config
-from .app import ConfigOption, app, fail_cleanly, overrides
+from .app import ConfigOption, PluginOption, app, fail_cleanly, load_plugins, overrides
 
 
 @app.command("decide")
@@ -38,6 +38,7 @@ def decide_command(
         str | None, typer.Option(help="Pareto objectives: cache, decode, prefill, accuracy.")
     ] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (default: <first run>/decide).")] = None,
+    plugins: PluginOption = None,
     config: ConfigOption = None,
 ) -> None:
     """One row per design: cache per device, decode and prefill latency, accuracy, Pareto front."""
@@ -46,6 +47,7 @@ def decide_command(
     given = overrides(DecideConfig, ctx.params)
     settings = config_mod.find(config)
     cfg = load_config(DecideConfig, "decide", settings=settings, overrides=given)
+    load_plugins(cfg.plugins)  # the runs read may hold their variants; a run of the profile needs them
     for path in run_dirs or []:
         if not path.is_dir():
             raise ValueError(f"run folder {str(path)!r} does not exist or is not a folder")

@@ -19,6 +19,9 @@ class DecideConfig:
     objectives: tuple[str, ...] = OBJECTIVES  # what the Pareto front is taken over
     profile: str = "decide"  # the profile of the sweep and accuracy run when no run folder is given
     out: str = ""  # the decision's folder; '' : <first run>/decide
+    # Outside variants imported first (attn_variants/plugins.py), and passed on to the sweep and
+    # accuracy run of `profile`; bench.toml's top-level `plugins` and each --plugin add up here.
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.tp or any(not isinstance(t, int) or isinstance(t, bool) or t <= 0 for t in self.tp):

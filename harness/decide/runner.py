@@ -7,6 +7,7 @@ or a bad setting is a ValueError (one line, exit 2 at the CLI) and leaves no fil
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,18 +62,9 @@ def run_missing(cfg: DecideConfig, settings: config_mod.Settings) -> list[Path]:
     from ..sweep import SweepConfig
     from ..sweep import run as sweep_run
 
-    variants = None if "all" in cfg.variants else list(cfg.variants)
-    load = config_mod.load
-    sweep_cfg = load(
-        SweepConfig, "sweep", settings=settings, profile=cfg.profile, overrides={"variants": variants}
-    )
-    acc_cfg = load(
-        accuracy.AccuracyConfig,
-        "accuracy",
-        settings=settings,
-        profile=cfg.profile,
-        overrides={"variants": variants},
-    )
+    given = {"variants": None if "all" in cfg.variants else list(cfg.variants), "plugins": list(cfg.plugins)}
+    load = functools.partial(config_mod.load, settings=settings, profile=cfg.profile, overrides=given)
+    sweep_cfg, acc_cfg = load(SweepConfig, "sweep"), load(accuracy.AccuracyConfig, "accuracy")
     accuracy.preflight(acc_cfg)
     swept = sweep_run(sweep_cfg, settings=settings.record(cfg.profile))
     trained = accuracy.run(acc_cfg, settings=settings.record(cfg.profile))

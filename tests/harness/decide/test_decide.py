@@ -172,3 +172,35 @@ def test_the_report_of_a_decided_run_leads_with_the_decision(tmp_path):
     html = (tmp_path / "report" / "index.html").read_text()
     assert html.index("<figure") == html.index('<figure id="decision"')  # the first figure of the page
     assert html.index("Which attention to ship") < html.index("Latency")
+
+
+def test_a_plugin_reaches_decide_and_the_run_of_its_profile(tmp_path, monkeypatch, scratch_registry):
+    """`decide --plugin FILE` loads it, and a run of the decide profile (no run folder) passes it
+    on to its sweep and accuracy configs, so their run.json and Ray workers import it too."""
+    from harness import config as config_mod
+    from harness.accuracy import runner as accuracy_runner
+
+    plugin = tmp_path / "one_more.py"
+    plugin.write_text(
+        "import torch\nimport attn_variants as av\n"
+        "@av.register('one_more', description='test', paper='-')\n"
+        "class OneMore(torch.nn.Module):\n    pass\n"
+    )
+    seen = {}
+    monkeypatch.setattr(runner, "main", lambda run_dirs, cfg, settings: seen.setdefault("cfg", cfg) and [])
+    CliRunner().invoke(app, ["decide", "--plugin", str(plugin)])
+    assert str(plugin) in seen["cfg"].plugins and "one_more" in av.names()
+
+    class Stop(Exception):
+        pass
+
+    def sweep(cfg, settings=None):
+        seen["sweep"] = cfg
+        raise Stop
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("harness.sweep.run", sweep)
+    monkeypatch.setattr(accuracy_runner, "preflight", lambda cfg: seen.setdefault("accuracy", cfg))
+    with pytest.raises(Stop):
+        runner.run_missing(DecideConfig(plugins=(str(plugin),)), config_mod.find(None))
+    assert str(plugin) in seen["sweep"].plugins and str(plugin) in seen["accuracy"].plugins
