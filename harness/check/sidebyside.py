@@ -108,7 +108,7 @@ def describe(cell: Cell) -> dict:
     """What a child needs to rebuild the cell with its own registry (`cell_at`)."""
     return dict(
         name=cell.choice.name, options=[list(kv) for kv in cell.choice.options], mode=cell.mode,
-        seq_len=cell.seq_len, n_heads=cell.spec.n_heads, n_kv_heads=cell.spec.n_kv_heads,
+        batch=cell.batch, seq_len=cell.seq_len, n_heads=cell.spec.n_heads, n_kv_heads=cell.spec.n_kv_heads,
         compile=cell.compile, key=list(cell.key()),
     )  # fmt: skip
 
@@ -169,7 +169,8 @@ def rebuild(request: dict, cfg: CheckConfig) -> Cell:
 
     c = request["cell"]
     choice = VariantChoice(c["name"], tuple(tuple(kv) for kv in c["options"]))
-    cell = cell_at(choice, c["mode"], c["seq_len"], c["n_heads"], c["n_kv_heads"], cfg, c["compile"])
+    shape = (c["mode"], c["seq_len"], c["n_heads"], c["n_kv_heads"])
+    cell = cell_at(choice, *shape, cfg, c["compile"], batch=c["batch"])  # the grid may hold several b
     if list(cell.key()) != c["key"]:
         raise ValueError(f"this commit resolves the cell to {cell.key()}, not {tuple(c['key'])}")
     return cell

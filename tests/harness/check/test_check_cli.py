@@ -202,3 +202,17 @@ def test_a_baseline_without_a_compile_column_reads_as_uncompiled(setup):
     assert (
         result.exit_code == 0 and "1 ok" in result.output and "│ new" not in result.output
     )  # verdict not 'new'
+
+
+def test_a_side_by_side_child_rebuilds_every_batch_of_the_grid():
+    """The check's grid may hold several batch sizes (GridConfig.batch): the child that times a
+    commit's side rebuilds each cell at its own b, so its key matches, not at the first b."""
+    from harness.check import ratios, sidebyside
+
+    cfg = ratios.CheckConfig(variants=("gqa",), seq_len=(32,), heads=(4,), kv_heads=(2,), modes=("fwd",),
+                             batch=(1, 3), head_dim=8, device="cpu")  # fmt: skip
+    cells = ratios.cells(cfg)
+    assert sorted(c.batch for c in cells) == [1, 3]
+    for cell in cells:
+        rebuilt = sidebyside.rebuild({"cell": sidebyside.describe(cell)}, cfg)
+        assert rebuilt.key() == cell.key()
